@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run every check: lint, format, types, tests.
+# Exits non-zero on any failure, including "no tests collected".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+echo "== ruff check";  ruff check .
+echo "== ruff format"; ruff format --check .
+echo "== mypy";        mypy
+echo "== pytest"
+pytest "$@"
