@@ -38,8 +38,11 @@ def no_leaks() -> Iterator[None]:
 
     def clean() -> bool:
         extra = [t for t in threading.enumerate() if t.ident not in threads_before and t.is_alive()]
-        kids = [p for p in me.children(recursive=True) if p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        kids = [
+            p
+            for p in me.children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
         return not extra and not kids
 
     if not _settle(clean):

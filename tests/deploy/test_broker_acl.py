@@ -14,9 +14,13 @@ pytestmark = pytest.mark.integration
 
 
 def client(broker: Broker, user: str | None, password: str | None = None) -> aiomqtt.Client:
-    return aiomqtt.Client(broker.host, broker.port, username=user,
-                          password=password if password is not None else
-                          (broker.password(user) if user else None), identifier=None)
+    return aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=password if password is not None else (broker.password(user) if user else None),
+        identifier=None,
+    )
 
 
 async def collect(broker: Broker, topic: str, n: int, timeout: float) -> list[str]:
@@ -45,8 +49,13 @@ async def test_device_publishes_only_under_its_own_id(broker: Broker) -> None:
     broker.add_user("dev-001", "dev-002")
     sub = asyncio.create_task(collect(broker, "loa/v1/#", 3, timeout=10.0))
     await asyncio.wait_for(ready.wait(), 5)
-    for topic in ("loa/v1/dev-001/state", "loa/v1/dev-002/state", "loa/v1/dev-001/cmd",
-                  "loa/v1/dev-001/event", "loa/v1/dev-001/presence"):
+    for topic in (
+        "loa/v1/dev-001/state",
+        "loa/v1/dev-002/state",
+        "loa/v1/dev-001/cmd",
+        "loa/v1/dev-001/event",
+        "loa/v1/dev-001/presence",
+    ):
         # Mosquitto 2.0 answers a denied QoS 1 publish with a PUBACK carrying
         # reason 135, which a 3.1.1 client takes as a protocol error and drops
         # the link: one connection per attempt.

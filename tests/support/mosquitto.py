@@ -33,7 +33,9 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s") from None
+                raise TimeoutError(
+                    f"nothing listening on {host}:{port} after {timeout} s"
+                ) from None
             time.sleep(0.02)
 
 
@@ -53,10 +55,15 @@ class Broker:
         cfg = root / "etc"
         cfg.mkdir(parents=True, exist_ok=True)
         (root / "data").mkdir(exist_ok=True)
-        self.layout = BrokerLayout(config_dir=cfg, data_dir=root / "data", plain_port=self.port,
-                                   tls_port=tls_port, tls_host="127.0.0.1",
-                                   log_file=root / "mosquitto.log",
-                                   run_as=getpass.getuser())
+        self.layout = BrokerLayout(
+            config_dir=cfg,
+            data_dir=root / "data",
+            plain_port=self.port,
+            tls_port=tls_port,
+            tls_host="127.0.0.1",
+            log_file=root / "mosquitto.log",
+            run_as=getpass.getuser(),
+        )
         shutil.copy(PRODUCTION_ACL, cfg / "acl")
         (cfg / "passwd").touch()
         self.conf = root / "mosquitto.conf"
@@ -73,15 +80,25 @@ class Broker:
         for user in users:
             if user in self.users:
                 continue
-            subprocess.run([MOSQUITTO_PASSWD, "-b", str(self.layout.config_dir / "passwd"), user,
-                            self.password(user)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    MOSQUITTO_PASSWD,
+                    "-b",
+                    str(self.layout.config_dir / "passwd"),
+                    user,
+                    self.password(user),
+                ],
+                check=True,
+                capture_output=True,
+            )
             self.users[user] = self.password(user)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)  # reload passwd
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_port(self.host, self.port)
             if self.tls_port:
