@@ -132,7 +132,7 @@ class SystemState(_Section, frozen=True):
     mem_pct: Percent | None = None
     disk_pct: Percent | None = None
     soc_temp_c: Annotated[float, Meta(ge=-60, le=200)] | None = None
-    uptime_s: Annotated[float, Meta(ge=0)] | None = None
+    uptime_s: Annotated[float, Meta(ge=0, le=1e10)] | None = None
     boot_id: Short | None = None
 
 
