@@ -1,0 +1,41 @@
+"""Storage of the collector: the ``Repository`` interface and its implementations."""
+
+from collector.store.base import (
+    BatchResult,
+    Conflict,
+    DeviceRow,
+    EventRow,
+    FaultRow,
+    IncomingMessage,
+    NotFound,
+    RepairStat,
+    Repository,
+    Role,
+    Session,
+    SignalPoint,
+    StoreError,
+    Ticket,
+    TicketEntry,
+    TicketState,
+    User,
+)
+
+__all__ = [
+    "BatchResult",
+    "Conflict",
+    "DeviceRow",
+    "EventRow",
+    "FaultRow",
+    "IncomingMessage",
+    "NotFound",
+    "RepairStat",
+    "Repository",
+    "Role",
+    "Session",
+    "SignalPoint",
+    "StoreError",
+    "Ticket",
+    "TicketEntry",
+    "TicketState",
+    "User",
+]

@@ -1,0 +1,388 @@
+"""The collector's repository interface: everything domain code may ask of storage.
+
+Domain code (ingest, fleet state, repairs, B2, the API) talks only to
+``Repository``; ``collector.store.sqlite.SQLiteRepository`` is the embedded
+implementation and a PostgreSQL one can follow without touching callers.
+
+Rules every implementation keeps:
+
+- Nothing is held only in memory: two collector processes on the same database
+  see the same devices, dedupe the same (device, seq) pairs and never open two
+  tickets for one device.
+- Every method that writes is one transaction: it happens completely or not at
+  all.
+- Times are UNIX seconds (UTC) as floats.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from collector.fleet import Observation, Transition
+from collector.model import DeviceStatus, InventoryDevice, Status
+from fleet_protocol import B2Cause
+
+
+class StoreError(Exception):
+    """A storage failure; the message names the database and the operation."""
+
+
+class NotFound(StoreError):
+    """The named row does not exist (or is outside the caller's scope)."""
+
+
+class Conflict(StoreError):
+    """The change is not allowed in the row's current state (e.g. start a closed ticket)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingMessage:
+    """One validated wire message ready to be stored by ``write_batch``.
+
+    ``observation`` is what the message means for the device's status (None for
+    messages that do not affect it, such as command replies). ``payload`` is the
+    raw JSON as received, kept for the retention period.
+    """
+
+    device_id: str
+    seq: int
+    kind: str
+    ts: float
+    received_at: float
+    payload: bytes
+    observation: Observation | None
+    #: Set for state reports: the report's commune (when the agent knows it).
+    commune: str | None = None
+    #: For state reports: active fault codes, with their since, cause, severity, evidence.
+    faults: tuple[tuple[str, float, str, str, str], ...] | None = None
+    #: For state reports: (rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq) for the signal history.
+    signal: tuple[float | None, float | None, float | None, float | None, int | None] | None = None
+    #: For events: (type, fault code, action, detail).
+    event: tuple[str, str | None, str | None, str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What ``write_batch`` did: new messages stored and duplicates dropped."""
+
+    stored: int
+    duplicates: int
+    #: Devices whose status changed in this batch.
+    changed_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRow:
+    """A device as the collector knows it now (inventory and/or reports)."""
+
+    device_id: str
+    commune_code: str
+    in_inventory: bool
+    status: Status
+    cause: B2Cause | None
+    online: bool
+    never_reported: bool
+    in_repair: bool
+    since: float | None
+    last_seen: float | None
+    last_ts: float | None
+    last_seq: int | None
+    #: The last state report as plain JSON-ready data (None before any).
+    last_report: dict[str, Any] | None = None
+    inventory: InventoryDevice | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPoint:
+    ts: float
+    rssi_dbm: float | None
+    rsrp_dbm: float | None
+    rsrq_db: float | None
+    sinr_db: float | None
+    csq: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRow:
+    device_id: str
+    commune_code: str
+    seq: int
+    ts: float
+    type: str
+    fault_code: str | None
+    action: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultRow:
+    device_id: str
+    code: str
+    severity: str
+    cause: str
+    since: float
+    cleared_at: float | None
+    evidence: str
+
+
+class TicketState(enum.StrEnum):
+    OPEN = "open"  # mở, chưa sửa
+    IN_REPAIR = "in_repair"  # đang sửa chữa
+    RESOLVED = "resolved"  # đã sửa xong
+    CANCELLED = "cancelled"  # huỷ
+
+    @property
+    def active(self) -> bool:
+        return self in (TicketState.OPEN, TicketState.IN_REPAIR)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TicketEntry:
+    """One line of a ticket's history."""
+
+    at: float
+    actor: str
+    action: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ticket:
+    id: int
+    device_id: str
+    commune_code: str
+    state: TicketState
+    cause: B2Cause | None
+    opened_at: float
+    opened_by: str
+    contractor: str
+    technician: str
+    started_at: float | None
+    closed_at: float | None
+    last_progress_at: float
+    note: str
+    history: tuple[TicketEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RepairStat:
+    """Time-to-repair of resolved tickets for one commune or contractor."""
+
+    key: str
+    resolved: int
+    mean_hours: float
+    median_hours: float
+    max_hours: float
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    DISTRICT_VIEWER = "district_viewer"
+    COMMUNE_OFFICER = "commune_officer"
+    TECHNICIAN = "technician"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    id: int
+    name: str
+    role: Role
+    #: Communes the user is limited to; empty = all (not allowed for commune officers).
+    communes: frozenset[str] = field(default_factory=frozenset)
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    user: User
+    csrf_token: str
+    expires_at: float
+
+
+class Repository(Protocol):
+    """Storage of the collector. See the module docstring for the rules."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def migrate(self) -> int:
+        """Bring the schema to the latest version; returns the version now in place."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+    # -- inventory (used by collector.inventory and collector.b2) ----------------------------
+    async def upsert_inventory(
+        self, devices: Sequence[InventoryDevice], *, remove_missing: bool, actor: str = "system"
+    ) -> tuple[int, int, int]:
+        """Insert or update ``devices`` in one transaction (all or nothing).
+
+        ``position`` of each device is stored as given (callers number the file's
+        rows). With ``remove_missing`` the inventory devices not in ``devices``
+        are removed from the inventory (their history stays). Returns
+        (added, updated, removed) and writes one audit-log entry for ``actor``.
+        """
+        ...
+
+    async def list_inventory(self) -> list[InventoryDevice]:
+        """The inventory in inventory order (``position``, then device id)."""
+        ...
+
+    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+        """One DeviceStatus per inventory device, in inventory order, as of moment ``t``.
+
+        Computed from the stored status-transition history and repair-ticket
+        history, so any past moment works (within what was recorded): a device
+        with no transition at or before ``t`` is ``never_reported`` (broken,
+        cause unknown); ``in_repair`` is True when a ticket for it was started at
+        or before ``t`` and not closed by ``t``.
+        """
+        ...
+
+    # -- ingest ----------------------------------------------------------------------------
+    async def write_batch(
+        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+    ) -> BatchResult:
+        """Store a batch of validated messages in one transaction.
+
+        Duplicates by (device, seq) -- also against messages stored earlier or by
+        another instance -- are dropped and counted. Status transitions are
+        derived (``collector.fleet``) in event-time order, re-deriving a device's
+        history when messages arrive out of order (a drained backlog).
+        """
+        ...
+
+    async def mark_silent_offline(self, now: float, grace_s: float) -> list[str]:
+        """Mark offline every online device not heard from (receive time) for ``grace_s``.
+
+        The offline transition is stamped at the device's last event time plus
+        ``grace_s`` (never after ``now``). Returns the device ids marked.
+        """
+        ...
+
+    async def purge_raw(self, older_than: float) -> int:
+        """Delete raw messages received before ``older_than``; returns how many."""
+        ...
+
+    # -- fleet views -----------------------------------------------------------------------
+    async def list_devices(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        status: Status | None = None,
+        cause: B2Cause | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[DeviceRow]:
+        """Devices known now (inventory and reporting), in inventory order then id."""
+        ...
+
+    async def get_device(self, device_id: str) -> DeviceRow:
+        """One device; raises NotFound."""
+        ...
+
+    async def status_history(
+        self, device_id: str, *, since: float | None = None, until: float | None = None
+    ) -> list[Transition]: ...
+
+    async def signal_history(
+        self,
+        device_id: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[SignalPoint]: ...
+
+    async def list_events(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 200,
+    ) -> list[EventRow]:
+        """Events newest first."""
+        ...
+
+    async def list_faults(self, device_id: str, *, active_only: bool = False) -> list[FaultRow]: ...
+
+    async def raw_messages(self, device_id: str, *, limit: int = 50) -> list[Observation]: ...
+
+    # -- repairs -----------------------------------------------------------------------------
+    async def open_ticket(
+        self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
+    ) -> Ticket:
+        """Open a ticket; raises Conflict if the device already has an active one."""
+        ...
+
+    async def start_ticket(
+        self,
+        ticket_id: int,
+        *,
+        actor: str,
+        at: float,
+        contractor: str,
+        technician: str,
+        note: str,
+    ) -> Ticket: ...
+
+    async def comment_ticket(
+        self, ticket_id: int, *, actor: str, at: float, note: str
+    ) -> Ticket: ...
+
+    async def close_ticket(
+        self, ticket_id: int, *, actor: str, at: float, state: TicketState, note: str
+    ) -> Ticket:
+        """Resolve or cancel an active ticket; raises Conflict if it is closed already."""
+        ...
+
+    async def get_ticket(self, ticket_id: int) -> Ticket: ...
+
+    async def list_tickets(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        states: frozenset[TicketState] | None = None,
+        limit: int = 500,
+    ) -> list[Ticket]: ...
+
+    async def repair_stats(self, by: str) -> list[RepairStat]:
+        """Time-to-repair of resolved tickets grouped ``by`` "commune" or "contractor"."""
+        ...
+
+    async def devices_for_repair_sweep(self) -> list[DeviceRow]:
+        """Devices that are broken by a critical fault or have an active ticket."""
+        ...
+
+    # -- users, tokens, sessions, audit --------------------------------------------------------
+    async def add_user(
+        self, name: str, *, role: Role, communes: frozenset[str], password_hash: str
+    ) -> User: ...
+
+    async def get_user(self, name: str) -> tuple[User, str]:
+        """The user and its password hash; raises NotFound."""
+        ...
+
+    async def add_token(
+        self, user_name: str, *, token_hash: str, label: str, at: float
+    ) -> None: ...
+
+    async def user_by_token(self, token_hash: str, *, at: float) -> User | None: ...
+
+    async def add_session(
+        self, user_name: str, *, session_hash: str, csrf_token: str, expires_at: float
+    ) -> None: ...
+
+    async def session(self, session_hash: str, *, at: float) -> Session | None: ...
+
+    async def drop_session(self, session_hash: str) -> None: ...
+
+    async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
+
+    async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]: ...
