@@ -1,0 +1,442 @@
+"""The agent's configuration: frozen dataclasses loaded once from TOML.
+
+``load_config(path)`` returns an ``AgentConfig`` or raises ``ConfigError``
+naming the dotted key that was wrong (``modem.timeout_s: 40.0 s is longer than
+modem.poll_s (30.0 s)``). Unknown keys are refused too, so a typo never turns
+silently into a default. Sections ``[modem]``, ``[amp]`` and ``[stream]`` are
+optional: a controller without that hardware simply has no such probe.
+
+Times are seconds (``*_s``), sizes bytes. ``deploy/agent.example.toml`` is the
+documented example and is loaded by a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+from edge_agent.errors import ConfigError
+from fleet_protocol import valid_device_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    #: Device id: the MQTT username and client id; ``[a-z0-9][a-z0-9-]{2,62}``.
+    id: str
+    #: Commune code from the district inventory; sent in state reports.
+    commune: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    #: ``mqtts://host[:8883]`` (TLS) or ``mqtt://host[:1883]`` (plain, local tests only).
+    url: str
+    #: CA bundle that signed the broker's certificate (mqtts); "" uses the system store.
+    ca_file: Path | None = None
+    #: Client certificate and key (PEM) when the device authenticates by certificate.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    #: MQTT username; "" means the device id (the broker ACL keys on it).
+    username: str = ""
+    #: File holding the MQTT password on its first line (kept out of this file, mode 0600).
+    password_file: Path | None = None
+    #: MQTT keepalive. Heartbeats reset it, so with keepalive > heartbeat no PINGs are sent.
+    keepalive_s: int = 660
+    #: Give up one connection attempt (TCP + TLS + CONNACK) after this long.
+    connect_timeout_s: float = 10.0
+    #: Wait for one PUBACK at most this long before treating the link as dead.
+    publish_timeout_s: float = 20.0
+    #: Reconnect backoff: sleep uniform(0, base ** min(10, attempt)), capped at backoff_max_s.
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 120.0
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModemConfig:
+    #: AT port. Use the stable /dev/serial/by-id/usb-<vendor>_<model>-if02-port0 link,
+    #: not /dev/ttyUSBn: the numbers move when the modem re-enumerates after a reset.
+    port: str
+    #: AT dialect in firmware_shims.modem: "generic" (3GPP), "quectel" or "simcom".
+    dialect: str = "generic"
+    #: Baud rate (USB modems ignore it; UART-attached modules need it right).
+    baud: int = 115200
+    #: Seconds between polls of the modem.
+    poll_s: float = 30.0
+    #: Timeout of one AT exchange; must be shorter than poll_s.
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmpConfig:
+    #: "rtu" (RS-485 serial) or "tcp" (Modbus TCP).
+    transport: Literal["rtu", "tcp"] = "rtu"
+    #: RTU: serial port (use /dev/serial/by-id/... for USB RS-485 adapters).
+    port: str = ""
+    #: RTU line settings: baud, parity ("N", "E", "O").
+    baud: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    #: TCP: "host:port" of the amplifier's Modbus TCP server.
+    address: str = ""
+    #: Modbus unit (slave) id of the amplifier.
+    unit: int = 1
+    #: Register map in firmware_shims/profiles (e.g. "generic", "monacor-pa1250d").
+    profile: str = "generic"
+    #: Seconds between polls of the amplifier.
+    poll_s: float = 30.0
+    #: Timeout of one Modbus request; must be shorter than poll_s.
+    timeout_s: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    #: Broadcast stream URL (http:// or https://) checked for reachability; "" to skip.
+    url: str = ""
+    #: Bytes of audio that must arrive for the stream to count as received
+    #: (each check costs this much mobile data).
+    min_bytes: int = 1024
+    #: JSON or text file where the local player writes its state; "" to skip.
+    player_state_file: Path | None = None
+    #: The player state counts only if the file changed within this many seconds.
+    player_state_max_age_s: float = 180.0
+    #: Seconds between stream checks.
+    poll_s: float = 120.0
+    #: Timeout of one check; must be shorter than poll_s.
+    timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SystemConfig:
+    #: Seconds between readings of CPU, memory, disk and SoC temperature.
+    poll_s: float = 60.0
+    #: Filesystem whose fill level is reported (the SD card).
+    disk_path: Path = Path("/")
+    #: Seconds allowed for one reading; must be shorter than poll_s.
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportsConfig:
+    #: A compact heartbeat (faults and outbox depth only) every this many seconds.
+    heartbeat_s: float = 600.0
+    #: A full state report at least this often even when nothing changed.
+    full_report_s: float = 21600.0
+    #: A signal change smaller than this (dB) since the last report is jitter.
+    signal_hysteresis_db: float = 6.0
+    #: A temperature change smaller than this (°C) since the last report is jitter.
+    temperature_hysteresis_c: float = 5.0
+    #: A CPU/memory/disk change smaller than this (percentage points) is jitter.
+    percent_hysteresis: float = 10.0
+    #: A mains/battery voltage change smaller than this fraction is jitter.
+    voltage_hysteresis: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxConfig:
+    #: SQLite database of unsent messages and the persisted seq counter.
+    path: Path = Path("/var/lib/loa-agent/outbox.sqlite")
+    #: Cap on the payload bytes held; past it heartbeats are thinned first,
+    #: then the oldest reports; fault events are never evicted.
+    max_bytes: int = 8 * 1024 * 1024
+    #: Messages handed to the uplink per batch (published with up to this many in flight).
+    batch: int = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiagnosisConfig:
+    #: A condition must hold this long before its fault is raised (debounce).
+    confirm_s: float = 120.0
+    #: A raised fault's condition must be absent this long before it clears.
+    clear_s: float = 300.0
+    #: Weak signal is noisy: it must persist this long before it is raised.
+    weak_signal_confirm_s: float = 600.0
+    #: Registration lost and regained flap_count times within flap_window_s
+    #: raises one network_unstable fault.
+    flap_window_s: float = 1800.0
+    flap_count: int = 3
+    #: Weak signal thresholds (RSRP when the dialect gives it, else RSSI).
+    weak_rsrp_dbm: float = -110.0
+    weak_rssi_dbm: float = -99.0
+    #: Amplifier heat sink temperature that counts as over-temperature.
+    amp_over_temp_c: float = 85.0
+    #: Mains below this voltage counts as a mains failure (0 disables; flags still count).
+    mains_min_v: float = 170.0
+    #: Controller thresholds.
+    disk_full_pct: float = 95.0
+    memory_low_pct: float = 95.0
+    soc_overheat_c: float = 80.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryConfig:
+    #: Run the recovery ladder at all.
+    enabled: bool = True
+    #: Soft-reset the modem (the dialect's AT+CFUN=1,1) once registration or the
+    #: stream has been lost this long.
+    soft_reset_after_s: float = 600.0
+    #: Never soft-reset more often than this.
+    soft_reset_min_interval_s: float = 1800.0
+    #: Then run hook_command (USB/GPIO power cycle) if still lost this long.
+    hook_after_s: float = 1800.0
+    #: Never run the hook more often than this.
+    hook_min_interval_s: float = 3600.0
+    #: argv of the power-cycle hook, e.g. ["/usr/local/sbin/modem-power-cycle"]; [] disables.
+    hook_command: tuple[str, ...] = ()
+    #: Kill the hook if it runs longer than this.
+    hook_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlConfig:
+    #: Unix socket of the local control server (technician CLI); "" disables it.
+    socket: Path | None = Path("/run/loa-agent/control.sock")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    device: DeviceConfig
+    broker: BrokerConfig
+    modem: ModemConfig | None = None
+    amp: AmpConfig | None = None
+    stream: StreamConfig | None = None
+    system: SystemConfig = field(default_factory=SystemConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    #: Python logging level name.
+    log_level: str = "INFO"
+
+    @property
+    def username(self) -> str:
+        return self.broker.username or self.device.id
+
+    def password(self) -> str | None:
+        """The MQTT password from ``broker.password_file`` (first line), or None."""
+        if self.broker.password_file is None:
+            return None
+        try:
+            return self.broker.password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise ConfigError("broker.password_file", f"cannot read a password: {exc}") from None
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value == "" and type(None) in get_args(tp):
+            return None  # "" is how TOML says "not set" for optional paths
+        return _convert(value, args[0], key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(key, f"{value!r} is not one of {allowed}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table [{key}], got {type(value).__name__}")
+        return _build(typing.cast(type[Any], tp), value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if tp in (str, Path):
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a {_type_name(tp)}, got {value!r}")
+        return Path(value) if tp is Path else value
+    raise ConfigError(key, f"unsupported type {tp!r}")  # a programming error in this module
+
+
+def _build(cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "required but missing")
+    return cls(**kwargs)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be positive, got {value}")
+
+
+def _poll(section: str, poll_s: float, timeout_s: float) -> None:
+    _positive(f"{section}.poll_s", poll_s)
+    _positive(f"{section}.timeout_s", timeout_s)
+    if timeout_s >= poll_s:
+        raise ConfigError(
+            f"{section}.timeout_s",
+            f"{timeout_s} s is not shorter than {section}.poll_s ({poll_s} s): "
+            "a poll would still be running when the next is due",
+        )
+
+
+def _readable(key: str, path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        raise ConfigError(key, f"no such file: {path}")
+
+
+def validate(cfg: AgentConfig) -> AgentConfig:
+    """Check cross-field rules; raises ConfigError naming the field."""
+    if not valid_device_id(cfg.device.id):
+        raise ConfigError("device.id", f"{cfg.device.id!r} must match [a-z0-9][a-z0-9-]{{2,62}}")
+    b = cfg.broker
+    parts = urlsplit(b.url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError("broker.url", f"{b.url!r} must be mqtt://host[:port] or mqtts://host")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError("broker.url", f"{b.url!r} has a bad port") from None
+    _readable("broker.ca_file", b.ca_file)
+    _readable("broker.client_cert", b.client_cert)
+    _readable("broker.client_key", b.client_key)
+    _readable("broker.password_file", b.password_file)
+    if (b.client_cert is None) != (b.client_key is None):
+        raise ConfigError("broker.client_key", "client_cert and client_key go together")
+    if (b.client_cert is not None or b.ca_file is not None) and not b.tls:
+        raise ConfigError("broker.url", "certificates are configured but the URL is not mqtts://")
+    if b.keepalive_s < 5:
+        raise ConfigError("broker.keepalive_s", f"{b.keepalive_s} s is too short (>= 5)")
+    for name in ("connect_timeout_s", "publish_timeout_s", "backoff_max_s"):
+        _positive(f"broker.{name}", getattr(b, name))
+    if b.backoff_base_s <= 1:
+        raise ConfigError("broker.backoff_base_s", "must be > 1 so the backoff grows")
+    if cfg.modem is not None:
+        _poll("modem", cfg.modem.poll_s, cfg.modem.timeout_s)
+        if not cfg.modem.port:
+            raise ConfigError("modem.port", "required (e.g. /dev/serial/by-id/usb-...-if02-port0)")
+    if cfg.amp is not None:
+        a = cfg.amp
+        _poll("amp", a.poll_s, a.timeout_s)
+        if a.transport == "rtu" and not a.port:
+            raise ConfigError("amp.port", "required for transport 'rtu'")
+        if a.transport == "tcp":
+            host, _, port = a.address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError("amp.address", f"{a.address!r} must be host:port")
+        if not 0 <= a.unit <= 247:
+            raise ConfigError("amp.unit", f"{a.unit} is not a Modbus unit id (0..247)")
+    if cfg.stream is not None:
+        s = cfg.stream
+        _poll("stream", s.poll_s, s.timeout_s)
+        if not s.url and s.player_state_file is None:
+            raise ConfigError("stream", "set url and/or player_state_file")
+        if s.url and urlsplit(s.url).scheme not in ("http", "https"):
+            raise ConfigError("stream.url", f"{s.url!r} must be http:// or https://")
+    _poll("system", cfg.system.poll_s, cfg.system.timeout_s)
+    r = cfg.reports
+    _positive("reports.heartbeat_s", r.heartbeat_s)
+    if r.full_report_s < r.heartbeat_s:
+        raise ConfigError("reports.full_report_s", "must not be shorter than heartbeat_s")
+    if cfg.outbox.max_bytes < 64 * 1024:
+        raise ConfigError("outbox.max_bytes", "must be at least 65536")
+    if not 1 <= cfg.outbox.batch <= 100:
+        raise ConfigError("outbox.batch", "must be 1..100")
+    d = cfg.diagnosis
+    for name in ("confirm_s", "clear_s", "weak_signal_confirm_s", "flap_window_s"):
+        if getattr(d, name) < 0:
+            raise ConfigError(f"diagnosis.{name}", "must not be negative")
+    if d.flap_count < 2:
+        raise ConfigError("diagnosis.flap_count", "must be at least 2")
+    rc = cfg.recovery
+    if rc.hook_after_s < rc.soft_reset_after_s:
+        raise ConfigError("recovery.hook_after_s", "must not be shorter than soft_reset_after_s")
+    _positive("recovery.hook_timeout_s", rc.hook_timeout_s)
+    if not isinstance(logging.getLevelName(cfg.log_level.upper()), int):
+        raise ConfigError("log_level", f"{cfg.log_level!r} is not a logging level")
+    return cfg
+
+
+def parse_config(data: dict[str, Any]) -> AgentConfig:
+    """Build and validate an AgentConfig from parsed TOML."""
+    cfg = _build(AgentConfig, data, "")
+    assert isinstance(cfg, AgentConfig)
+    return validate(cfg)
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Load ``path``; raises ConfigError (with ``path`` set) naming the bad field."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("$", f"cannot read: {exc.strerror or exc}", path=str(p)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("$", f"not valid TOML: {exc}", path=str(p)) from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, exc.reason, path=str(p)) from None
+
+
+__all__ = [
+    "AgentConfig",
+    "AmpConfig",
+    "BrokerConfig",
+    "ControlConfig",
+    "DeviceConfig",
+    "DiagnosisConfig",
+    "ModemConfig",
+    "OutboxConfig",
+    "RecoveryConfig",
+    "ReportsConfig",
+    "StreamConfig",
+    "SystemConfig",
+    "load_config",
+    "parse_config",
+    "validate",
+]

@@ -1,0 +1,378 @@
+"""Diagnosis: readings history and a clock in, active faults out. Pure; no I/O.
+
+``diagnose(history, now, params, previous)`` returns the faults active at
+``now`` following the taxonomy of ``fleet_protocol.faults``:
+
+- every reading is turned into one *condition sample* per fault code it can
+  judge (bad with evidence text, or good); a reading that cannot judge a code
+  (the modem did not answer, so its SIM state is unknown) gives no sample;
+- a fault is raised once its condition has held for the confirm window
+  (``confirm_s``; ``weak_signal_confirm_s`` for weak signal) and cleared once
+  it has been absent for the clear window (``clear_s``): debounce, so a value
+  wobbling around a threshold raises one fault, not a storm;
+- registration lost and regained ``flap_count`` times within
+  ``flap_window_s`` raises one ``network_unstable`` fault, which then stands
+  in for the ``not_registered`` / ``no_service`` faults of the same episode;
+- the broadcast stream only counts as lost (``no_station_signal``) when the
+  modem and network were fine at that moment: otherwise the cause is theirs.
+
+``previous`` is what the last call returned. Passing it keeps the start time
+(``since``) of faults older than the history the caller retains; the result
+depends only on the arguments. ``horizon(params)`` is how much history a
+caller must keep for the windows to work.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from edge_agent.config import DiagnosisConfig
+from firmware_shims.readings import AmpReading, ModemReading, StreamReading, SystemReading
+from fleet_protocol import Fault, FaultCode, RegState, Severity, SimState
+
+#: Amplifier flag names (as the amplifier profiles name their status bits) that are faults.
+#: Bits not listed (on, playing, clip, mute, battery_mode, ...) are status, not faults.
+AMP_FLAG_FAULTS: Mapping[str, FaultCode] = {
+    "over_temp": FaultCode.AMP_OVER_TEMP,
+    "over_temperature": FaultCode.AMP_OVER_TEMP,
+    "over_temp_limit": FaultCode.AMP_OVER_TEMP,
+    "over_temp_mute": FaultCode.AMP_OVER_TEMP,
+    "short": FaultCode.AMP_OUTPUT_SHORT,
+    "output_short": FaultCode.AMP_OUTPUT_SHORT,
+    "short_circuit": FaultCode.AMP_OUTPUT_SHORT,
+    "short_circuit_mute": FaultCode.AMP_OUTPUT_SHORT,
+    "open_line": FaultCode.AMP_LINE_OPEN,
+    "line_open": FaultCode.AMP_LINE_OPEN,
+    "mains_fail": FaultCode.MAINS_FAIL,
+    "ac_low": FaultCode.MAINS_FAIL,
+    "ac_low_voltage": FaultCode.MAINS_FAIL,
+    "battery_low": FaultCode.BATTERY_LOW,
+    "fault": FaultCode.AMP_FAULT,
+    "amp_fault": FaultCode.AMP_FAULT,
+    "overload": FaultCode.AMP_FAULT,
+    "over_current": FaultCode.AMP_FAULT,
+    "amp_check_error": FaultCode.AMP_FAULT,
+}
+
+_FLAG_CODES = frozenset(AMP_FLAG_FAULTS.values())
+#: Faults whose evidence gains "for N min": how long matters for these.
+_TIMED = frozenset(
+    {
+        FaultCode.WEAK_SIGNAL,
+        FaultCode.NOT_REGISTERED,
+        FaultCode.NO_SERVICE,
+        FaultCode.REGISTRATION_DENIED,
+        FaultCode.STREAM_LOST,
+        FaultCode.MODEM_UNRESPONSIVE,
+        FaultCode.AMP_NO_RESPONSE,
+    }
+)
+#: Faults that network_unstable stands in for while it is active.
+_FLAP_COVERED = frozenset({FaultCode.NOT_REGISTERED, FaultCode.NO_SERVICE})
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Readings per role, each sequence in time order (oldest first)."""
+
+    modem: Sequence[ModemReading] = ()
+    amp: Sequence[AmpReading] = ()
+    system: Sequence[SystemReading] = ()
+    stream: Sequence[StreamReading] = ()
+
+
+Sample = tuple[float, str | None]  # (time, evidence when bad, None when good)
+
+
+def horizon(params: DiagnosisConfig) -> float:
+    """Seconds of history a caller must retain for every window to be judged."""
+    return (
+        max(params.confirm_s, params.weak_signal_confirm_s, params.clear_s, params.flap_window_s)
+        + params.clear_s
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _error_on(r: ModemReading, needle: str) -> str | None:
+    """``"+CME ERROR: 13 on AT+CPIN?"`` for the first errored command containing ``needle``."""
+    for cmd, err in r.errors.items():
+        if needle in cmd.upper():
+            return f"{err} on {cmd}"
+    return None
+
+
+def _raw_line(r: ModemReading, needle: str, prefix: str) -> str | None:
+    for cmd, lines in r.raw.items():
+        if needle in cmd.upper():
+            for line in lines:
+                if line.startswith(prefix):
+                    return line
+    return None
+
+
+def _signal_text(r: ModemReading) -> str:
+    s = r.state
+    if s.rsrp_dbm is not None:
+        return f"RSRP {s.rsrp_dbm:.0f} dBm"
+    if s.rssi_dbm is not None:
+        return f"RSSI {s.rssi_dbm:.0f} dBm"
+    return f"+CSQ: {s.csq},99" if s.csq is not None else "no signal reading"
+
+
+def _has_signal(r: ModemReading) -> bool:
+    s = r.state
+    if s.rsrp_dbm is not None or s.rssi_dbm is not None:
+        return True
+    return s.csq is not None and s.csq != 99
+
+
+def _network_ok(r: ModemReading) -> bool:
+    s = r.state
+    return s.responding and s.sim == SimState.READY and s.registration.registered
+
+
+def _modem_samples(
+    readings: Sequence[ModemReading], p: DiagnosisConfig
+) -> dict[FaultCode, list[Sample]]:
+    out: dict[FaultCode, list[Sample]] = {}
+
+    def add(code: FaultCode, ts: float, evidence: str | None) -> None:
+        out.setdefault(code, []).append((ts, evidence))
+
+    sim_codes = {
+        SimState.ABSENT: FaultCode.SIM_ABSENT,
+        SimState.FAILURE: FaultCode.SIM_FAILURE,
+        SimState.LOCKED: FaultCode.SIM_LOCKED,
+    }
+    for r in readings:
+        s, ts = r.state, r.ts
+        if not s.responding:
+            ev = next(iter(r.errors.values()), None) if r.errors else None
+            add(FaultCode.MODEM_UNRESPONSIVE, ts, ev or "no answer from the modem")
+            continue
+        add(FaultCode.MODEM_UNRESPONSIVE, ts, None)
+        if s.sim == SimState.UNKNOWN:
+            continue
+        for sim_state, code in sim_codes.items():
+            if s.sim != sim_state:
+                add(code, ts, None)
+                continue
+            ev = (
+                _error_on(r, "CPIN")
+                or _raw_line(r, "CPIN", "+CPIN:")
+                or f"SIM {sim_state.value} (AT+CPIN?)"
+            )
+            add(code, ts, ev)
+        if s.sim != SimState.READY or s.registration == RegState.UNKNOWN:
+            continue
+        reg = s.registration
+        denied = reg == RegState.DENIED
+        lost = not reg.registered and not denied
+        reg_line = _raw_line(r, "REG", "+C") or f"registration {reg.value}"
+        add(
+            FaultCode.REGISTRATION_DENIED,
+            ts,
+            f"registration denied ({reg_line})" if denied else None,
+        )
+        no_cell = lost and not _has_signal(r)
+        add(
+            FaultCode.NO_SERVICE,
+            ts,
+            f"no cell found ({reg_line}, {_signal_text(r)})" if no_cell else None,
+        )
+        add(
+            FaultCode.NOT_REGISTERED,
+            ts,
+            f"not registered: {reg.value} ({reg_line}), {_signal_text(r)}"
+            if lost and not no_cell
+            else None,
+        )
+        weak = reg.registered and (
+            (s.rsrp_dbm is not None and s.rsrp_dbm <= p.weak_rsrp_dbm)
+            or (s.rsrp_dbm is None and s.rssi_dbm is not None and s.rssi_dbm <= p.weak_rssi_dbm)
+        )
+        add(FaultCode.WEAK_SIGNAL, ts, _signal_text(r) if weak else None)
+    out[FaultCode.NETWORK_UNSTABLE] = _flap_samples(readings, p)
+    return out
+
+
+def _flap_samples(readings: Sequence[ModemReading], p: DiagnosisConfig) -> list[Sample]:
+    """Bad at a sample when registration was regained >= flap_count times in the window."""
+    regains: list[float] = []
+    samples: list[Sample] = []
+    was_registered: bool | None = None
+    for r in readings:
+        s = r.state
+        if not s.responding or s.sim != SimState.READY or s.registration == RegState.UNKNOWN:
+            continue
+        now_registered = s.registration.registered
+        if was_registered is False and now_registered:
+            regains.append(r.ts)
+        was_registered = now_registered
+        lo = bisect.bisect_right(regains, r.ts - p.flap_window_s)
+        n = len(regains) - lo
+        ev = (
+            f"registration lost and regained {n} times in {_duration(p.flap_window_s)}"
+            if n >= p.flap_count
+            else None
+        )
+        samples.append((r.ts, ev))
+    return samples
+
+
+def _amp_samples(
+    readings: Sequence[AmpReading], p: DiagnosisConfig
+) -> dict[FaultCode, list[Sample]]:
+    out: dict[FaultCode, list[Sample]] = {}
+    for a in readings:
+        s, ts = a.state, a.ts
+        if not s.responding:
+            out.setdefault(FaultCode.AMP_NO_RESPONSE, []).append(
+                (ts, a.error or "no answer from the amplifier")
+            )
+            continue
+        out.setdefault(FaultCode.AMP_NO_RESPONSE, []).append((ts, None))
+        bad: dict[FaultCode, list[str]] = {}
+        for flag in s.flags:
+            code = AMP_FLAG_FAULTS.get(flag.lower())
+            if code is not None:
+                bad.setdefault(code, []).append(f"flag {flag}")
+        if s.temperature_c is not None and s.temperature_c >= p.amp_over_temp_c:
+            bad.setdefault(FaultCode.AMP_OVER_TEMP, []).append(
+                f"temperature {s.temperature_c:.0f} °C >= {p.amp_over_temp_c:.0f} °C"
+            )
+        if s.mains_v is not None and p.mains_min_v > 0 and s.mains_v < p.mains_min_v:
+            bad.setdefault(FaultCode.MAINS_FAIL, []).append(
+                f"mains {s.mains_v:.0f} V < {p.mains_min_v:.0f} V"
+            )
+        for code in _FLAG_CODES:
+            reasons = bad.get(code)
+            out.setdefault(code, []).append((ts, "; ".join(reasons) if reasons else None))
+    return out
+
+
+def _system_samples(
+    readings: Sequence[SystemReading], p: DiagnosisConfig
+) -> dict[FaultCode, list[Sample]]:
+    out: dict[FaultCode, list[Sample]] = {}
+    checks = (
+        (FaultCode.CONTROLLER_DISK_FULL, "disk_pct", p.disk_full_pct, "disk {:.0f} % full"),
+        (FaultCode.CONTROLLER_MEMORY_LOW, "mem_pct", p.memory_low_pct, "memory {:.0f} % used"),
+        (FaultCode.CONTROLLER_OVERHEAT, "soc_temp_c", p.soc_overheat_c, "SoC {:.0f} °C"),
+    )
+    for r in readings:
+        for code, attr, limit, text in checks:
+            value = getattr(r.state, attr)
+            if value is None:
+                continue
+            out.setdefault(code, []).append((r.ts, text.format(value) if value >= limit else None))
+    return out
+
+
+def _stream_samples(
+    readings: Sequence[StreamReading], modem: Sequence[ModemReading]
+) -> list[Sample]:
+    modem_ts = [m.ts for m in modem]
+    samples: list[Sample] = []
+    for r in readings:
+        if modem:
+            i = bisect.bisect_right(modem_ts, r.ts) - 1
+            if i < 0 or not _network_ok(modem[i]):
+                continue  # no network: the stream's loss is the network's fault, not the station's
+        s = r.state
+        samples.append((r.ts, None if s.receiving else (s.detail or "stream not received")))
+    return samples
+
+
+@dataclass(slots=True)
+class _Run:
+    raised: bool
+    since: float | None
+    evidence: str
+    bad_start: float | None = None
+
+
+def _fold(
+    samples: Sequence[Sample], now: float, confirm: float, clear: float, prev: Fault | None
+) -> _Run:
+    run = _Run(
+        raised=prev is not None,
+        since=prev.since if prev else None,
+        evidence=prev.evidence if prev else "",
+    )
+    good_start: float | None = None
+    for ts, ev in samples:
+        if ev is not None:
+            good_start = None
+            run.evidence = ev
+            if run.bad_start is None:
+                run.bad_start = ts
+            if not run.raised and ts - run.bad_start >= confirm:
+                run.raised, run.since = True, run.bad_start
+        else:
+            run.bad_start = None
+            if run.raised:
+                if good_start is None:
+                    good_start = ts
+                if ts - good_start >= clear:
+                    run.raised, run.since = False, None
+    # The latest sample stands until the next one: judge the windows at ``now``.
+    if run.bad_start is not None and not run.raised and now - run.bad_start >= confirm:
+        run.raised, run.since = True, run.bad_start
+    if good_start is not None and run.raised and now - good_start >= clear:
+        run.raised, run.since = False, None
+    return run
+
+
+def _all_samples(history: History, p: DiagnosisConfig) -> Iterator[tuple[FaultCode, list[Sample]]]:
+    yield from _modem_samples(history.modem, p).items()
+    yield from _amp_samples(history.amp, p).items()
+    yield from _system_samples(history.system, p).items()
+    yield FaultCode.STREAM_LOST, _stream_samples(history.stream, history.modem)
+
+
+def diagnose(
+    history: History,
+    now: float,
+    params: DiagnosisConfig,
+    previous: Iterable[Fault] = (),
+) -> list[Fault]:
+    """The faults active at ``now``; critical first, then by start time and code."""
+    prev = {f.code: f for f in previous}
+    samples_by_code = dict(_all_samples(history, params))
+    active: dict[FaultCode, Fault] = {}
+    for code, samples in samples_by_code.items():
+        confirm = {
+            FaultCode.WEAK_SIGNAL: params.weak_signal_confirm_s,
+            FaultCode.NETWORK_UNSTABLE: 0.0,
+        }.get(code, params.confirm_s)
+        run = _fold(samples, now, confirm, params.clear_s, prev.get(code))
+        if not run.raised or run.since is None:
+            continue
+        evidence = run.evidence
+        if code in _TIMED and run.bad_start is not None:
+            evidence = f"{evidence} for {_duration(now - run.bad_start)}"
+        active[code] = Fault.of(code, run.since, evidence)
+    # A code no reading could judge this time (modem silent, so SIM unknown) keeps its state.
+    for code, fault in prev.items():
+        if not samples_by_code.get(code):
+            active.setdefault(code, fault)
+    if FaultCode.NETWORK_UNSTABLE in active:
+        for code in _FLAP_COVERED:
+            active.pop(code, None)
+    return sorted(
+        active.values(),
+        key=lambda f: (f.severity != Severity.CRITICAL, f.since, f.code.value),
+    )
+
+
+__all__ = ["AMP_FLAG_FAULTS", "History", "diagnose", "horizon"]
