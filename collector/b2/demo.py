@@ -11,10 +11,16 @@ ICCIDs and phone numbers are illustrative, not real.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
+from collector.b2.dates import DEFAULT_TZ, end_of_day, zone
+from collector.b2.table import B2Table, compute_b2
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from fleet_protocol import B2Cause
 
@@ -163,3 +169,46 @@ def demo_statuses(as_of: float) -> list[DeviceStatus]:
                 )
             )
     return statuses
+
+
+def demo_table(lang: str = "vi") -> B2Table:
+    """The demo district's B2 table as of :data:`DEMO_DAY` (end of day, Asia/Ho_Chi_Minh)."""
+    as_of = end_of_day(DEMO_DAY, zone(DEFAULT_TZ))
+    return compute_b2(demo_inventory(), demo_statuses(as_of.timestamp()), as_of=as_of, lang=lang)
+
+
+def write_samples(directory: Path) -> list[Path]:
+    """Write the demo inventory and every B2 export (Vietnamese, plus English JSON) there."""
+    from collector.exports import Format, render
+    from collector.inventory import inventory_to_csv, inventory_to_xlsx
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def put(name: str, body: bytes) -> None:
+        path = directory / name
+        path.write_bytes(body)
+        written.append(path)
+
+    inventory = demo_inventory()
+    put("inventory-lam-thao.csv", inventory_to_csv(inventory))
+    put("inventory-lam-thao.xlsx", inventory_to_xlsx(inventory))
+    table = demo_table("vi")
+    for fmt in Format:
+        put(f"b2-lam-thao-2023-07-31.{fmt.value}", render(table, fmt).body)
+    put("b2-lam-thao-2023-07-31.en.html", render(demo_table("en"), Format.HTML).body)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m collector.b2.demo [DIR]``: write the samples (default docs/samples)."""
+    parser = argparse.ArgumentParser(prog="python -m collector.b2.demo", description=__doc__)
+    parser.add_argument("directory", nargs="?", default="docs/samples", type=Path)
+    args = parser.parse_args(argv)
+    for path in write_samples(args.directory):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""B2 table as CSV: UTF-8 with BOM so Excel shows the diacritics.
+
+One header row ("Hỏng, không hoạt động - Đang sửa chữa" for grouped
+columns), the rows, the total row; then an empty line and the summary sentence
+in the first column, so the file opens in Excel as the whole report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from collector.b2.table import B2Table, flat_columns, text
+
+
+def to_csv(table: B2Table) -> bytes:
+    """The table as CSV bytes (UTF-8 with BOM, CRLF line ends as Excel writes)."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(flat_columns(table.lang))
+    for row in table.all_rows():
+        writer.writerow(row.cells())
+    writer.writerow([])
+    writer.writerow([f"{text('summary', table.lang)}: {table.summary}"])
+    return out.getvalue().encode("utf-8-sig")

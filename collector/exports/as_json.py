@@ -1,0 +1,54 @@
+"""B2 table as JSON: machine-readable, every count keyed by name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from collector.b2.table import CAUSES, B2Row, B2Table, text
+
+
+def _row(row: B2Row) -> dict[str, Any]:
+    return {
+        "stt": row.stt,
+        "unit": row.unit,
+        "key": row.key,
+        "total": row.total,
+        "working": row.working,
+        "broken": {
+            "total": row.broken,
+            "in_repair": row.in_repair,
+            "not_repaired": row.not_repaired,
+        },
+        "causes": {cause.value: n for cause, n in zip(CAUSES, row.causes, strict=True)},
+        "causes_text": row.causes_text,
+        "never_reported": row.never_reported,
+        "offline_long": row.offline_long,
+        "notes": row.notes,
+    }
+
+
+def table_to_dict(table: B2Table) -> dict[str, Any]:
+    """The table as plain JSON-ready data (the API's ``format=json`` body)."""
+    lang = table.lang
+    return {
+        "report": "B2",
+        "title": text("title", lang),
+        "unit_name": table.unit_name,
+        "as_of": table.as_of.isoformat(),
+        "as_of_date": table.day.isoformat(),
+        "time_zone": str(table.as_of.tzinfo),
+        "scope": table.scope.value,
+        "lang": lang,
+        "offline_days": table.offline_days,
+        "causes": [{"key": c.value, "label": c.label(lang)} for c in CAUSES],
+        "rows": [_row(r) for r in table.rows],
+        "total": _row(table.total),
+        "summary": table.summary,
+        "unlisted_devices": list(table.unlisted),
+    }
+
+
+def to_json(table: B2Table) -> bytes:
+    """UTF-8 JSON, diacritics written as is, indented for people who open it."""
+    return (json.dumps(table_to_dict(table), ensure_ascii=False, indent=2) + "\n").encode()
