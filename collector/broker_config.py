@@ -30,6 +30,10 @@ class BrokerLayout:
     #: TLS listener port; None drops the TLS listener (tests without TLS).
     tls_port: int | None = 8883
     tls_host: str | None = None
+    #: Client-certificate (mutual TLS) listener port; None drops that listener.
+    #: None by default so that a layout without a CA's files still starts.
+    cert_port: int | None = None
+    cert_host: str | None = None
     #: Log to this file instead of syslog.
     log_file: Path | None = None
     #: Run as this OS user (Mosquitto started as root otherwise drops to "mosquitto",
@@ -50,20 +54,29 @@ def render(layout: BrokerLayout, base: str | None = None) -> str:
         "keyfile": str(cfg / "server.key"),
     }
     out: list[str] = [f"user {layout.run_as}"] if layout.run_as else []
+    # The production file's listeners, told apart by their port there.
+    listeners = {
+        "8883": (layout.tls_port, layout.tls_host),
+        "8884": (layout.cert_port, layout.cert_host),
+    }
     section = "global"
+    dropped = False
     for line in text.splitlines():
         key, _, _value = line.strip().partition(" ")
         if key == "listener":
             port = line.split()[1]
-            section = "tls" if port == "8883" else "plain"
-            if section == "tls":
-                if layout.tls_port is None:
-                    continue
-                host = f" {layout.tls_host}" if layout.tls_host else ""
-                line = f"listener {layout.tls_port}{host}"
-            else:
+            section = port if port in listeners else "plain"
+            if section == "plain":
+                dropped = False
                 line = f"listener {layout.plain_port} {layout.plain_host}"
-        elif section == "tls" and layout.tls_port is None and key and not key.startswith("#"):
+            else:
+                new_port, new_host = listeners[section]
+                dropped = new_port is None
+                if dropped:
+                    continue
+                host = f" {new_host}" if new_host else ""
+                line = f"listener {new_port}{host}"
+        elif dropped and key and not key.startswith("#"):
             continue
         elif key == "log_dest" and layout.log_file is not None:
             line = f"log_dest file {layout.log_file}"

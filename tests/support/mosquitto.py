@@ -47,11 +47,14 @@ class Broker:
     the port and persistence, for outage tests.
     """
 
-    def __init__(self, root: Path, *, tls_port: int | None = None) -> None:
+    def __init__(
+        self, root: Path, *, tls_port: int | None = None, cert_port: int | None = None
+    ) -> None:
         self.root = root
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tls_port = tls_port
+        self.cert_port = cert_port
         cfg = root / "etc"
         cfg.mkdir(parents=True, exist_ok=True)
         (root / "data").mkdir(exist_ok=True)
@@ -61,6 +64,8 @@ class Broker:
             plain_port=self.port,
             tls_port=tls_port,
             tls_host="127.0.0.1",
+            cert_port=cert_port,
+            cert_host="127.0.0.1",
             log_file=root / "mosquitto.log",
             run_as=getpass.getuser(),
         )
@@ -101,8 +106,9 @@ class Broker:
         )
         try:
             wait_port(self.host, self.port)
-            if self.tls_port:
-                wait_port(self.host, self.tls_port)
+            for port in (self.tls_port, self.cert_port):
+                if port:
+                    wait_port(self.host, port)
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start: {self.log_tail()}") from None
