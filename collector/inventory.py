@@ -431,8 +431,8 @@ def parse_inventory(data: bytes, *, source: str = "<inventory>") -> list[Invento
                     if mine != theirs:
                         row.error(
                             key,
-                            f"commune code {code!r} has {label} {theirs!r} on row {first}"
-                            f" but {mine!r} here",
+                            f"commune code {code!r} has {label} {str(theirs)!r} on row {first}"
+                            f" but {str(mine)!r} here",
                         )
         known_errors = len(errors)
         latitude = row.coordinate("latitude", 90.0)

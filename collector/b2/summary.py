@@ -80,7 +80,10 @@ def _vietnamese(
     else:
         state = "đang được sửa chữa" if in_repair else "chưa được sửa chữa"
         detail = f" ({state})" if broken == 1 else f" (tất cả {state})"
-    why = " " + "; ".join(phrases) if phrases else ""
+    why = ""
+    if phrases:
+        # "(...) do X" reads on, but "(...) không rõ nguyên nhân" needs a comma.
+        why = (" " if phrases[0].startswith("do ") else ", ") + "; ".join(phrases)
     return f"{head} {good}; {broken} cụm loa hỏng không hoạt động{detail}{why}."
 
 
