@@ -311,7 +311,13 @@ class Repository(Protocol):
 
     async def list_faults(self, device_id: str, *, active_only: bool = False) -> list[FaultRow]: ...
 
-    async def raw_messages(self, device_id: str, *, limit: int = 50) -> list[Observation]: ...
+    async def stored_seqs(self, device_id: str) -> list[int]:
+        """Wire seqs stored for ``device_id``, ascending (within raw retention)."""
+        ...
+
+    async def message_count(self) -> int:
+        """Wire messages held in raw storage."""
+        ...
 
     # -- repairs -----------------------------------------------------------------------------
     async def open_ticket(
@@ -358,6 +364,10 @@ class Repository(Protocol):
 
     async def devices_for_repair_sweep(self) -> list[DeviceRow]:
         """Devices that are broken by a critical fault or have an active ticket."""
+        ...
+
+    async def diag_broken_since(self, device_id: str) -> float | None:
+        """Event time since which the device's diagnosis has been broken (None: it is not)."""
         ...
 
     # -- users, tokens, sessions, audit --------------------------------------------------------

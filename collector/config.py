@@ -1,0 +1,240 @@
+"""Collector configuration: frozen dataclasses loaded once from TOML.
+
+``load_config(path)`` fails at start with ``ConfigError`` naming the field
+(``[mqtt] port: expected an integer, got 'abc'``); unknown keys are errors too,
+so a typo is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration file; the message names the file and the field."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttConfig:
+    #: Broker host name or address.
+    host: str = "127.0.0.1"
+    #: Broker port (1883 plain on localhost, 8883 TLS).
+    port: int = 1883
+    #: MQTT user of the collector (the broker ACL grants it loa/v1/#).
+    username: str = "loa_collector"
+    #: Password inline (tests, demos); prefer ``password_file`` in production.
+    password: str = ""
+    #: File holding the password (first line); wins over ``password``.
+    password_file: str = ""
+    #: Client id. Must be stable across restarts (the broker keeps this session's
+    #: queued messages while the collector is down) and unique per instance.
+    client_id: str = "loa-collector-1"
+    #: Shared-subscription group when several instances split the load ("" = none).
+    shared_group: str = ""
+    #: Use TLS to the broker.
+    tls: bool = False
+    #: CA bundle for TLS ("" = system store).
+    ca_file: str = ""
+    #: MQTT keepalive, seconds.
+    keepalive_s: int = 30
+    #: How many unacknowledged messages the broker may have in flight to us
+    #: (MQTT 5 receive maximum): the upper bound of one write batch.
+    receive_maximum: int = 1000
+    #: How long the broker keeps our session (and queues for us) while we are away.
+    session_expiry_s: int = 7 * 24 * 3600
+    #: Seconds to wait for the broker's CONNACK/SUBACK.
+    timeout_s: float = 10.0
+    #: Upper bound of the reconnect backoff, seconds.
+    max_backoff_s: float = 30.0
+
+    def resolved_password(self) -> str:
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"[mqtt] password_file: cannot read {self.password_file}: {exc}"
+                ) from None
+        return self.password
+
+
+@dataclass(frozen=True, kw_only=True)
+class DbConfig:
+    #: SQLite database file.
+    path: str = "/var/lib/loa-collector/collector.db"
+    #: "full" survives power loss; "normal" survives process crashes only.
+    synchronous: str = "full"
+    #: Raw messages (and the signal history) are kept this many days.
+    raw_retention_days: float = 90.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    #: Most messages written (and acknowledged) in one transaction.
+    batch_size: int = 1000
+    #: A report received more than this long after its ``ts`` was buffered on the
+    #: device: it corrects the diagnosis of that time but does not mark the
+    #: device online.
+    late_after_s: float = 120.0
+    #: A device ``ts`` further ahead of the receive time than this is replaced by
+    #: the receive time (and counted as clock skew).
+    max_future_skew_s: float = 300.0
+    #: Devices whose rejections are logged individually before going quiet.
+    max_logged_devices: int = 10000
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetConfig:
+    #: A device not heard from (receive time) for this long is offline. Well above
+    #: the agent's heartbeat (300 s by default, up to 900 s on tight data plans).
+    heartbeat_grace_s: float = 2700.0
+    #: How often to look for silent devices and purge old raw messages.
+    sweep_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepairConfig:
+    #: Open a ticket automatically when a critical fault has lasted this long (0 = never).
+    auto_open_after_s: float = 24 * 3600.0
+    #: Resolve an active ticket once the cluster has been working this long.
+    auto_resolve_after_s: float = 2 * 3600.0
+    #: Tickets without progress (start, comment) for this long are overdue.
+    overdue_after_s: float = 7 * 24 * 3600.0
+    #: How often the repair sweep runs.
+    sweep_interval_s: float = 300.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    #: Address to listen on.
+    host: str = "127.0.0.1"
+    #: Port to listen on.
+    port: int = 8080
+    #: Browser sessions expire after this many seconds.
+    session_ttl_s: float = 12 * 3600.0
+    #: Mark the session cookie Secure (off only for plain-HTTP local testing).
+    secure_cookies: bool = True
+    #: Largest request body accepted, bytes.
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectorConfig:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    db: DbConfig = field(default_factory=DbConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    repairs: RepairConfig = field(default_factory=RepairConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    #: Run the MQTT ingest in this process (off for API-only instances).
+    ingest_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (1 <= self.mqtt.port <= 65535, "[mqtt] port: must be 1..65535"),
+            (1 <= self.http.port <= 65535 or self.http.port == 0, "[http] port: must be 0..65535"),
+            (bool(self.mqtt.client_id), "[mqtt] client_id: must not be empty"),
+            (self.mqtt.receive_maximum >= 1, "[mqtt] receive_maximum: must be >= 1"),
+            (self.mqtt.timeout_s > 0, "[mqtt] timeout_s: must be > 0"),
+            (
+                self.db.synchronous in ("normal", "full", "extra"),
+                "[db] synchronous: must be normal, full or extra",
+            ),
+            (self.db.raw_retention_days > 0, "[db] raw_retention_days: must be > 0"),
+            (1 <= self.ingest.batch_size <= 10000, "[ingest] batch_size: must be 1..10000"),
+            (self.ingest.late_after_s > 0, "[ingest] late_after_s: must be > 0"),
+            (self.ingest.max_future_skew_s >= 0, "[ingest] max_future_skew_s: must be >= 0"),
+            (
+                self.fleet.heartbeat_grace_s > self.ingest.late_after_s,
+                "[fleet] heartbeat_grace_s: must exceed [ingest] late_after_s",
+            ),
+            (self.fleet.sweep_interval_s > 0, "[fleet] sweep_interval_s: must be > 0"),
+            (self.repairs.auto_open_after_s >= 0, "[repairs] auto_open_after_s: must be >= 0"),
+            (
+                self.repairs.auto_resolve_after_s >= 0,
+                "[repairs] auto_resolve_after_s: must be >= 0",
+            ),
+            (self.repairs.overdue_after_s > 0, "[repairs] overdue_after_s: must be > 0"),
+            (self.repairs.sweep_interval_s > 0, "[repairs] sweep_interval_s: must be > 0"),
+            (self.http.session_ttl_s > 0, "[http] session_ttl_s: must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def _check(section: str, name: str, hint: Any, value: Any) -> Any:
+    where = f"[{section}] {name}" if section else name
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r:.60}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r:.60}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r:.60}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r:.60}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls: type[Any], section: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}]: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"[{section}] {unknown[0]}: unknown setting"
+            if section
+            else f"{unknown[0]}: unknown setting or section"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, name, value)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _check(section, name, hint, value)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> CollectorConfig:
+    """Build and validate a config from parsed TOML; raises ConfigError."""
+    try:
+        cfg = _build(CollectorConfig, "", data)
+    except TypeError as exc:  # pragma: no cover - guarded by _build's checks
+        raise ConfigError(str(exc)) from None
+    assert isinstance(cfg, CollectorConfig)
+    return cfg
+
+
+def load_config(path: Path | str) -> CollectorConfig:
+    """Read and validate ``path``; raises ConfigError naming the file and field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,1151 @@
+"""The embedded store: SQLite through aiosqlite, in WAL mode.
+
+One writer connection (writes are serialised by an asyncio lock and each is
+one ``BEGIN IMMEDIATE`` transaction, so several collector processes may share
+the file) and one reader connection (WAL readers see the last committed
+snapshot and never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import msgspec
+
+from collector.fleet import INITIAL, FleetState, Observation, ObsKind, Transition, fold
+from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
+from collector.store.base import (
+    BatchResult,
+    Conflict,
+    DeviceRow,
+    EventRow,
+    FaultRow,
+    IncomingMessage,
+    NotFound,
+    RepairStat,
+    Role,
+    Session,
+    SignalPoint,
+    StoreError,
+    Ticket,
+    TicketEntry,
+    TicketState,
+    User,
+)
+from collector.store.migrations import LATEST, MIGRATIONS
+from fleet_protocol import B2Cause
+
+#: SQLite's default limit on bound parameters is 32766 (3.32+); stay far below.
+_CHUNK: Final = 500
+_SYNCHRONOUS: Final = ("off", "normal", "full", "extra")
+
+_INVENTORY_COLS: Final = (
+    "device_id, commune_code, commune_name, commune_kind, district, province, address, "
+    "latitude, longitude, contractor, sim_iccid, sim_phone, install_date, position"
+)
+
+
+def _cause(v: str | None) -> B2Cause | None:
+    return None if v is None else B2Cause(v)
+
+
+def _state_of(row: sqlite3.Row | tuple[Any, ...], at: int = 0) -> FleetState:
+    """FleetState from (online, has_diag, diag_broken, diag_cause, status_since) at ``at``."""
+    online, has_diag, broken, cause, since = tuple(row)[at : at + 5]
+    return FleetState(
+        online=bool(online),
+        has_diag=bool(has_diag),
+        diag_broken=bool(broken),
+        diag_cause=_cause(cause),
+        status_since=since,
+    )
+
+
+def _obs_of(row: sqlite3.Row | tuple[Any, ...]) -> Observation:
+    ts, seq, kind, prompt, broken, cause = tuple(row)
+    return Observation(
+        ts, seq, ObsKind(kind), prompt=bool(prompt), broken=bool(broken), cause=_cause(cause)
+    )
+
+
+def _inventory_of(row: sqlite3.Row | tuple[Any, ...]) -> InventoryDevice:
+    r = tuple(row)
+    return InventoryDevice(
+        device_id=r[0],
+        commune_code=r[1],
+        commune_name=r[2],
+        commune_kind=CommuneKind(r[3]),
+        district=r[4],
+        province=r[5],
+        address=r[6],
+        latitude=r[7],
+        longitude=r[8],
+        contractor=r[9],
+        sim_iccid=r[10],
+        sim_phone=r[11],
+        install_date=r[12],
+        position=r[13],
+    )
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _qmarks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteRepository:
+    """``Repository`` on one SQLite file. Build with ``await SQLiteRepository.open(path)``."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._w = writer
+        self._r = reader
+        self._wlock = asyncio.Lock()
+        self._rlock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, synchronous: str = "full", busy_timeout_s: float = 10.0
+    ) -> SQLiteRepository:
+        """Open (creating if needed) the database; does not migrate.
+
+        ``synchronous`` is SQLite's WAL durability: "full" survives power loss,
+        "normal" survives a crash of the process (kill -9) but may lose the last
+        commits on power loss.
+        """
+        if synchronous not in _SYNCHRONOUS:
+            raise StoreError(f"{path}: synchronous must be one of {_SYNCHRONOUS}")
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conns: list[aiosqlite.Connection] = []
+            for _ in range(2):
+                conn = await aiosqlite.connect(path, isolation_level=None)
+                conns.append(conn)
+                await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute(f"PRAGMA synchronous = {synchronous}")
+                await conn.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as exc:
+            for c in conns:
+                await c.close()
+            raise StoreError(f"{path}: cannot open database: {exc}") from exc
+        return cls(path, conns[0], conns[1])
+
+    async def close(self) -> None:
+        async with self._wlock, self._rlock:
+            await self._w.close()
+            await self._r.close()
+
+    async def schema_version(self) -> int:
+        async with self._r.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def migrate(self) -> int:
+        async with self._tx() as db:
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > LATEST:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this collector "
+                    f"({LATEST}); upgrade the collector"
+                )
+            for step in range(version, LATEST):
+                for stmt in MIGRATIONS[step].split(";"):
+                    if stmt.strip():
+                        await db.execute(stmt)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+        return LATEST
+
+    async def require_schema(self) -> None:
+        """Raise StoreError unless the schema is at the latest version."""
+        version = await self.schema_version()
+        if version != LATEST:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this collector needs {LATEST}; "
+                "run `loa-collector db migrate`"
+            )
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error)."""
+        async with self._wlock:
+            try:
+                await self._w.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
+            try:
+                yield self._w
+            except BaseException:
+                await self._w.execute("ROLLBACK")
+                raise
+            try:
+                await self._w.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._w.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A consistent read snapshot over several statements."""
+        async with self._rlock:
+            await self._r.execute("BEGIN")
+            try:
+                yield self._r
+            finally:
+                await self._r.execute("COMMIT")
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._rlock, self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    # -- inventory -------------------------------------------------------------------------
+
+    async def upsert_inventory(
+        self, devices: Sequence[InventoryDevice], *, remove_missing: bool, actor: str = "system"
+    ) -> tuple[int, int, int]:
+        ids = [d.device_id for d in devices]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise Conflict(f"inventory lists device {dup!r} twice")
+        async with self._tx() as db:
+            async with db.execute("SELECT device_id FROM inventory") as cur:
+                existing = {r[0] for r in await cur.fetchall()}
+            rows = [
+                (
+                    d.device_id,
+                    d.commune_code,
+                    d.commune_name,
+                    str(d.commune_kind),
+                    d.district,
+                    d.province,
+                    d.address,
+                    d.latitude,
+                    d.longitude,
+                    d.contractor,
+                    d.sim_iccid,
+                    d.sim_phone,
+                    d.install_date,
+                    d.position,
+                )
+                for d in devices
+            ]
+            await db.executemany(
+                f"INSERT OR REPLACE INTO inventory ({_INVENTORY_COLS}) VALUES ({_qmarks(14)})",
+                rows,
+            )
+            removed = existing - set(ids) if remove_missing else set()
+            for chunk in _chunks(sorted(removed)):
+                await db.execute(
+                    f"DELETE FROM inventory WHERE device_id IN ({_qmarks(len(chunk))})", chunk
+                )
+            added = len(set(ids) - existing)
+            updated = len(ids) - added
+            await self._audit(
+                db,
+                actor,
+                "inventory.upsert",
+                "inventory",
+                {"added": added, "updated": updated, "removed": sorted(removed)},
+            )
+        return added, updated, len(removed)
+
+    async def list_inventory(self) -> list[InventoryDevice]:
+        rows = await self._all(
+            f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
+        )
+        return [_inventory_of(r) for r in rows]
+
+    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+        async with self._read() as db:
+            async with db.execute(
+                f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [_inventory_of(r) for r in await cur.fetchall()]
+            async with db.execute(
+                """
+                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since, ts
+                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
+                                                   ORDER BY ts DESC, seq DESC) AS rn
+                      FROM transitions WHERE ts <= ?)
+                WHERE rn = 1 AND device_id IN (SELECT device_id FROM inventory)
+                """,
+                (t,),
+            ) as cur:
+                states = {r[0]: (_state_of(r, 1), r[6]) for r in await cur.fetchall()}
+            async with db.execute(
+                "SELECT DISTINCT device_id FROM tickets WHERE started_at <= ? "
+                "AND (closed_at IS NULL OR closed_at > ?)",
+                (t, t),
+            ) as cur:
+                repairing = {r[0] for r in await cur.fetchall()}
+            async with db.execute(
+                """
+                SELECT i.device_id,
+                       (SELECT max(m.ts) FROM messages m
+                        WHERE m.device_id = i.device_id AND m.ts <= ? AND m.seq >= 0)
+                FROM inventory i
+                """,
+                (t,),
+            ) as cur:
+                heard = {r[0]: r[1] for r in await cur.fetchall()}
+        out: list[DeviceStatus] = []
+        for d in inventory:
+            found = states.get(d.device_id)
+            if found is None:
+                out.append(
+                    DeviceStatus(
+                        device_id=d.device_id,
+                        commune_code=d.commune_code,
+                        status=Status.BROKEN,
+                        cause=B2Cause.UNKNOWN,
+                        in_repair=d.device_id in repairing,
+                        never_reported=True,
+                    )
+                )
+                continue
+            state, tr_ts = found
+            last = heard.get(d.device_id)
+            out.append(
+                DeviceStatus(
+                    device_id=d.device_id,
+                    commune_code=d.commune_code,
+                    status=state.status,
+                    cause=state.cause,
+                    in_repair=state.status is Status.BROKEN and d.device_id in repairing,
+                    online=state.online,
+                    since=state.status_since,
+                    last_seen=last if last is not None else tr_ts,
+                )
+            )
+        return out
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    async def write_batch(
+        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+    ) -> BatchResult:
+        del late_after_s  # promptness is decided by the caller and carried in observations
+        if not messages:
+            return BatchResult(0, 0)
+        rows = [
+            (
+                m.device_id,
+                m.seq,
+                m.kind,
+                m.ts,
+                m.received_at,
+                None if m.observation is None else str(m.observation.kind),
+                1 if m.observation is None or m.observation.prompt else 0,
+                1 if m.observation is not None and m.observation.broken else 0,
+                None
+                if m.observation is None or m.observation.cause is None
+                else str(m.observation.cause),
+                *(m.signal or (None, None, None, None, None)),
+                m.payload,
+            )
+            for m in messages
+        ]
+        async with self._tx() as db:
+            async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
+                row = await cur.fetchone()
+            high = int(row[0]) if row else 0
+            await db.executemany(
+                "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"
+                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            async with db.execute(
+                "SELECT device_id, seq FROM messages WHERE rowid > ?", (high,)
+            ) as cur:
+                fresh = {(r[0], r[1]) for r in await cur.fetchall()}
+            new: list[IncomingMessage] = []
+            for m in messages:
+                if (m.device_id, m.seq) in fresh:
+                    fresh.discard((m.device_id, m.seq))
+                    new.append(m)
+            changed = await self._apply(db, new)
+        return BatchResult(len(new), len(messages) - len(new), tuple(changed))
+
+    async def _apply(self, db: aiosqlite.Connection, new: Sequence[IncomingMessage]) -> list[str]:
+        """Fold the new messages of a batch into devices, transitions, events and faults."""
+        by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
+        for m in new:
+            by_device[m.device_id].append(m)
+        if not by_device:
+            return []
+        current: dict[str, sqlite3.Row] = {}
+        ids = sorted(by_device)
+        for chunk in _chunks(ids):
+            async with db.execute(
+                "SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since,"
+                " obs_ts, obs_seq, last_ts, last_seq, last_seen, report_ts, commune_code,"
+                f" first_seen FROM devices WHERE device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    current[r[0]] = r
+        changed: list[str] = []
+        device_rows: list[tuple[Any, ...]] = []
+        transitions: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        for device, msgs in by_device.items():
+            cur_row = current.get(device)
+            obs = sorted((m.observation for m in msgs if m.observation), key=lambda o: o.key)
+            state = INITIAL if cur_row is None else _state_of(cur_row, 1)
+            obs_key: tuple[float, int] | None = (
+                None if cur_row is None or cur_row[6] is None else (cur_row[6], cur_row[7])
+            )
+            if obs:
+                if obs_key is not None and obs[0].key < obs_key:
+                    # Late arrivals: re-derive this device's history from the earliest.
+                    state, trs = await self._refold(db, device, obs[0].key)
+                else:
+                    state, trs = fold(state, obs)
+                if trs:
+                    changed.append(device)
+                transitions.extend(
+                    (
+                        device,
+                        tr.ts,
+                        tr.seq,
+                        int(tr.state.online),
+                        int(tr.state.has_diag),
+                        int(tr.state.diag_broken),
+                        tr.state.diag_cause and str(tr.state.diag_cause),
+                        str(tr.state.status),
+                        tr.state.cause and str(tr.state.cause),
+                        tr.state.status_since,
+                    )
+                    for tr in trs
+                )
+                last_obs = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
+                obs_key = last_obs
+            newest = max(msgs, key=lambda m: (m.ts, m.seq))
+            last_ts, last_seq = (newest.ts, newest.seq)
+            if (
+                cur_row is not None
+                and cur_row[8] is not None
+                and (cur_row[8], cur_row[9])
+                > (
+                    last_ts,
+                    last_seq,
+                )
+            ):
+                last_ts, last_seq = cur_row[8], cur_row[9]
+            last_seen = max(m.received_at for m in msgs)
+            if cur_row is not None and cur_row[10] is not None:
+                last_seen = max(last_seen, cur_row[10])
+            reports = [m for m in msgs if m.kind == "state"]
+            report = max(reports, key=lambda m: (m.ts, m.seq)) if reports else None
+            old_report_ts = None if cur_row is None else cur_row[11]
+            take_report = report is not None and (
+                old_report_ts is None or report.ts >= old_report_ts
+            )
+            commune = cur_row[12] if cur_row is not None else ""
+            if take_report and report is not None and report.commune:
+                commune = report.commune
+            device_rows.append(
+                (
+                    device,
+                    commune,
+                    int(state.online),
+                    int(state.has_diag),
+                    int(state.diag_broken),
+                    state.diag_cause and str(state.diag_cause),
+                    str(state.status),
+                    state.cause and str(state.cause),
+                    state.status_since,
+                    None if obs_key is None else obs_key[0],
+                    None if obs_key is None else obs_key[1],
+                    last_ts,
+                    last_seq,
+                    last_seen,
+                    cur_row[13] if cur_row is not None else min(m.received_at for m in msgs),
+                    report.ts if take_report and report else old_report_ts,
+                    report.payload if take_report and report else None,
+                    1 if take_report else 0,
+                )
+            )
+            if take_report and report is not None and report.faults is not None:
+                await self._reconcile_faults(db, device, report)
+            events.extend((device, m.seq, m.ts, *m.event) for m in msgs if m.event is not None)
+        await db.executemany(
+            """
+            INSERT INTO devices (device_id, commune_code, online, has_diag, diag_broken,
+                diag_cause, status, cause, status_since, obs_ts, obs_seq, last_ts, last_seq,
+                last_seen, first_seen, report_ts, last_report)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            ON CONFLICT(device_id) DO UPDATE SET
+                commune_code=excluded.commune_code, online=excluded.online,
+                has_diag=excluded.has_diag, diag_broken=excluded.diag_broken,
+                diag_cause=excluded.diag_cause, status=excluded.status, cause=excluded.cause,
+                status_since=excluded.status_since, obs_ts=excluded.obs_ts,
+                obs_seq=excluded.obs_seq, last_ts=excluded.last_ts, last_seq=excluded.last_seq,
+                last_seen=excluded.last_seen, report_ts=excluded.report_ts,
+                last_report=CASE WHEN ?18 THEN excluded.last_report ELSE devices.last_report END
+            """,
+            device_rows,
+        )
+        await db.executemany(
+            "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online, has_diag,"
+            " diag_broken, diag_cause, status, cause, status_since)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            transitions,
+        )
+        if events:
+            await db.executemany(
+                "INSERT OR IGNORE INTO events (device_id, seq, ts, type, fault_code, action,"
+                " detail) VALUES (?,?,?,?,?,?,?)",
+                events,
+            )
+        return changed
+
+    async def _refold(
+        self, db: aiosqlite.Connection, device: str, start: tuple[float, int]
+    ) -> tuple[FleetState, list[Transition]]:
+        """Re-derive ``device``'s transitions from observation key ``start`` on.
+
+        The state before ``start`` is the last stored transition before it; the
+        observations are the stored messages (which already include this batch).
+        """
+        ts0, seq0 = start
+        async with db.execute(
+            "SELECT online, has_diag, diag_broken, diag_cause, status_since FROM transitions"
+            " WHERE device_id = ? AND (ts < ? OR (ts = ? AND seq < ?))"
+            " ORDER BY ts DESC, seq DESC LIMIT 1",
+            (device, ts0, ts0, seq0),
+        ) as cur:
+            row = await cur.fetchone()
+        base = INITIAL if row is None else _state_of(row)
+        await db.execute(
+            "DELETE FROM transitions WHERE device_id = ? AND (ts > ? OR (ts = ? AND seq >= ?))",
+            (device, ts0, ts0, seq0),
+        )
+        async with db.execute(
+            "SELECT ts, seq, obs_kind, prompt, broken, cause FROM messages"
+            " WHERE device_id = ? AND obs_kind IS NOT NULL AND (ts > ? OR (ts = ? AND seq >= ?))"
+            " ORDER BY ts, seq",
+            (device, ts0, ts0, seq0),
+        ) as cur:
+            observations = [_obs_of(r) for r in await cur.fetchall()]
+        return fold(base, observations)
+
+    async def _reconcile_faults(
+        self, db: aiosqlite.Connection, device: str, report: IncomingMessage
+    ) -> None:
+        """Open fault rows for codes newly active in ``report``; clear the ones gone."""
+        active = {f[0]: f for f in report.faults or ()}
+        async with db.execute(
+            "SELECT code FROM faults WHERE device_id = ? AND cleared_at IS NULL", (device,)
+        ) as cur:
+            open_codes = {r[0] for r in await cur.fetchall()}
+        gone = open_codes - set(active)
+        for chunk in _chunks(sorted(gone)):
+            await db.execute(
+                "UPDATE faults SET cleared_at = ? WHERE device_id = ? AND cleared_at IS NULL"
+                f" AND code IN ({_qmarks(len(chunk))})",
+                (report.ts, device, *chunk),
+            )
+        fresh = [active[c] for c in sorted(set(active) - open_codes)]
+        await db.executemany(
+            "INSERT INTO faults (device_id, code, since, cause, severity, evidence)"
+            " VALUES (?,?,?,?,?,?)",
+            [(device, code, since, cause, sev, ev) for code, since, cause, sev, ev in fresh],
+        )
+
+    async def mark_silent_offline(self, now: float, grace_s: float) -> list[str]:
+        marked: list[str] = []
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since,"
+                " last_ts, obs_ts, obs_seq FROM devices WHERE online = 1 AND last_seen < ?",
+                (now - grace_s,),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            for r in rows:
+                device = r[0]
+                ts = min(float(r[6]) + grace_s, now)
+                # Derived rows get a negative seq: wire seqs are >= 0, so no clash.
+                seq = -int(ts * 1000)
+                if r[7] is not None and (ts, seq) <= (r[7], r[8]):
+                    ts, seq = float(r[7]), int(r[8]) + 1 if int(r[8]) < -1 else -1
+                obs = Observation(ts, seq, ObsKind.SILENT)
+                await db.execute(
+                    "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at,"
+                    " obs_kind) VALUES (?,?,?,?,?,?)",
+                    (device, seq, "silent", ts, now, str(ObsKind.SILENT)),
+                )
+                state, trs = fold(_state_of(r, 1), [obs])
+                for tr in trs:
+                    await db.execute(
+                        "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online,"
+                        " has_diag, diag_broken, diag_cause, status, cause, status_since)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            device,
+                            tr.ts,
+                            tr.seq,
+                            int(tr.state.online),
+                            int(tr.state.has_diag),
+                            int(tr.state.diag_broken),
+                            tr.state.diag_cause and str(tr.state.diag_cause),
+                            str(tr.state.status),
+                            tr.state.cause and str(tr.state.cause),
+                            tr.state.status_since,
+                        ),
+                    )
+                await db.execute(
+                    "UPDATE devices SET online = 0, status = ?, cause = ?, status_since = ?,"
+                    " obs_ts = ?, obs_seq = ? WHERE device_id = ?",
+                    (
+                        str(state.status),
+                        state.cause and str(state.cause),
+                        state.status_since,
+                        ts,
+                        seq,
+                        device,
+                    ),
+                )
+                marked.append(device)
+        return marked
+
+    async def purge_raw(self, older_than: float) -> int:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM messages WHERE received_at < ?", (older_than,))
+            n = cur.rowcount
+            await cur.close()
+        return int(n)
+
+    # -- fleet views -----------------------------------------------------------------------
+
+    _DEVICE_SELECT: Final = f"""
+        WITH ids AS (SELECT device_id FROM inventory UNION SELECT device_id FROM devices),
+        v AS (
+            SELECT ids.device_id AS id,
+                   coalesce(i.commune_code, d.commune_code, '') AS commune,
+                   coalesce(d.status, 'broken') AS status,
+                   CASE WHEN d.device_id IS NULL THEN 'unknown' ELSE d.cause END AS cause,
+                   i.position AS position,
+                   EXISTS (SELECT 1 FROM tickets t WHERE t.device_id = ids.device_id
+                           AND t.state = 'in_repair') AS in_repair,
+                   d.online, d.status_since, d.last_seen, d.last_ts, d.last_seq, d.last_report,
+                   i.device_id IS NOT NULL AS in_inventory,
+                   d.device_id IS NULL AS never_reported,
+                   {", ".join("i." + c.strip() for c in _INVENTORY_COLS.split(","))}
+            FROM ids LEFT JOIN inventory i ON i.device_id = ids.device_id
+                     LEFT JOIN devices d ON d.device_id = ids.device_id
+        )
+        SELECT * FROM v
+    """
+
+    @staticmethod
+    def _device_row(r: sqlite3.Row | tuple[Any, ...]) -> DeviceRow:
+        t = tuple(r)
+        status = Status(t[2])
+        return DeviceRow(
+            device_id=t[0],
+            commune_code=t[1],
+            status=status,
+            cause=_cause(t[3]) if status is Status.BROKEN else None,
+            in_repair=bool(t[5]) and status is Status.BROKEN,
+            online=bool(t[6]),
+            since=t[7],
+            last_seen=t[8],
+            last_ts=t[9],
+            last_seq=t[10],
+            last_report=msgspec.json.decode(t[11]) if t[11] else None,
+            in_inventory=bool(t[12]),
+            never_reported=bool(t[13]),
+            inventory=_inventory_of(t[14:]) if t[12] else None,
+        )
+
+    async def list_devices(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        status: Status | None = None,
+        cause: B2Cause | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[DeviceRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if communes is not None:
+            where.append(f"commune IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        if status is not None:
+            where.append("status = ?")
+            params.append(str(status))
+        if cause is not None:
+            where.append("cause = ? AND status = 'broken'")
+            params.append(str(cause))
+        sql = self._DEVICE_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY position IS NULL, position, id LIMIT ? OFFSET ?"
+        rows = await self._all(sql, [*params, limit, offset])
+        return [self._device_row(r) for r in rows]
+
+    async def get_device(self, device_id: str) -> DeviceRow:
+        rows = await self._all(self._DEVICE_SELECT + " WHERE id = ?", (device_id,))
+        if not rows:
+            raise NotFound(f"device {device_id!r} is not known")
+        return self._device_row(rows[0])
+
+    async def status_history(
+        self, device_id: str, *, since: float | None = None, until: float | None = None
+    ) -> list[Transition]:
+        rows = await self._all(
+            "SELECT ts, seq, online, has_diag, diag_broken, diag_cause, status_since"
+            " FROM transitions WHERE device_id = ? AND ts >= ? AND ts <= ? ORDER BY ts, seq",
+            (device_id, since if since is not None else 0.0, until if until is not None else 1e12),
+        )
+        return [Transition(r[0], r[1], _state_of(r, 2)) for r in rows]
+
+    async def signal_history(
+        self,
+        device_id: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[SignalPoint]:
+        rows = await self._all(
+            "SELECT ts, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq FROM messages"
+            " WHERE device_id = ? AND kind = 'state' AND ts >= ? AND ts <= ?"
+            " ORDER BY ts DESC LIMIT ?",
+            (
+                device_id,
+                since if since is not None else 0.0,
+                until if until is not None else 1e12,
+                limit,
+            ),
+        )
+        return [SignalPoint(*tuple(r)) for r in reversed(rows)]
+
+    async def list_events(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 200,
+    ) -> list[EventRow]:
+        where = ["e.ts >= ?", "e.ts <= ?"]
+        params: list[Any] = [
+            since if since is not None else 0.0,
+            until if until is not None else 1e12,
+        ]
+        if device_id is not None:
+            where.append("e.device_id = ?")
+            params.append(device_id)
+        commune = "coalesce(i.commune_code, d.commune_code, '')"
+        if communes is not None:
+            where.append(f"{commune} IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        rows = await self._all(
+            f"SELECT e.device_id, {commune}, e.seq, e.ts, e.type, e.fault_code, e.action,"
+            " e.detail FROM events e LEFT JOIN inventory i ON i.device_id = e.device_id"
+            " LEFT JOIN devices d ON d.device_id = e.device_id"
+            f" WHERE {' AND '.join(where)} ORDER BY e.ts DESC, e.seq DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            EventRow(
+                device_id=r[0],
+                commune_code=r[1],
+                seq=r[2],
+                ts=r[3],
+                type=r[4],
+                fault_code=r[5],
+                action=r[6],
+                detail=r[7],
+            )
+            for r in rows
+        ]
+
+    async def list_faults(self, device_id: str, *, active_only: bool = False) -> list[FaultRow]:
+        sql = (
+            "SELECT device_id, code, severity, cause, since, cleared_at, evidence FROM faults"
+            " WHERE device_id = ?"
+        )
+        if active_only:
+            sql += " AND cleared_at IS NULL"
+        rows = await self._all(sql + " ORDER BY since DESC LIMIT 500", (device_id,))
+        return [
+            FaultRow(
+                device_id=r[0],
+                code=r[1],
+                severity=r[2],
+                cause=r[3],
+                since=r[4],
+                cleared_at=r[5],
+                evidence=r[6],
+            )
+            for r in rows
+        ]
+
+    async def message_count(self) -> int:
+        rows = await self._all("SELECT count(*) FROM messages WHERE seq >= 0")
+        return int(rows[0][0])
+
+    async def stored_seqs(self, device_id: str) -> list[int]:
+        """Wire seqs stored for ``device_id``, ascending (tests, diagnostics)."""
+        rows = await self._all(
+            "SELECT seq FROM messages WHERE device_id = ? AND seq >= 0 ORDER BY seq",
+            (device_id,),
+        )
+        return [int(r[0]) for r in rows]
+
+    # -- repairs -----------------------------------------------------------------------------
+
+    async def _commune_of(self, db: aiosqlite.Connection, device_id: str) -> str:
+        async with db.execute(
+            "SELECT coalesce((SELECT commune_code FROM inventory WHERE device_id = ?),"
+            " (SELECT commune_code FROM devices WHERE device_id = ?))",
+            (device_id, device_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            raise NotFound(f"device {device_id!r} is not known")
+        return str(row[0])
+
+    async def _ticket(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
+        async with db.execute(
+            "SELECT id, device_id, commune_code, state, cause, opened_at, opened_by, contractor,"
+            " technician, started_at, closed_at, last_progress_at, note FROM tickets"
+            " WHERE id = ?",
+            (ticket_id,),
+        ) as cur:
+            r = await cur.fetchone()
+        if r is None:
+            raise NotFound(f"repair ticket {ticket_id} does not exist")
+        async with db.execute(
+            "SELECT at, actor, action, note FROM ticket_history WHERE ticket_id = ?"
+            " ORDER BY at, id",
+            (ticket_id,),
+        ) as cur:
+            hist = tuple(
+                TicketEntry(at=h[0], actor=h[1], action=h[2], note=h[3])
+                for h in await cur.fetchall()
+            )
+        return Ticket(
+            id=r[0],
+            device_id=r[1],
+            commune_code=r[2],
+            state=TicketState(r[3]),
+            cause=_cause(r[4]),
+            opened_at=r[5],
+            opened_by=r[6],
+            contractor=r[7],
+            technician=r[8],
+            started_at=r[9],
+            closed_at=r[10],
+            last_progress_at=r[11],
+            note=r[12],
+            history=hist,
+        )
+
+    async def _history(
+        self,
+        db: aiosqlite.Connection,
+        ticket_id: int,
+        at: float,
+        actor: str,
+        action: str,
+        note: str,
+    ) -> None:
+        await db.execute(
+            "INSERT INTO ticket_history (ticket_id, at, actor, action, note) VALUES (?,?,?,?,?)",
+            (ticket_id, at, actor, action, note),
+        )
+        await self._audit(db, actor, f"repair.{action}", f"ticket:{ticket_id}", {"note": note})
+
+    async def open_ticket(
+        self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
+    ) -> Ticket:
+        async with self._tx() as db:
+            commune = await self._commune_of(db, device_id)
+            try:
+                cur = await db.execute(
+                    "INSERT INTO tickets (device_id, commune_code, state, cause, opened_at,"
+                    " opened_by, last_progress_at, note) VALUES (?,?,?,?,?,?,?,?)",
+                    (device_id, commune, "open", cause and str(cause), at, actor, at, note),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"device {device_id!r} already has an active repair ticket"
+                ) from None
+            ticket_id = int(cur.lastrowid or 0)
+            await cur.close()
+            await self._history(db, ticket_id, at, actor, "open", note)
+            return await self._ticket(db, ticket_id)
+
+    async def _active(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
+        t = await self._ticket(db, ticket_id)
+        if not t.state.active:
+            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open")
+        return t
+
+    async def start_ticket(
+        self,
+        ticket_id: int,
+        *,
+        actor: str,
+        at: float,
+        contractor: str,
+        technician: str,
+        note: str,
+    ) -> Ticket:
+        async with self._tx() as db:
+            t = await self._active(db, ticket_id)
+            if t.state is TicketState.IN_REPAIR:
+                raise Conflict(f"repair ticket {ticket_id} is already in repair")
+            await db.execute(
+                "UPDATE tickets SET state = 'in_repair', contractor = ?, technician = ?,"
+                " started_at = ?, last_progress_at = ? WHERE id = ?",
+                (contractor, technician, at, at, ticket_id),
+            )
+            await self._history(
+                db,
+                ticket_id,
+                at,
+                actor,
+                "start",
+                f"{note} [contractor: {contractor}; technician: {technician}]".strip(),
+            )
+            return await self._ticket(db, ticket_id)
+
+    async def comment_ticket(self, ticket_id: int, *, actor: str, at: float, note: str) -> Ticket:
+        async with self._tx() as db:
+            await self._active(db, ticket_id)
+            await db.execute(
+                "UPDATE tickets SET last_progress_at = ? WHERE id = ?", (at, ticket_id)
+            )
+            await self._history(db, ticket_id, at, actor, "comment", note)
+            return await self._ticket(db, ticket_id)
+
+    async def close_ticket(
+        self, ticket_id: int, *, actor: str, at: float, state: TicketState, note: str
+    ) -> Ticket:
+        if state not in (TicketState.RESOLVED, TicketState.CANCELLED):
+            raise Conflict(f"a ticket closes as resolved or cancelled, not {state}")
+        async with self._tx() as db:
+            await self._active(db, ticket_id)
+            await db.execute(
+                "UPDATE tickets SET state = ?, closed_at = ?, last_progress_at = ? WHERE id = ?",
+                (str(state), at, at, ticket_id),
+            )
+            action = "resolve" if state is TicketState.RESOLVED else "cancel"
+            await self._history(db, ticket_id, at, actor, action, note)
+            return await self._ticket(db, ticket_id)
+
+    async def get_ticket(self, ticket_id: int) -> Ticket:
+        async with self._read() as db:
+            return await self._ticket(db, ticket_id)
+
+    async def list_tickets(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        states: frozenset[TicketState] | None = None,
+        limit: int = 500,
+    ) -> list[Ticket]:
+        where: list[str] = []
+        params: list[Any] = []
+        if communes is not None:
+            where.append(f"commune_code IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if states is not None:
+            where.append(f"state IN ({_qmarks(len(states))})")
+            params.extend(sorted(str(s) for s in states))
+        sql = "SELECT id FROM tickets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        async with self._read() as db:
+            async with db.execute(sql + " ORDER BY opened_at DESC LIMIT ?", [*params, limit]) as c:
+                ids = [int(r[0]) for r in await c.fetchall()]
+            return [await self._ticket(db, i) for i in ids]
+
+    async def repair_stats(self, by: str) -> list[RepairStat]:
+        column = {"commune": "commune_code", "contractor": "contractor"}.get(by)
+        if column is None:
+            raise StoreError(f"repair_stats: by must be 'commune' or 'contractor', not {by!r}")
+        rows = await self._all(
+            f"SELECT {column}, closed_at - opened_at FROM tickets WHERE state = 'resolved'"
+        )
+        groups: dict[str, list[float]] = defaultdict(list)
+        for key, seconds in rows:
+            groups[key or ""].append(seconds / 3600.0)
+        return [
+            RepairStat(
+                key,
+                len(v),
+                round(statistics.fmean(v), 3),
+                round(statistics.median(v), 3),
+                round(max(v), 3),
+            )
+            for key, v in sorted(groups.items())
+        ]
+
+    async def devices_for_repair_sweep(self) -> list[DeviceRow]:
+        rows = await self._all(
+            self._DEVICE_SELECT
+            + " WHERE id IN (SELECT device_id FROM devices WHERE diag_broken = 1"
+            " UNION SELECT device_id FROM tickets WHERE state IN ('open', 'in_repair'))"
+        )
+        return [self._device_row(r) for r in rows]
+
+    async def diag_broken_since(self, device_id: str) -> float | None:
+        """Event time since which the device's diagnosis has been continuously broken."""
+        rows = await self._all(
+            "SELECT ts, diag_broken FROM transitions WHERE device_id = ?"
+            " ORDER BY ts DESC, seq DESC LIMIT 200",
+            (device_id,),
+        )
+        since: float | None = None
+        for ts, broken in rows:
+            if not broken:
+                break
+            since = ts
+        return since
+
+    # -- users, tokens, sessions, audit --------------------------------------------------------
+
+    @staticmethod
+    def _user(r: sqlite3.Row | tuple[Any, ...]) -> User:
+        return User(
+            id=r[0],
+            name=r[1],
+            role=Role(r[2]),
+            communes=frozenset(json.loads(r[3])),
+            disabled=bool(r[4]),
+        )
+
+    async def add_user(
+        self, name: str, *, role: Role, communes: frozenset[str], password_hash: str
+    ) -> User:
+        async with self._tx() as db:
+            try:
+                cur = await db.execute(
+                    "INSERT INTO users (name, role, communes, password_hash, created_at)"
+                    " VALUES (?,?,?,?,?)",
+                    (name, str(role), json.dumps(sorted(communes)), password_hash, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"user {name!r} exists already") from None
+            uid = int(cur.lastrowid or 0)
+            await cur.close()
+            await self._audit(
+                db, "cli", "user.add", f"user:{name}", {"role": role, "communes": sorted(communes)}
+            )
+        return User(id=uid, name=name, role=role, communes=communes)
+
+    async def get_user(self, name: str) -> tuple[User, str]:
+        rows = await self._all(
+            "SELECT id, name, role, communes, disabled, password_hash FROM users WHERE name = ?",
+            (name,),
+        )
+        if not rows:
+            raise NotFound(f"user {name!r} does not exist")
+        return self._user(rows[0]), str(rows[0][5])
+
+    async def add_token(self, user_name: str, *, token_hash: str, label: str, at: float) -> None:
+        async with self._tx() as db:
+            async with db.execute("SELECT id FROM users WHERE name = ?", (user_name,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"user {user_name!r} does not exist")
+            await db.execute(
+                "INSERT INTO api_tokens (token_hash, user_id, label, created_at) VALUES (?,?,?,?)",
+                (token_hash, row[0], label, at),
+            )
+            await self._audit(db, "cli", "token.add", f"user:{user_name}", {"label": label})
+
+    async def user_by_token(self, token_hash: str, *, at: float) -> User | None:
+        del at
+        rows = await self._all(
+            "SELECT u.id, u.name, u.role, u.communes, u.disabled FROM api_tokens t"
+            " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+            (token_hash,),
+        )
+        return self._user(rows[0]) if rows else None
+
+    async def add_session(
+        self, user_name: str, *, session_hash: str, csrf_token: str, expires_at: float
+    ) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),))
+            await db.execute(
+                "INSERT INTO sessions (session_hash, user_id, csrf_token, expires_at)"
+                " SELECT ?, id, ?, ? FROM users WHERE name = ?",
+                (session_hash, csrf_token, expires_at, user_name),
+            )
+
+    async def session(self, session_hash: str, *, at: float) -> Session | None:
+        rows = await self._all(
+            "SELECT u.id, u.name, u.role, u.communes, u.disabled, s.csrf_token, s.expires_at"
+            " FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE s.session_hash = ? AND s.expires_at > ?",
+            (session_hash, at),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Session(user=self._user(r), csrf_token=r[5], expires_at=r[6])
+
+    async def drop_session(self, session_hash: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM sessions WHERE session_hash = ?", (session_hash,))
+
+    async def _audit(
+        self,
+        db: aiosqlite.Connection,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?,?,?,?,?)",
+            (time.time(), actor, action, target, json.dumps(detail, ensure_ascii=False)),
+        )
+
+    async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
+        async with self._tx() as db:
+            await self._audit(db, actor, action, target, detail)
+
+    async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"at": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])}
+            for r in rows
+        ]

@@ -1,0 +1,176 @@
+"""MQTT ingest against a real Mosquitto: storage, dedupe, hostile input, acknowledgements."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.model import Status
+from collector.store.sqlite import SQLiteRepository
+from fleet_protocol import B2Cause, FaultCode, Kind, encode, topic
+from tests.collector.conftest import (
+    event,
+    ingest_running,
+    make_config,
+    presence,
+    publish,
+    state,
+    wait_for,
+)
+from tests.support.mosquitto import Broker
+
+pytestmark = pytest.mark.integration
+
+
+async def test_state_and_fault_transitions(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    t0 = time.time() - 30
+    async with ingest_running(cfg, repo):
+        await publish(
+            broker,
+            "dev-001",
+            state("dev-001", 1, t0),
+            state("dev-001", 2, t0 + 10, faults=(FaultCode.SIM_ABSENT,)),
+            event("dev-001", 3, FaultCode.SIM_ABSENT),
+            state("dev-001", 4, t0 + 20, faults=(FaultCode.WEAK_SIGNAL,)),
+        )
+
+        async def stored() -> bool:
+            return len(await repo.stored_seqs("dev-001")) == 4
+
+        await wait_for(stored, what="4 messages stored")
+    history = await repo.status_history("dev-001")
+    assert [(h.status, h.cause) for h in history] == [
+        (Status.WORKING, None),
+        (Status.BROKEN, B2Cause.SIM_FAILURE),
+        (Status.WORKING, None),
+    ]
+    assert [h.ts for h in history] == pytest.approx([t0, t0 + 10, t0 + 20])
+    dev = await repo.get_device("dev-001")
+    assert dev.status is Status.WORKING and dev.online and dev.commune_code == "xa-01"
+    faults = await repo.list_faults("dev-001")
+    assert {(f.code, f.cleared_at is None) for f in faults} == {
+        ("sim_absent", False),
+        ("weak_signal", True),
+    }
+    events = await repo.list_events(device_id="dev-001")
+    assert [(e.type, e.fault_code) for e in events] == [("fault_raised", "sim_absent")]
+    assert [p.rssi_dbm for p in await repo.signal_history("dev-001")] == [-75.0] * 3
+
+
+async def test_duplicates_dropped_out_of_order_kept(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    t0 = time.time() - 100
+    async with ingest_running(cfg, repo) as (ingestor, _):
+        msgs = [state("dev-002", s, t0 + s) for s in (5, 6, 7)]
+        # seq 1..3 arrive after 5..7 (a drained backlog), and 6 and 2 twice.
+        backlog = [state("dev-002", s, t0 + s) for s in (1, 2, 3)]
+        await publish(broker, "dev-002", *msgs, msgs[1], *backlog, backlog[1])
+
+        async def done() -> bool:
+            return ingestor.stats.received >= 8
+
+        await wait_for(done, what="8 messages received")
+        assert await repo.stored_seqs("dev-002") == [1, 2, 3, 5, 6, 7]
+        assert ingestor.stats.duplicates == 2
+        assert ingestor.stats.stored == 6
+
+
+async def test_hostile_input_rejected_counted_and_still_serving(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    dev = "dev-003"
+    t = topic(dev, Kind.STATE)
+    hostile = [
+        (t, b"{not json"),
+        (t, b"\xff\xfe\x00garbage"),
+        (t, encode(state("dev-999", 1))),  # payload names another device
+        (t, b'{"v":1,"device":"dev-003","seq":1,"ts":1.0}'),  # ts before 2000
+        (t, b"x" * (70 * 1024)),  # oversize
+        (t, b'{"v":1,"device":"dev-003","seq":"1; DROP TABLE messages;--","ts":1700000000}'),
+        (topic(dev, Kind.EVENT), b'{"v":1,"device":"dev-003","seq":2,"ts":1700000000}'),
+        (t, b'{"v":9,"device":"dev-003","seq":3,"ts":1700000000}'),
+        (t, b'{"v":1,"device":"dev-003","seq":4,"ts":1700000000}' * 3),
+    ]
+    # SQL metacharacters and odd Unicode in every free-text string field: valid, stored verbatim.
+    odd = "'; DROP TABLE devices; -- \u202e\u0000\U0001f4a9 Xã Đông\ud7ff\"\\"
+    weird = state(dev, 10, commune=odd[:64])
+    weird_modem = weird.modem
+    assert weird_modem is not None
+    import msgspec
+
+    weird = msgspec.structs.replace(
+        weird,
+        modem=msgspec.structs.replace(weird_modem, operator=odd[:64], cell_id=odd[:64], tac=odd),
+    )
+    caplog.set_level("WARNING", logger="loa.collector.ingest")
+    async with ingest_running(cfg, repo) as (ingestor, _):
+        await publish(broker, dev, *hostile, *hostile, weird, state(dev, 11, commune=odd[:64]))
+
+        async def all_seen() -> bool:
+            return ingestor.stats.received >= 2 * len(hostile) + 2
+
+        await wait_for(all_seen, what="all messages received")
+        rejected = ingestor.stats.rejected
+        assert rejected == {"json": 6, "mismatch": 2, "schema": 6, "oversize": 2, "version": 2}
+        assert await repo.stored_seqs(dev) == [10, 11]
+        row = await repo.get_device(dev)
+        assert row.status is Status.WORKING
+        assert row.last_report is not None and row.last_report["seq"] == 11
+        # Each (device, kind) is logged once, not once per message.
+        lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+        assert len(lines) == 5, lines
+        # Still serving after all that.
+        await publish(broker, dev, state(dev, 12, commune=odd[:64]))
+
+        async def stored12() -> bool:
+            return 12 in await repo.stored_seqs(dev)
+
+        await wait_for(stored12, what="a valid message after hostile ones")
+    assert (await repo.list_devices(communes=frozenset({odd[:64]})))[0].device_id == dev
+
+
+async def test_offline_via_last_will_and_presence(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    import aiomqtt
+
+    from tests.collector.conftest import device_client
+
+    cfg = make_config(broker, tmp_path)
+    dev = "dev-004"
+    async with ingest_running(cfg, repo):
+        will = aiomqtt.Will(topic(dev, Kind.PRESENCE), encode(presence(dev, 2, False)), qos=1)
+        client = device_client(broker, dev, will=will, keepalive=1)
+        await client.__aenter__()
+        await client.publish(topic(dev, Kind.PRESENCE), encode(presence(dev, 1, True)), qos=1)
+        await client.publish(topic(dev, Kind.STATE), encode(state(dev, 3)), qos=1)
+
+        async def online() -> bool:
+            d = await repo.get_device(dev) if await repo.stored_seqs(dev) else None
+            return d is not None and d.status is Status.WORKING
+
+        await wait_for(online, what="device working")
+        # Drop the TCP link without DISCONNECT: the broker publishes the will.
+        sock = client._client.socket()
+        assert sock is not None
+        sock.close()
+        with __import__("contextlib").suppress(Exception):
+            await client.__aexit__(None, None, None)
+
+        async def offline() -> bool:
+            d = await repo.get_device(dev)
+            return d.status is Status.BROKEN and not d.online
+
+        await wait_for(offline, what="offline after last will")
+    d = await repo.get_device(dev)
+    assert d.cause is B2Cause.UNKNOWN
+    history = await repo.status_history(dev)
+    assert [h.state.online for h in history][-1] is False
