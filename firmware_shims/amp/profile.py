@@ -609,6 +609,12 @@ def parse_profile(data: Mapping[str, Any], source: str = "<profile>") -> Profile
                     "share one address space in a reading)",
                 )
             owner[a] = reg.name
+    for i, reg in enumerate(registers):
+        if reg.count > link.max_read:
+            raise r.fail(
+                "link.max_read",
+                f"{link.max_read} is less than registers[{i}] ({reg.name}) needs: {reg.count}",
+            )
     if not any(reg.poll for reg in registers):
         raise r.fail("registers", "no register has poll = true: a poll would read nothing")
 
