@@ -1,0 +1,699 @@
+"""Provision a speaker cluster: credentials, broker entries, inventory row and agent.toml.
+
+``provision(...)`` (and ``loa-collector provision DEVICE_ID ...``) does, for one
+device:
+
+1. credentials: a random MQTT password (password mode) or, with a fleet CA, a
+   client certificate whose CN is the device id (certificate mode);
+2. the broker: the password's hash in Mosquitto's password file (or, in
+   certificate mode, the removal of any old password, so a device is never
+   reachable by a forgotten credential), and a check that the ACL confines the
+   device to ``loa/v1/<id>/...``;
+3. the inventory row in the collector's store (``upsert_inventory``), keeping
+   what the inventory already says about the device;
+4. a bundle directory for the controller: ``agent.toml``, ``ca.crt`` and
+   ``mqtt-password`` or ``client.crt``/``client.key``. install-agent.sh copies
+   it to ``/etc/loa-agent``.
+
+Secrets (the password, the device key) are only ever written to files created
+with mode 0600; they are never logged or printed.
+
+The password file is written here rather than with ``mosquitto_passwd``:
+``mosquitto_passwd -b`` takes the password on its command line, where every
+local user can read it in ``/proc/<pid>/cmdline``; and the collector host need
+not have the Mosquitto tools. The format is Mosquitto 2's
+``user:$7$<iterations>$<salt b64>$<PBKDF2-HMAC-SHA512 b64>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from collector.broker_config import DEPLOY_DIR, PRODUCTION_ACL
+from collector.model import CommuneKind, InventoryDevice
+from collector.store.base import Repository
+from collector.tls import CA_CERT, CertificateAuthority, TlsError, write_file
+from fleet_protocol.topics import valid_device_id
+
+log = logging.getLogger(__name__)
+
+#: The agent's documented example config: the template of every agent.toml.
+AGENT_TEMPLATE = DEPLOY_DIR / "agent.example.toml"
+#: Where install-agent.sh puts the bundle on the controller.
+AGENT_CONFIG_DIR = Path("/etc/loa-agent")
+#: The broker's files in production (see deploy/mosquitto/mosquitto.conf).
+BROKER_DIR = Path("/etc/mosquitto/loa")
+#: Mosquitto 2's default iteration count. The passwords are 32 random bytes,
+#: so stretching adds nothing against guessing, while every count costs broker
+#: CPU when a whole district reconnects after an outage.
+PBKDF2_ITERATIONS = 101
+PASSWORD_FILE = "mqtt-password"
+#: The lines of the ACL that give a device its own topics and nothing else.
+DEVICE_ACL = (
+    "pattern write loa/v1/%u/state",
+    "pattern write loa/v1/%u/event",
+    "pattern write loa/v1/%u/presence",
+    "pattern write loa/v1/%u/cmd/reply",
+    "pattern read loa/v1/%u/cmd",
+)
+
+Auth = Literal["password", "cert"]
+
+
+class ProvisionError(Exception):
+    """Provisioning refused or failed; the message names the device, file or option."""
+
+
+# --- Mosquitto password file ------------------------------------------------------------
+
+
+def hash_password(password: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """The password as Mosquitto 2 stores it (``$7$...``), with a fresh random salt."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if ``password`` matches a ``$7$`` (or ``$6$``, Mosquitto 1.x) hash."""
+    parts = hashed.split("$")
+    try:
+        if len(parts) == 5 and parts[1] == "7":
+            iterations, salt, digest = int(parts[2]), parts[3], parts[4]
+            got = hashlib.pbkdf2_hmac(
+                "sha512", password.encode(), base64.b64decode(salt), iterations, 64
+            )
+        elif len(parts) == 4 and parts[1] == "6":
+            salt, digest = parts[2], parts[3]
+            got = hashlib.sha512(password.encode() + base64.b64decode(salt)).digest()
+        else:
+            return False
+        return secrets.compare_digest(got, base64.b64decode(digest))
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock next to ``path`` so concurrent provisioning runs serialize."""
+    lock = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _rewrite_keeping_owner(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically; an existing file keeps its owner, group and mode."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        write_file(path, data, mode=0o600)
+        return
+    write_file(path, data, mode=st.st_mode & 0o7777)
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+        os.chown(path, st.st_uid, st.st_gid)
+
+
+def set_password_entry(passwd: Path, user: str, hashed: str | None) -> bool:
+    """Put ``user:hashed`` in Mosquitto's password file, or remove the user (``hashed`` None).
+
+    Other lines are kept as they are. Returns True if the file changed.
+    """
+    with _locked(passwd):
+        try:
+            lines = passwd.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError as exc:
+            raise ProvisionError(f"{passwd}: cannot read: {exc.strerror}") from exc
+        kept = [line for line in lines if line.partition(":")[0] != user]
+        if hashed is not None:
+            kept.append(f"{user}:{hashed}")
+        if kept == lines:
+            return False
+        try:
+            _rewrite_keeping_owner(passwd, ("\n".join(kept) + "\n").encode() if kept else b"")
+        except OSError as exc:
+            raise ProvisionError(f"{passwd}: cannot write: {exc.strerror}") from exc
+        return True
+
+
+def ensure_device_acl(acl: Path) -> bool:
+    """Make sure the broker ACL confines devices to their own topics.
+
+    The production ACL grants topics by pattern on the username (``%u``), so a
+    new device needs no line of its own: this installs the production ACL if
+    there is none, and refuses an ACL that lacks one of the device patterns
+    (someone edited it by hand). Returns True if the file was created.
+    """
+    if not acl.exists():
+        _rewrite_keeping_owner(acl, PRODUCTION_ACL.read_bytes())
+        return True
+    try:
+        present = {" ".join(line.split()) for line in acl.read_text(encoding="utf-8").splitlines()}
+    except OSError as exc:
+        raise ProvisionError(f"{acl}: cannot read: {exc.strerror}") from exc
+    missing = [line for line in DEVICE_ACL if line not in present]
+    if missing:
+        raise ProvisionError(
+            f"{acl}: lacks {missing[0]!r}; devices would not get their topics "
+            f"(compare with {PRODUCTION_ACL})"
+        )
+    return False
+
+
+# --- agent.toml ---------------------------------------------------------------------------
+
+
+def _toml_value(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are a subset of TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
+    raise ProvisionError(f"agent.toml {key}: cannot write a {type(value).__name__}")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """TOML text for nested tables of strings, numbers, booleans and lists.
+
+    The result is parsed back and compared, so a value this writer cannot
+    express raises ProvisionError instead of producing a different config.
+    """
+    out: list[str] = []
+
+    def table(prefix: str, values: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping)}
+        if prefix and (scalars or not values):
+            out.append(f"\n[{prefix}]")
+        out.extend(f"{k} = {_toml_value(v, f'{prefix}.{k}')}" for k, v in scalars.items())
+        for k, v in values.items():
+            if isinstance(v, Mapping):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    text = "\n".join(out).lstrip("\n") + "\n"
+    if tomllib.loads(text) != _plain(data):
+        raise ProvisionError("agent.toml: the values do not survive a TOML round trip")
+    return text
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, tuple | list):
+        return [_plain(v) for v in data]
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.key=value`` from the command line; the value is TOML, else a bare string."""
+    key, sep, raw = item.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ProvisionError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentFiles:
+    """Where the agent finds its credentials on the controller."""
+
+    ca_file: Path | None = None
+    password_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+def agent_config(
+    template: Mapping[str, Any],
+    *,
+    device_id: str,
+    commune: str,
+    broker_url: str,
+    files: AgentFiles,
+    overrides: Sequence[tuple[list[str], Any]] = (),
+) -> dict[str, Any]:
+    """The device's agent config: ``template`` with identity, broker and credentials filled in."""
+    cfg: dict[str, Any] = json.loads(json.dumps(template))  # deep copy of plain TOML data
+    cfg.setdefault("device", {}).update(id=device_id, commune=commune)
+    broker = cfg.setdefault("broker", {})
+    for name in ("ca_file", "password_file", "client_cert", "client_key", "username"):
+        broker.pop(name, None)
+    broker["url"] = broker_url
+    for name, path in dataclasses.asdict(files).items():
+        if path is not None:
+            broker[name] = str(path)
+    for path, value in overrides:
+        node = cfg
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ProvisionError(f"--set {'.'.join(path)}: {part} is not a table")
+        node[path[-1]] = value
+    return cfg
+
+
+def _load_template(path: Path) -> dict[str, Any]:
+    if not path.exists() and path == AGENT_TEMPLATE:
+        log.warning("%s not found: agent.toml gets the device and broker sections only", path)
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProvisionError(f"{path}: cannot read the agent template: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ProvisionError(f"{path}: the agent template is not valid TOML: {exc}") from exc
+
+
+def _check_agent_config(cfg: Mapping[str, Any]) -> None:
+    """Validate with the agent's own loader, so a bad template fails here, not in the field.
+
+    The credential files do not exist yet when this runs (nothing is written
+    before every check passed), and they are ours anyway: their paths are
+    pointed at a file that exists for the loader's readability checks.
+    """
+    from edge_agent.config import parse_config
+    from edge_agent.errors import ConfigError
+
+    local: dict[str, Any] = json.loads(json.dumps(cfg))
+    broker = local.get("broker", {})
+    for name in ("ca_file", "password_file", "client_cert", "client_key"):
+        if broker.get(name):
+            broker[name] = __file__
+    try:
+        parse_config(local)
+    except ConfigError as exc:
+        raise ProvisionError(f"agent.toml would not load on the controller: {exc}") from exc
+
+
+# --- inventory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryFields:
+    """What the command line says about the device; None keeps the inventory's value."""
+
+    commune_code: str
+    commune_name: str | None = None
+    commune_kind: CommuneKind | None = None
+    district: str | None = None
+    province: str | None = None
+    address: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    contractor: str | None = None
+    sim_iccid: str | None = None
+    sim_phone: str | None = None
+    install_date: str | None = None
+
+
+def merge_inventory(
+    device_id: str, fields: InventoryFields, existing: Sequence[InventoryDevice]
+) -> InventoryDevice:
+    """The device's inventory row after provisioning.
+
+    A device already in the inventory keeps its position and every field the
+    command line does not set. A new device goes last; its commune's name and
+    kind come from another device of the same commune when not given.
+    """
+    current = next((d for d in existing if d.device_id == device_id), None)
+    same_commune = next((d for d in existing if d.commune_code == fields.commune_code), None)
+    given = {
+        k: v for k, v in dataclasses.asdict(fields).items() if v is not None and k != "commune_code"
+    }
+    if current is not None:
+        if current.commune_code != fields.commune_code and "commune_name" not in given:
+            if same_commune is None:
+                raise ProvisionError(
+                    f"{device_id}: moving to new commune {fields.commune_code!r} needs "
+                    "--commune-name"
+                )
+            given.setdefault("commune_name", same_commune.commune_name)
+            given.setdefault("commune_kind", same_commune.commune_kind)
+        return dataclasses.replace(current, commune_code=fields.commune_code, **given)
+    if "commune_name" not in given:
+        if same_commune is None:
+            raise ProvisionError(
+                f"{device_id}: commune {fields.commune_code!r} is not in the inventory yet; "
+                "give --commune-name"
+            )
+        given["commune_name"] = same_commune.commune_name
+        given.setdefault("commune_kind", same_commune.commune_kind)
+        given.setdefault("district", same_commune.district)
+        given.setdefault("province", same_commune.province)
+    position = max((d.position for d in existing), default=-1) + 1
+    return InventoryDevice(
+        device_id=device_id, commune_code=fields.commune_code, position=position, **given
+    )
+
+
+# --- the whole job ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provisioned:
+    """What provisioning produced. Holds no secret."""
+
+    device_id: str
+    auth: Auth
+    bundle: Path
+    agent_toml: Path
+    broker_url: str
+    #: The inventory row as stored (None when no store was given).
+    inventory: InventoryDevice | None
+    #: Files of the bundle, by name.
+    files: tuple[str, ...]
+
+
+def _broker_url(url: str, auth: Auth) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ProvisionError(f"--broker-url {url!r}: must be mqtts://host[:port]")
+    if auth == "cert" and parts.scheme != "mqtts":
+        raise ProvisionError(f"--broker-url {url!r}: certificate mode needs mqtts://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ProvisionError(f"--broker-url {url!r}: bad port") from None
+    if port is None and auth == "cert":
+        # The client-certificate listener (deploy/mosquitto/mosquitto.conf).
+        return f"mqtts://{parts.netloc}:8884"
+    return url
+
+
+async def provision(
+    device_id: str,
+    inventory: InventoryFields,
+    *,
+    out_dir: Path,
+    broker_url: str,
+    broker_dir: Path | None = BROKER_DIR,
+    ca_dir: Path | None = None,
+    auth: Auth | None = None,
+    store: Repository | None = None,
+    template: Path = AGENT_TEMPLATE,
+    install_dir: Path = AGENT_CONFIG_DIR,
+    overrides: Sequence[tuple[list[str], Any]] = (),
+    force: bool = False,
+    reload_broker: Callable[[], None] | None = None,
+    actor: str = "provision",
+) -> Provisioned:
+    """Provision ``device_id``; see the module docstring. Raises ProvisionError.
+
+    ``auth`` defaults to "cert" when ``ca_dir`` is given, else "password".
+    ``broker_dir`` holds Mosquitto's ``passwd`` and ``acl`` (None leaves the
+    broker alone, for a broker on another host). ``reload_broker`` is called
+    after the password file changed (Mosquitto rereads it on SIGHUP).
+    Everything that can be checked is checked before anything is written, so a
+    refused request leaves no partial bundle, broker entry or inventory row.
+    """
+    if not valid_device_id(device_id):
+        raise ProvisionError(
+            f"device id {device_id!r}: must match [a-z0-9][a-z0-9-]{{2,62}} "
+            "(lower case letters, digits, '-')"
+        )
+    mode: Auth = auth or ("cert" if ca_dir is not None else "password")
+    if mode == "cert" and ca_dir is None:
+        raise ProvisionError("certificate mode needs --ca-dir (the fleet CA)")
+    url = _broker_url(broker_url, mode)
+    ca = None
+    if ca_dir is not None:
+        try:
+            ca = CertificateAuthority.load(ca_dir)
+        except TlsError as exc:
+            raise ProvisionError(str(exc)) from exc
+    agent_toml = out_dir / "agent.toml"
+    if agent_toml.exists() and not force:
+        raise ProvisionError(
+            f"{agent_toml} exists: {device_id} was provisioned there already "
+            "(--force issues new credentials and replaces it)"
+        )
+    if broker_dir is not None:
+        ensure_device_acl(broker_dir / "acl")
+
+    files = AgentFiles(
+        ca_file=install_dir / CA_CERT if ca is not None else None,
+        password_file=install_dir / PASSWORD_FILE if mode == "password" else None,
+        client_cert=install_dir / "client.crt" if mode == "cert" else None,
+        client_key=install_dir / "client.key" if mode == "cert" else None,
+    )
+    cfg = agent_config(
+        _load_template(template),
+        device_id=device_id,
+        commune=inventory.commune_code,
+        broker_url=url,
+        files=files,
+        overrides=overrides,
+    )
+    text = dump_toml(cfg)
+    _check_agent_config(cfg)
+    row = None
+    if store is not None:
+        row = merge_inventory(device_id, inventory, await store.list_inventory())
+
+    # Checks done: write. The bundle first (a failure there touches nothing shared).
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    written: list[str] = []
+    password: str | None = None
+    if ca is not None:
+        write_file(out_dir / CA_CERT, ca.cert_pem, mode=0o644)
+        written.append(CA_CERT)
+    if mode == "password":
+        password = secrets.token_urlsafe(32)
+        write_file(out_dir / PASSWORD_FILE, f"{password}\n".encode(), mode=0o600)
+        written.append(PASSWORD_FILE)
+        (out_dir / "client.crt").unlink(missing_ok=True)
+        (out_dir / "client.key").unlink(missing_ok=True)
+    else:
+        assert ca is not None
+        ca.issue_device(device_id).write(out_dir / "client.crt", out_dir / "client.key")
+        written += ["client.crt", "client.key"]
+        (out_dir / PASSWORD_FILE).unlink(missing_ok=True)
+    header = (
+        f"# agent.toml of {device_id}, written by `loa-collector provision`.\n"
+        f"# Every setting is documented in deploy/agent.example.toml.\n"
+    )
+    write_file(agent_toml, (header + text).encode(), mode=0o600)
+    written.append("agent.toml")
+
+    if broker_dir is not None:
+        changed = set_password_entry(
+            broker_dir / "passwd", device_id, hash_password(password) if password else None
+        )
+        if changed and reload_broker is not None:
+            reload_broker()
+    if store is not None and row is not None:
+        await store.upsert_inventory([row], remove_missing=False, actor=actor)
+    log.info("provisioned %s (%s mode) into %s", device_id, mode, out_dir)
+    return Provisioned(
+        device_id=device_id,
+        auth=mode,
+        bundle=out_dir,
+        agent_toml=agent_toml,
+        broker_url=url,
+        inventory=row,
+        files=tuple(written),
+    )
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add provisioning's arguments to ``p`` (used by ``loa-collector provision``)."""
+    p.add_argument("device_id", metavar="DEVICE_ID")
+    p.add_argument("--commune", required=True, help="commune code (mã xã) from the inventory")
+    p.add_argument("--commune-name", help="commune name; needed for a commune not yet listed")
+    p.add_argument("--commune-kind", choices=[k.value for k in CommuneKind])
+    for name in ("district", "province", "address", "contractor", "install-date"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--iccid", dest="sim_iccid")
+    p.add_argument("--phone", dest="sim_phone")
+    p.add_argument("--lat", type=float, dest="latitude")
+    p.add_argument("--lon", type=float, dest="longitude")
+    p.add_argument("--broker-url", required=True, help="what the device dials: mqtts://host[:port]")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    p.add_argument(
+        "--ca-dir", type=Path, help="fleet CA (ca.crt, ca.key); enables certificate mode"
+    )
+    p.add_argument(
+        "--auth", choices=["password", "cert"], help="default: cert with --ca-dir, else password"
+    )
+    p.add_argument(
+        "--broker-dir",
+        type=Path,
+        default=BROKER_DIR,
+        help=f"Mosquitto's passwd and acl (default {BROKER_DIR})",
+    )
+    p.add_argument(
+        "--no-broker", action="store_true", help="leave the broker's files alone (remote broker)"
+    )
+    p.add_argument(
+        "--reload-command",
+        default="systemctl reload mosquitto",
+        help="run after the password file changed (default: %(default)s)",
+    )
+    p.add_argument("--no-reload", action="store_true", help="do not reload the broker")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument("--config", type=Path, help="collector.toml: its [db] path gets the row")
+    store.add_argument("--db", type=Path, help="the collector's SQLite database")
+    p.add_argument("--template", type=Path, default=AGENT_TEMPLATE, help="agent.toml template")
+    p.add_argument(
+        "--install-dir",
+        type=Path,
+        default=AGENT_CONFIG_DIR,
+        help=f"where the bundle lands on the controller (default {AGENT_CONFIG_DIR})",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help='agent.toml override, value in TOML (e.g. modem.dialect="quectel")',
+    )
+    p.add_argument("--force", action="store_true", help="re-provision: new credentials")
+
+
+def _db_path(args: argparse.Namespace) -> Path | None:
+    if args.db is not None:
+        return Path(args.db)
+    if args.config is not None:
+        from collector.config import ConfigError, load_config
+
+        try:
+            return Path(load_config(args.config).db.path)
+        except ConfigError as exc:
+            raise ProvisionError(str(exc)) from exc
+    return None
+
+
+def _chown_like(db: Path) -> None:
+    """Give SQLite side files created by a root run back to the database's owner."""
+    if os.geteuid() != 0:
+        return
+    st = db.stat()
+    for side in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(side, st.st_uid, st.st_gid)
+
+
+async def _run(args: argparse.Namespace) -> Provisioned:
+    fields = InventoryFields(
+        commune_code=args.commune,
+        commune_name=args.commune_name,
+        commune_kind=CommuneKind(args.commune_kind) if args.commune_kind else None,
+        district=args.district,
+        province=args.province,
+        address=args.address,
+        latitude=args.latitude,
+        longitude=args.longitude,
+        contractor=args.contractor,
+        sim_iccid=args.sim_iccid,
+        sim_phone=args.sim_phone,
+        install_date=args.install_date,
+    )
+    reload_broker = None
+    if not args.no_reload and args.reload_command:
+        command = shlex.split(args.reload_command)
+
+        def reload_broker() -> None:
+            try:
+                subprocess.run(command, check=True, capture_output=True, timeout=30)
+            except (OSError, subprocess.SubprocessError) as exc:
+                # The device is provisioned; only the reload is missing.
+                log.warning("broker reload %r failed (%s): reload it by hand", command, exc)
+
+    common: dict[str, Any] = {
+        "out_dir": args.out,
+        "broker_url": args.broker_url,
+        "broker_dir": None if args.no_broker else args.broker_dir,
+        "ca_dir": args.ca_dir,
+        "auth": args.auth,
+        "template": args.template,
+        "install_dir": args.install_dir,
+        "overrides": [parse_override(item) for item in args.set],
+        "force": args.force,
+        "reload_broker": reload_broker,
+    }
+    db = _db_path(args)
+    if db is None:
+        log.warning("no --config or --db: %s is not added to the inventory", args.device_id)
+        return await provision(args.device_id, fields, **common)
+    if not db.exists():
+        raise ProvisionError(f"{db}: no such database (start the collector once first)")
+    from collector.store.base import StoreError
+    from collector.store.sqlite import SQLiteRepository
+
+    try:
+        repo = await SQLiteRepository.open(db)
+    except StoreError as exc:
+        raise ProvisionError(str(exc)) from exc
+    try:
+        await repo.require_schema()
+        return await provision(args.device_id, fields, store=repo, **common)
+    except StoreError as exc:
+        raise ProvisionError(str(exc)) from exc
+    finally:
+        await repo.close()
+        _chown_like(db)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``provision`` command; prints what was made (never a secret)."""
+    try:
+        done = asyncio.run(_run(args))
+    except ProvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{done.device_id}: {done.auth} mode, broker {done.broker_url}")
+    print(f"bundle {done.bundle}: {', '.join(done.files)} (copy it to the controller)")
+    if done.inventory is not None:
+        print(f"inventory: {done.inventory.commune_name} ({done.inventory.commune_code})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m collector.provision DEVICE_ID --commune CODE --broker-url URL --out DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="loa-collector provision",
+        description="Create a speaker cluster's credentials, broker entry, inventory row "
+        "and agent.toml bundle.",
+    )
+    configure_parser(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

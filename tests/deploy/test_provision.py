@@ -1,0 +1,363 @@
+"""Provisioning: loadable bundles, private file modes, a real store, a broker accepting it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import time
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from collector.model import CommuneKind, InventoryDevice
+from collector.provision import (
+    DEVICE_ACL,
+    InventoryFields,
+    ProvisionError,
+    check_password,
+    dump_toml,
+    hash_password,
+    main,
+    merge_inventory,
+    parse_override,
+    provision,
+    set_password_entry,
+)
+from collector.store.sqlite import SQLiteRepository
+from collector.tls import CertificateAuthority
+from edge_agent.config import load_config
+from tests.deploy.conftest import watching
+from tests.support.mosquitto import MOSQUITTO_PASSWD, Broker
+
+pytestmark = pytest.mark.integration
+
+COMMUNE = InventoryFields(commune_code="19087", commune_name="Thạch Sơn", district="Lâm Thao")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+async def repo(tmp_path: Path) -> AsyncIterator[SQLiteRepository]:
+    r = await SQLiteRepository.open(tmp_path / "collector.db")
+    await r.migrate()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path, fleet_ca: CertificateAuthority) -> Path:
+    d = tmp_path / "ca"
+    fleet_ca.save(d)
+    return d
+
+
+def reloader(broker: Broker) -> object:
+    def reload() -> None:
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+
+    return reload
+
+
+async def connect_until_accepted(make: object, timeout: float = 10.0) -> None:
+    """Connect and publish a state report, retrying until the broker (reloading) accepts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with make() as c:  # type: ignore[operator]
+                await c.publish("loa/v1/dev-001/state", b"{}", qos=1)
+                return
+        except aiomqtt.MqttError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def tls_context(bundle: Path, *, cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
+    if cert:
+        ctx.load_cert_chain(bundle / "client.crt", bundle / "client.key")
+    return ctx
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+def test_password_hash_matches_mosquitto_passwd_both_ways(tmp_path: Path) -> None:
+    assert check_password("s3cret", hash_password("s3cret"))
+    assert not check_password("other", hash_password("s3cret"))
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd), "u1", "s3cret"], check=True)
+    hashed = passwd.read_text().strip().partition(":")[2]
+    assert hashed.startswith("$7$")
+    assert check_password("s3cret", hashed)
+    assert not check_password("s3cret", "garbage")
+
+
+def test_password_entries_are_replaced_not_duplicated(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("loa_collector:$7$x\n")
+    assert set_password_entry(passwd, "dev-001", "$7$a")
+    assert set_password_entry(passwd, "dev-001", "$7$b")
+    assert passwd.read_text() == "loa_collector:$7$x\ndev-001:$7$b\n"
+    assert set_password_entry(passwd, "dev-001", None)
+    assert not set_password_entry(passwd, "dev-001", None)
+    assert passwd.read_text() == "loa_collector:$7$x\n"
+
+
+def test_toml_writer_round_trips() -> None:
+    data = {
+        "log_level": "INFO",
+        "device": {"id": "dev-001", "commune": 'Thạch Sơn "quoted" \\ \n'},
+        "recovery": {"hook_command": ["/usr/bin/x", "--y"], "enabled": True},
+        "broker": {"keepalive_s": 660, "publish_timeout_s": 20.5},
+        "a": {"b": {"c": 1}},
+    }
+    assert tomllib.loads(dump_toml(data)) == data
+    with pytest.raises(ProvisionError, match="cannot write"):
+        dump_toml({"x": {"y": None}})
+
+
+def test_overrides_take_toml_or_bare_strings() -> None:
+    assert parse_override('modem.dialect="quectel"') == (["modem", "dialect"], "quectel")
+    assert parse_override("modem.baud=9600") == (["modem", "baud"], 9600)
+    assert parse_override("modem.port=/dev/loa-modem-at") == (
+        ["modem", "port"],
+        "/dev/loa-modem-at",
+    )
+    with pytest.raises(ProvisionError, match=r"section\.key=value"):
+        parse_override("nonsense")
+
+
+def test_inventory_merge_keeps_what_the_inventory_says() -> None:
+    existing = [
+        InventoryDevice(
+            device_id="dev-001",
+            commune_code="19087",
+            commune_name="Thạch Sơn",
+            commune_kind=CommuneKind.XA,
+            contractor="Viettel",
+            position=4,
+        )
+    ]
+    again = merge_inventory("dev-001", InventoryFields(commune_code="19087"), existing)
+    assert again == existing[0]
+    new = merge_inventory("dev-002", InventoryFields(commune_code="19087"), existing)
+    assert (new.commune_name, new.position, new.contractor) == ("Thạch Sơn", 5, "")
+    with pytest.raises(ProvisionError, match="--commune-name"):
+        merge_inventory("dev-003", InventoryFields(commune_code="19999"), existing)
+
+
+# --- against a real store and broker -------------------------------------------------------
+
+
+async def test_password_mode_bundle_loads_and_the_broker_accepts_the_device(
+    tls_broker: Broker, repo: SQLiteRepository, ca_dir: Path, tmp_path: Path
+) -> None:
+    assert tls_broker.tls_port is not None
+    bundle = tmp_path / "bundle"
+    done = await provision(
+        "dev-001",
+        COMMUNE,
+        out_dir=bundle,
+        broker_url=f"mqtts://127.0.0.1:{tls_broker.tls_port}",
+        broker_dir=tls_broker.layout.config_dir,
+        auth="password",
+        store=repo,
+        install_dir=bundle,
+        reload_broker=reloader(tls_broker),  # type: ignore[arg-type]
+        ca_dir=ca_dir,  # in password mode only for ca.crt: the device must trust the broker
+    )
+    assert done.files == ("ca.crt", "mqtt-password", "agent.toml")
+    assert mode(bundle / "mqtt-password") == 0o600
+    assert mode(bundle / "agent.toml") == 0o600
+    assert mode(bundle) == 0o700
+    cfg = load_config(bundle / "agent.toml")
+    assert (cfg.device.id, cfg.device.commune) == ("dev-001", "19087")
+    password = cfg.password()
+    assert password and len(password) >= 40
+    assert [d.device_id for d in await repo.list_inventory()] == ["dev-001"]
+
+    assert cfg.broker.tls and cfg.broker.ca_file == bundle / "ca.crt"
+    ctx = tls_context(bundle, cert=False)
+    async with watching(tls_broker) as seen:
+        await connect_until_accepted(
+            lambda: aiomqtt.Client(
+                cfg.broker.host,
+                cfg.broker.port,
+                username=cfg.username,
+                password=password,
+                tls_context=ctx,
+                timeout=5,
+            )
+        )
+        assert "loa/v1/dev-001/state" in await seen.wait_for("loa/v1/dev-001/state")
+
+
+async def test_cert_mode_bundle_connects_with_its_certificate(
+    tls_broker: Broker, repo: SQLiteRepository, ca_dir: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    passwd = tls_broker.layout.config_dir / "passwd"
+    before = passwd.read_text()
+    done = await provision(
+        "dev-001",
+        COMMUNE,
+        out_dir=bundle,
+        broker_url="mqtts://127.0.0.1",
+        broker_dir=tls_broker.layout.config_dir,
+        ca_dir=ca_dir,
+        store=repo,
+        install_dir=bundle,
+    )
+    assert done.auth == "cert"
+    assert done.broker_url == "mqtts://127.0.0.1:8884"
+    assert mode(bundle / "client.key") == 0o600
+    assert not (bundle / "mqtt-password").exists()
+    assert passwd.read_text() == before  # no password: the certificate is the credential
+    cfg = load_config(bundle / "agent.toml")
+    assert cfg.broker.client_cert == bundle / "client.crt"
+    assert cfg.password() is None
+
+    ctx = tls_context(bundle, cert=True)
+    async with watching(tls_broker) as seen:
+        await connect_until_accepted(
+            lambda: aiomqtt.Client(
+                "127.0.0.1", tls_broker.cert_port or 0, tls_context=ctx, timeout=5
+            )
+        )
+        assert "loa/v1/dev-001/state" in await seen.wait_for("loa/v1/dev-001/state")
+
+
+async def test_refusals_write_nothing(
+    tls_broker: Broker, repo: SQLiteRepository, tmp_path: Path
+) -> None:
+    cfg_dir = tls_broker.layout.config_dir
+    passwd_before = (cfg_dir / "passwd").read_text()
+    common = {
+        "broker_url": "mqtts://broker.example",
+        "broker_dir": cfg_dir,
+        "store": repo,
+    }
+    cases: list[tuple[str, InventoryFields, dict[str, object], str]] = [
+        ("Dev_1", COMMUNE, {}, "must match"),
+        ("loa_collector", COMMUNE, {}, "must match"),
+        ("dev-001", InventoryFields(commune_code="1"), {}, "--commune-name"),
+        ("dev-001", COMMUNE, {"auth": "cert"}, "--ca-dir"),
+        ("dev-001", COMMUNE, {"broker_url": "http://x"}, "mqtts://"),
+        ("dev-001", COMMUNE, {"overrides": [(["broker", "keepalive_s"], 1)]}, "keepalive_s"),
+        ("dev-001", COMMUNE, {"ca_dir": tmp_path / "nope"}, "ca.crt"),
+    ]
+    for device, fields, extra, message in cases:
+        out = tmp_path / "out"
+        with pytest.raises(ProvisionError, match=message):
+            await provision(device, fields, out_dir=out, **{**common, **extra})  # type: ignore[arg-type]
+        assert not out.exists(), message
+    assert (cfg_dir / "passwd").read_text() == passwd_before
+    assert await repo.list_inventory() == []
+
+    # An ACL edited by hand so that devices lose a topic is refused.
+    acl = cfg_dir / "acl"
+    acl.write_text(acl.read_text().replace(DEVICE_ACL[3], ""))
+    with pytest.raises(ProvisionError, match="cmd/reply"):
+        await provision("dev-001", COMMUNE, out_dir=tmp_path / "out", **common)  # type: ignore[arg-type]
+
+
+async def test_reprovisioning_needs_force_and_revokes_the_old_password(
+    tls_broker: Broker, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    common = {
+        "out_dir": bundle,
+        "broker_url": "mqtt://127.0.0.1",
+        "broker_dir": tls_broker.layout.config_dir,
+        "install_dir": bundle,
+        "reload_broker": reloader(tls_broker),
+    }
+    await provision("dev-001", COMMUNE, **common)  # type: ignore[arg-type]
+    old = (bundle / "mqtt-password").read_text().strip()
+    with pytest.raises(ProvisionError, match="--force"):
+        await provision("dev-001", COMMUNE, **common)  # type: ignore[arg-type]
+    await provision("dev-001", COMMUNE, force=True, **common)  # type: ignore[arg-type]
+    new = (bundle / "mqtt-password").read_text().strip()
+    assert new != old
+
+    def plain(password: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            tls_broker.host, tls_broker.port, username="dev-001", password=password, timeout=5
+        )
+
+    await connect_until_accepted(lambda: plain(new))
+    with pytest.raises(aiomqtt.MqttError):
+        async with plain(old):
+            pass
+
+
+async def test_cli_provisions_into_the_database_and_prints_no_secret(
+    tls_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "collector.db"
+    r = await SQLiteRepository.open(db)
+    await r.migrate()
+    await r.close()
+    bundle = tmp_path / "bundle"
+    assert tls_broker.proc is not None
+    argv = [
+        "dev-007",
+        "--commune",
+        "19087",
+        "--commune-name",
+        "Thạch Sơn",
+        "--contractor",
+        "Bắc Việt",
+        "--broker-url",
+        f"mqtt://127.0.0.1:{tls_broker.port}",
+        "--out",
+        str(bundle),
+        "--broker-dir",
+        str(tls_broker.layout.config_dir),
+        "--db",
+        str(db),
+        "--install-dir",
+        str(bundle),
+        "--reload-command",
+        f"kill -HUP {tls_broker.proc.pid}",
+        "--set",
+        'modem.port="/dev/loa-modem-at"',
+        "--set",
+        'modem.dialect="quectel"',
+    ]
+    # main() is synchronous (asyncio.run): run it off the test's event loop.
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr()
+    password = (bundle / "mqtt-password").read_text().strip()
+    assert password not in out.out + out.err
+    cfg = load_config(bundle / "agent.toml")
+    assert cfg.modem is not None and cfg.modem.dialect == "quectel"
+    r = await SQLiteRepository.open(db)
+    try:
+        [row] = await r.list_inventory()
+    finally:
+        await r.close()
+    assert (row.device_id, row.commune_name, row.contractor) == ("dev-007", "Thạch Sơn", "Bắc Việt")
+    await connect_until_accepted(
+        lambda: aiomqtt.Client(
+            tls_broker.host, tls_broker.port, username="dev-007", password=password, timeout=5
+        )
+    )
+    # A second run without --force is refused with exit status 2, naming the file.
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "agent.toml exists" in capsys.readouterr().err
+    assert os.stat(bundle / "agent.toml").st_mode & 0o077 == 0
