@@ -302,7 +302,10 @@ def operator_for(mccmnc: str | None, alpha: str | None = None) -> Operator:
     if mccmnc and not alpha:
         return Operator(name=OPERATORS.get(mccmnc, mccmnc), mccmnc=mccmnc)
     if alpha and not mccmnc:
-        return Operator(name=alpha, mccmnc=_OPERATOR_ALIASES.get(alpha.upper()))
+        # Known networks get one spelling whatever the modem prints ("VIETTEL",
+        # "VN VIETTEL"), so the collector can group by operator.
+        code = _OPERATOR_ALIASES.get(alpha.upper())
+        return Operator(name=OPERATORS[code] if code else alpha, mccmnc=code)
     return Operator(name=alpha, mccmnc=mccmnc)
 
 
