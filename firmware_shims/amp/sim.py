@@ -327,9 +327,6 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``loa-sim amp`` (after argument parsing)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
@@ -345,6 +342,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         args.control = args.rtu_link.with_name(args.rtu_link.name + ".ctl")
     engine = AmpEngine(profile, faults=args.fault, seed=args.seed)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return asyncio.run(_main(engine, unit, args))
     except SimulatorError as exc:
