@@ -55,8 +55,13 @@ class BrokerConfig:
     #: Wait for one PUBACK at most this long before treating the link as dead.
     publish_timeout_s: float = 20.0
     #: Reconnect backoff: sleep uniform(0, base ** min(10, attempt)), capped at backoff_max_s.
+    #: The low cap is deliberate: it gets the agent back within ~3 s of the broker
+    #: returning, and while the 4G link itself is down an attempt costs no data.
     backoff_base_s: float = 2.0
-    backoff_max_s: float = 120.0
+    backoff_max_s: float = 3.0
+    #: Cap when the broker refused us (bad credentials, TLS failure): each such
+    #: attempt costs a TLS handshake of mobile data, so back off much further.
+    refused_backoff_max_s: float = 600.0
 
     @property
     def tls(self) -> bool:
@@ -351,7 +356,12 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("broker.url", "certificates are configured but the URL is not mqtts://")
     if b.keepalive_s < 5:
         raise ConfigError("broker.keepalive_s", f"{b.keepalive_s} s is too short (>= 5)")
-    for name in ("connect_timeout_s", "publish_timeout_s", "backoff_max_s"):
+    for name in (
+        "connect_timeout_s",
+        "publish_timeout_s",
+        "backoff_max_s",
+        "refused_backoff_max_s",
+    ):
         _positive(f"broker.{name}", getattr(b, name))
     if b.backoff_base_s <= 1:
         raise ConfigError("broker.backoff_base_s", "must be > 1 so the backoff grows")

@@ -39,6 +39,7 @@ AMP_FLAG_FAULTS: Mapping[str, FaultCode] = {
     "over_temperature": FaultCode.AMP_OVER_TEMP,
     "over_temp_limit": FaultCode.AMP_OVER_TEMP,
     "over_temp_mute": FaultCode.AMP_OVER_TEMP,
+    "thermal_limit": FaultCode.AMP_OVER_TEMP,
     "short": FaultCode.AMP_OUTPUT_SHORT,
     "output_short": FaultCode.AMP_OUTPUT_SHORT,
     "short_circuit": FaultCode.AMP_OUTPUT_SHORT,
@@ -242,6 +243,9 @@ def _amp_samples(
             continue
         out.setdefault(FaultCode.AMP_NO_RESPONSE, []).append((ts, None))
         bad: dict[FaultCode, list[str]] = {}
+        if a.error is not None:
+            # It answered, but with a Modbus exception: wrong profile or a failing board.
+            bad.setdefault(FaultCode.AMP_FAULT, []).append(a.error)
         for flag in s.flags:
             code = AMP_FLAG_FAULTS.get(flag.lower())
             if code is not None:
