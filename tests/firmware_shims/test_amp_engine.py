@@ -155,3 +155,19 @@ def test_seed_varies_the_drift() -> None:
     a = AmpEngine(profile, clock=clock, seed=1).state()[0]["mains_v"]
     b = AmpEngine(profile, clock=clock, seed=2).state()[0]["mains_v"]
     assert a != b
+
+
+async def test_failure_logged_once_and_recovery_once(caplog: pytest.LogCaptureFixture) -> None:
+    engine, _ = _engine("generic", "no_response")
+    probe = AmpProbe.in_process(engine, name="amp")
+    with caplog.at_level("INFO", logger="firmware_shims.amp.probe"):
+        for _ in range(3):
+            assert (await probe.read()).state.responding is False
+        engine.faults.clear()
+        for _ in range(3):
+            assert (await probe.read()).state.responding is True
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        ("WARNING", "amp: read input 100+9 on unit 1 on simulator generic: no answer"),
+        ("INFO", "amp: amplifier answering again (unit 1 on simulator generic)"),
+    ]
