@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -312,24 +312,28 @@ def compute_b2(
     unit_name: str | None = None,
     district: str | None = None,
     province: str | None = None,
+    communes: Collection[str] | None = None,
 ) -> B2Table:
     """The B2 table of ``inventory`` given every device's status at ``as_of``.
 
     Rows come in inventory order (``position``): a commune (district,
     province) takes the place where its first device appears. ``district`` /
-    ``province`` restrict the table to that part of the inventory. ``as_of``
+    ``province`` / ``communes`` (commune codes, e.g. a commune officer's
+    scope) restrict the table to that part of the inventory. ``as_of``
     must be aware; its date in its own zone is the date the report names.
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     if lang not in ("vi", "en"):
         raise ValueError(f"lang {lang!r}: expected 'vi' or 'en'")
+    inventory = list(inventory)
     devices = sorted(
         (
             d
             for d in inventory
             if (district is None or d.district == district)
             and (province is None or d.province == province)
+            and (communes is None or d.commune_code in communes)
         ),
         key=lambda d: d.position,
     )
@@ -339,7 +343,8 @@ def compute_b2(
             raise ValueError(f"two statuses for device {status.device_id!r}")
         by_id[status.device_id] = status
     listed = {d.device_id for d in devices}
-    all_listed = {d.device_id for d in inventory} if district or province else listed
+    filtered = district is not None or province is not None or communes is not None
+    all_listed = {d.device_id for d in inventory} if filtered else listed
 
     offline_before = as_of.timestamp() - offline_days * 86400.0
     tallies: dict[str, tuple[str, _Tally]] = {}

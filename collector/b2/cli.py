@@ -1,0 +1,234 @@
+"""``loa-collector inventory ...`` and ``loa-collector report b2 ...``.
+
+    loa-collector inventory import FILE [--remove-missing]
+    loa-collector inventory export [--format csv|xlsx] [-o FILE]
+    loa-collector report b2 [--as-of 2023-07-31] [--format json|csv|xlsx|html|summary]
+                            [--lang vi|en] [--scope commune|district|province] [-o FILE]
+
+Each takes ``--config collector.toml`` (its [db] and [report] sections) or
+``--db FILE``. ``configure_*_parser`` add the arguments to a parser the main
+CLI owns; ``run_*`` run a parsed command and return the exit status (0 ok,
+2 bad input or unusable database, with a message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+from collector.b2.dates import AsOfError, parse_as_of
+from collector.b2.service import b2_table, export_inventory, import_inventory, month_over_month
+from collector.b2.settings import ReportSettings
+from collector.b2.table import Scope
+from collector.exports import Format, render
+from collector.inventory import InventoryError
+from collector.store.base import Repository, StoreError
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A problem to report on stderr with exit status 2."""
+
+
+def _store_arguments(p: argparse.ArgumentParser) -> None:
+    store = p.add_mutually_exclusive_group()
+    store.add_argument("--config", type=Path, help="collector.toml ([db] path, [report] defaults)")
+    store.add_argument("--db", type=Path, help="the collector's SQLite database")
+
+
+def _settings_and_db(args: argparse.Namespace) -> tuple[ReportSettings, Path]:
+    if args.db is not None:
+        return ReportSettings(), Path(args.db)
+    from collector.config import ConfigError, load_config
+
+    path = args.config or Path("/etc/loa-collector/collector.toml")
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    settings = getattr(cfg, "report", None)
+    if not isinstance(settings, ReportSettings):
+        settings = ReportSettings()
+    return settings, Path(cfg.db.path)
+
+
+def _with_repo(db: Path, work: Callable[[Repository], Awaitable[T]]) -> T:
+    from collector.store.sqlite import SQLiteRepository
+
+    if not db.exists():
+        raise CliError(f"{db}: no such database (start the collector once first)")
+
+    async def go() -> T:
+        repo = await SQLiteRepository.open(db)
+        try:
+            await repo.require_schema()
+            return await work(repo)
+        finally:
+            await repo.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _write(out: str | None, body: bytes) -> None:
+    if out is None or out == "-":
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(out).write_bytes(body)
+    except OSError as exc:
+        raise CliError(f"{out}: cannot write: {exc.strerror}") from exc
+
+
+# --- inventory ------------------------------------------------------------------------------
+
+
+def configure_inventory_parser(p: argparse.ArgumentParser) -> None:
+    """Add ``import`` and ``export`` subcommands to ``p`` (``loa-collector inventory``)."""
+    sub = p.add_subparsers(dest="inventory_command", required=True)
+    imp = sub.add_parser("import", help="import the inventory from CSV or XLSX (all or nothing)")
+    imp.add_argument("file", type=Path, help="CSV (UTF-8, with or without BOM) or XLSX")
+    imp.add_argument(
+        "--remove-missing",
+        action="store_true",
+        help="remove inventory devices that are not in the file (their history stays)",
+    )
+    imp.add_argument("--actor", default="cli", help="name written to the audit log")
+    _store_arguments(imp)
+    exp = sub.add_parser("export", help="export the inventory (re-imports unchanged)")
+    exp.add_argument("--format", choices=["csv", "xlsx"], default="csv")
+    exp.add_argument("--lang", choices=["vi", "en"], default="vi", help="header language")
+    exp.add_argument("-o", "--output", help="file to write (default: standard output)")
+    _store_arguments(exp)
+
+
+def run_inventory(args: argparse.Namespace) -> int:
+    """Run a parsed ``inventory`` command."""
+    try:
+        _, db = _settings_and_db(args)
+        if args.inventory_command == "import":
+            try:
+                data = args.file.read_bytes()
+            except OSError as exc:
+                raise CliError(f"{args.file}: cannot read: {exc.strerror}") from exc
+            outcome = _with_repo(
+                db,
+                lambda repo: import_inventory(
+                    repo,
+                    data,
+                    source=str(args.file),
+                    remove_missing=args.remove_missing,
+                    actor=args.actor,
+                ),
+            )
+            print(f"{args.file}: {outcome.devices} devices; {outcome.plan.describe()}")
+            return 0
+        if args.output is None and args.format == "xlsx" and sys.stdout.isatty():
+            raise CliError("XLSX is binary: give -o FILE")
+        body = _with_repo(db, lambda repo: export_inventory(repo, fmt=args.format, lang=args.lang))
+        _write(args.output, body)
+        return 0
+    except InventoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def configure_report_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``b2`` subcommand to ``p`` (``loa-collector report``)."""
+    sub = p.add_subparsers(dest="report_command", required=True)
+    b2 = sub.add_parser("b2", help="the B2 table as of a date (default: now)")
+    b2.add_argument(
+        "--as-of",
+        help="YYYY-MM-DD or dd/mm/yyyy (end of that day) or an ISO date-time; default now",
+    )
+    b2.add_argument(
+        "--format",
+        choices=[*(f.value for f in Format), "summary"],
+        default="html",
+        help="summary: only the summary sentence (and --compare's) as text",
+    )
+    b2.add_argument("--lang", choices=["vi", "en"], help="default: [report] lang")
+    b2.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.COMMUNE.value)
+    b2.add_argument("--district", help="only this district (as written in the inventory)")
+    b2.add_argument("--province", help="only this province (as written in the inventory)")
+    b2.add_argument("--unit", help="reporting unit for the title; default: [report] unit_name")
+    b2.add_argument("--tz", help="time zone; default: [report] time_zone")
+    b2.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --format summary: add the change since the end of the previous month",
+    )
+    b2.add_argument("-o", "--output", help="file to write (default: standard output)")
+    _store_arguments(b2)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run a parsed ``report`` command."""
+    try:
+        settings, db = _settings_and_db(args)
+        if args.tz:
+            settings = replace(settings, time_zone=args.tz)
+        if args.unit is not None:
+            settings = replace(settings, unit_name=args.unit)
+        try:
+            tz = settings.tz()
+            as_of = parse_as_of(args.as_of, tz) if args.as_of else dt.datetime.now(tz)
+        except AsOfError as exc:
+            raise CliError(str(exc)) from exc
+        lang = args.lang or settings.lang
+        fmt = args.format
+        if args.output is None and fmt == "xlsx" and sys.stdout.isatty():
+            raise CliError("XLSX is binary: give -o FILE")
+
+        async def work(repo: Repository) -> bytes:
+            table = await b2_table(
+                repo,
+                as_of=as_of,
+                settings=settings,
+                scope=Scope(args.scope),
+                lang=lang,
+                district=args.district,
+                province=args.province,
+            )
+            if fmt != "summary":
+                return render(table, Format(fmt)).body
+            text = table.summary
+            if args.compare:
+                text += "\n" + (await month_over_month(repo, as_of=as_of, lang=lang)).sentence
+            return (text + "\n").encode()
+
+        _write(args.output, _with_repo(db, work))
+        return 0
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m collector.b2.cli inventory|report ...`` (same as ``loa-collector``)."""
+    parser = argparse.ArgumentParser(prog="loa-collector", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    configure_inventory_parser(sub.add_parser("inventory", help="district inventory"))
+    configure_report_parser(sub.add_parser("report", help="reports"))
+    args = parser.parse_args(argv)
+    return run_inventory(args) if args.command == "inventory" else run_report(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
