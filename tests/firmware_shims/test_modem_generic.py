@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet_protocol import AccessTech, ModemState, RegState, SimState
 from firmware_shims.modem import generic
 from firmware_shims.modem.at import AtResponse, parse_response
+from fleet_protocol import AccessTech, ModemState, RegState, SimState
 
 CASES = tomllib.loads((Path(__file__).parent / "data" / "modem_generic_cases.toml").read_text())
 

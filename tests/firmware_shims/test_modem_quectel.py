@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet_protocol import AccessTech, ModemState, RegState
 from firmware_shims.modem import quectel
 from firmware_shims.modem.at import AtResponse, parse_response
+from fleet_protocol import AccessTech, ModemState, RegState
 from tests.firmware_shims.test_modem_generic import check
 
 CASES = tomllib.loads((Path(__file__).parent / "data" / "modem_quectel_cases.toml").read_text())
@@ -42,7 +42,10 @@ def test_qeng_servingcell(case: dict[str, Any]) -> None:
 
 
 def test_five_g_family_sinr_in_db() -> None:
-    raw = '+QENG: "servingcell","NOCONN","LTE","FDD",452,04,1A2D101,123,1650,3,5,5,3A98,-95,-11,-65,14,40\r\nOK'
+    raw = (
+        '+QENG: "servingcell","NOCONN","LTE","FDD",452,04,1A2D101,123,1650,3,5,5,3A98,'
+        "-95,-11,-65,14,40\r\nOK"
+    )
     cell = quectel.parse_qeng_servingcell(parse_response(quectel.CMD_QENG, raw), sinr_scale="db")
     assert cell.sinr_db == 14.0
 
