@@ -1,0 +1,43 @@
+"""Collector config: the deploy example loads, bad files fail naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.config import CollectorConfig, ConfigError, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "collector.example.toml"
+
+
+def test_deploy_example_loads_with_documented_defaults() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.mqtt.client_id == "loa-collector-1"
+    assert cfg.fleet.heartbeat_grace_s >= 3 * 900
+    defaults = CollectorConfig()
+    # The example shows the defaults (only the password source differs).
+    assert cfg.fleet == defaults.fleet and cfg.repairs == defaults.repairs
+    assert cfg.ingest == defaults.ingest and cfg.http == defaults.http and cfg.db == defaults.db
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[mqtt]\nport = 'abc'\n", "[mqtt] port: expected an integer"),
+        ("[mqtt]\nport = 70000\n", "[mqtt] port: must be 1..65535"),
+        ("[mqtt]\nprot = 1\n", "[mqtt] prot: unknown setting"),
+        ("[fleet]\nheartbeat_grace_s = 60\n", "[fleet] heartbeat_grace_s: must exceed"),
+        ("[db]\nsynchronous = 'off'\n", "[db] synchronous"),
+        ("[nope]\n", "nope: unknown setting or section"),
+        ("ingest_enabled = 'yes'\n", "ingest_enabled: expected true or false"),
+        ("[http\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
