@@ -319,10 +319,12 @@ class ModemEngine:
         out: list[Chunk] = []
         if self.echo:
             out.append(Chunk(0.0, (line.rstrip("\n") + "\r").encode("latin-1", "replace")))
-        if not text.upper().startswith("AT"):
-            # Real modems ignore lines that are not AT commands.
+        start = text.upper().find("AT")
+        if start < 0:
+            # Real modems ignore lines that are not AT commands...
             return out
-        lines, final = self._execute(text[2:])
+        # ...and skip whatever noise precedes the "AT" of a command line.
+        lines, final = self._execute(text[start + 2 :])
         reply = _lines([*lines, final])
         if self.options.urc_rate and self.rng.random() < self.options.urc_rate:
             urc = _lines([self.rng.choice(_URC_POOL[self.dialect])])
