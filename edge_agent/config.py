@@ -369,7 +369,20 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         _poll("modem", cfg.modem.poll_s, cfg.modem.timeout_s)
         if not cfg.modem.port:
             raise ConfigError("modem.port", "required (e.g. /dev/serial/by-id/usb-...-if02-port0)")
+    if cfg.modem is not None:
+        from firmware_shims.modem.dialects import get_dialect
+
+        try:
+            get_dialect(cfg.modem.dialect)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError("modem.dialect", str(exc).strip("'\"")) from None
     if cfg.amp is not None:
+        from firmware_shims.amp.profile import ProfileError, load_profile
+
+        try:
+            load_profile(cfg.amp.profile)
+        except (ProfileError, OSError) as exc:
+            raise ConfigError("amp.profile", str(exc)) from None
         a = cfg.amp
         _poll("amp", a.poll_s, a.timeout_s)
         if a.transport == "rtu" and not a.port:

@@ -31,6 +31,8 @@ class Readable(Protocol[R_co]):
 
     async def read(self) -> R_co: ...
 
+    async def aclose(self) -> None: ...
+
 
 R = TypeVar("R")
 

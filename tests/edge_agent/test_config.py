@@ -64,6 +64,8 @@ BAD = [
     ({"modem": {"port": "/dev/ttyUSB2", "poll_s": 30, "timeout_s": 40}}, "modem.timeout_s"),
     ({"modem": {"port": "/dev/ttyUSB2", "baud": "fast"}}, "modem.baud"),
     ({"modem": {"baud": 9600}}, "modem.port"),
+    ({"modem": {"port": "/dev/ttyUSB2", "dialect": "nokia"}}, "modem.dialect"),
+    ({"amp": {"port": "/dev/ttyAMA0", "profile": "nope"}}, "amp.profile"),
     ({"amp": {"transport": "udp"}}, "amp.transport"),
     ({"amp": {"transport": "tcp", "address": "nohost"}}, "amp.address"),
     ({"amp": {"port": "/dev/ttyAMA0", "parity": "X"}}, "amp.parity"),

@@ -1,0 +1,105 @@
+"""``loa-agent``: the edge agent's command line.
+
+``loa-agent run --config /etc/loa-agent/agent.toml`` runs the daemon (under
+systemd: ``Type=notify``, ``WatchdogSec=``; SIGTERM stops it in order).
+
+Subcommands register themselves in ``SUBCOMMANDS``: a module path whose
+``add_parser(subparsers)`` adds its parser and sets ``func`` (taking the
+parsed ``argparse.Namespace``, returning the exit code). The technician
+commands (``status``, ``diag``, ``at``, ``modbus``, ``outbox``, ``events``)
+plug in the same way and talk to the daemon through
+``edge_agent.control.request``.
+
+Exit codes: 0 clean stop, 2 bad config or usage, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.config import load_config
+from edge_agent.errors import AgentError, ConfigError
+
+DEFAULT_CONFIG = Path("/etc/loa-agent/agent.toml")
+#: Modules implementing ``add_parser(subparsers) -> None``; a missing one is skipped.
+SUBCOMMANDS: tuple[str, ...] = ("edge_agent.techcli",)
+
+log = logging.getLogger("edge_agent")
+
+
+def _setup_logging(level: str) -> None:
+    # journald adds its own timestamps; keep the line short.
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Their DEBUG is one line per SQL statement / MQTT packet: useful only when asked for.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    logging.getLogger("edge_agent.uplink.mqtt").setLevel(max(logging.INFO, logging.root.level))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"loa-agent: bad config: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.log_level)
+
+    from edge_agent.agent import Agent
+    from edge_agent.sdnotify import Notifier
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg, notifier=Notifier.from_env()).run(stop)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        log.error("bad config: %s", exc)
+        return 2
+    except AgentError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loa-agent", description="loa-fleet edge agent for a speaker cluster's controller"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent daemon")
+    run.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent.toml (default {DEFAULT_CONFIG})"
+    )
+    run.set_defaults(func=_run)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
