@@ -396,3 +396,29 @@ class Repository(Protocol):
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]: ...
+
+    # -- used by the dashboard (collector.web) ----------------------------------------------
+    async def list_users(self) -> list[User]:
+        """Every user, by name."""
+        ...
+
+    async def update_user(
+        self,
+        name: str,
+        *,
+        role: Role,
+        communes: frozenset[str],
+        disabled: bool,
+        actor: str,
+    ) -> User:
+        """Change a user's role, communes and disabled flag (audited); raises NotFound."""
+        ...
+
+    async def state_reports(
+        self, device_id: str, *, since: float, until: float, limit: int = 10000
+    ) -> list[tuple[float, dict[str, Any]]]:
+        """Stored state reports of a device as (event time, decoded JSON), oldest first.
+
+        Within raw retention only; the newest ``limit`` when there are more.
+        """
+        ...

@@ -1149,3 +1149,60 @@ class SQLiteRepository:
             {"at": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])}
             for r in rows
         ]
+
+    # -- used by the dashboard (collector.web) ----------------------------------------------
+
+    async def list_users(self) -> list[User]:
+        rows = await self._all("SELECT id, name, role, communes, disabled FROM users ORDER BY name")
+        return [self._user(r) for r in rows]
+
+    async def update_user(
+        self,
+        name: str,
+        *,
+        role: Role,
+        communes: frozenset[str],
+        disabled: bool,
+        actor: str,
+    ) -> User:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE users SET role = ?, communes = ?, disabled = ? WHERE name = ?",
+                (str(role), json.dumps(sorted(communes)), int(disabled), name),
+            )
+            changed = cur.rowcount
+            await cur.close()
+            if not changed:
+                raise NotFound(f"user {name!r} does not exist")
+            await self._audit(
+                db,
+                actor,
+                "user.update",
+                f"user:{name}",
+                {"role": role, "communes": sorted(communes), "disabled": disabled},
+            )
+            async with db.execute(
+                "SELECT id, name, role, communes, disabled FROM users WHERE name = ?", (name,)
+            ) as rows:
+                row = await rows.fetchone()
+        assert row is not None
+        return self._user(row)
+
+    async def state_reports(
+        self, device_id: str, *, since: float, until: float, limit: int = 10000
+    ) -> list[tuple[float, dict[str, Any]]]:
+        rows = await self._all(
+            "SELECT ts, payload FROM messages WHERE device_id = ? AND kind = 'state'"
+            " AND seq >= 0 AND ts >= ? AND ts <= ? AND payload IS NOT NULL"
+            " ORDER BY ts DESC LIMIT ?",
+            (device_id, since, until, limit),
+        )
+        out: list[tuple[float, dict[str, Any]]] = []
+        for r in reversed(rows):
+            try:
+                data = msgspec.json.decode(r[1])
+            except msgspec.DecodeError:
+                continue  # stored payloads were validated on the way in; never expected
+            if isinstance(data, dict):
+                out.append((float(r[0]), data))
+        return out
