@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from collector import api, auth, repairs
+from collector.b2 import api as b2_api
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor, run_ingest
 from collector.keys import CONFIG, REPO, STATS
@@ -114,4 +115,5 @@ def create_app(config: CollectorConfig) -> web.Application:
     app.cleanup_ctx.append(_db_ctx)
     app.cleanup_ctx.append(_tasks_ctx)
     api.add_routes(app)
+    b2_api.add_routes(app)
     return app

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.auth import hash_password, new_secret, secret_hash
+from collector.b2.cli import register as _register_b2
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.base import Conflict, NotFound, Role, StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -183,7 +184,7 @@ def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 #: Subcommand registrars, in help order. Add yours here.
-SUBCOMMANDS: list[Register] = [_register_serve, _register_users, _register_db]
+SUBCOMMANDS: list[Register] = [_register_serve, _register_users, _register_db, _register_b2]
 
 
 def build_parser() -> argparse.ArgumentParser:

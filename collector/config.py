@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.b2.settings import ReportSettings
+
 
 class ConfigError(ValueError):
     """A bad configuration file; the message names the file and the field."""
@@ -132,6 +134,8 @@ class CollectorConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     repairs: RepairConfig = field(default_factory=RepairConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    #: The B2 report's time zone, offline note, unit name and language.
+    report: ReportSettings = field(default_factory=ReportSettings)
     #: Run the MQTT ingest in this process (off for API-only instances).
     ingest_enabled: bool = True
 
@@ -163,6 +167,7 @@ class CollectorConfig:
             (self.repairs.overdue_after_s > 0, "[repairs] overdue_after_s: must be > 0"),
             (self.repairs.sweep_interval_s > 0, "[repairs] sweep_interval_s: must be > 0"),
             (self.http.session_ttl_s > 0, "[http] session_ttl_s: must be > 0"),
+            *((False, problem) for problem in self.report.problems()),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from collector.b2.openapi import PATHS as B2_PATHS
 from fleet_protocol import B2Cause
 
 
@@ -248,5 +249,5 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "security": [{"bearer": []}, {"session": []}],
-        "paths": PATHS,
+        "paths": {**PATHS, **B2_PATHS},
     }

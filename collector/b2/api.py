@@ -41,9 +41,8 @@ _MAX_PARAM: Final = 200
 
 
 def settings_of(request: web.Request) -> ReportSettings:
-    """The app's ``[report]`` settings (defaults when the config has none)."""
-    found = getattr(request.app[CONFIG], "report", None)
-    return found if isinstance(found, ReportSettings) else ReportSettings()
+    """The app's ``[report]`` settings."""
+    return request.app[CONFIG].report
 
 
 def _param(request: web.Request, name: str) -> str | None:

@@ -5,10 +5,11 @@
     loa-collector report b2 [--as-of 2023-07-31] [--format json|csv|xlsx|html|summary]
                             [--lang vi|en] [--scope commune|district|province] [-o FILE]
 
-Each takes ``--config collector.toml`` (its [db] and [report] sections) or
-``--db FILE``. ``configure_*_parser`` add the arguments to a parser the main
-CLI owns; ``run_*`` run a parsed command and return the exit status (0 ok,
-2 bad input or unusable database, with a message on stderr).
+Each takes ``--config collector.toml`` (its [db] and [report] sections), or
+``--db FILE`` to name the database directly. :func:`register` plugs them into
+``loa-collector`` (``collector.cli.SUBCOMMANDS``); ``run_*`` run a parsed
+command and return the exit status (0 ok, 1 bad input or unusable database,
+with a message on stderr naming the file, row and column or the setting).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Final, TypeVar
 
 from collector.b2.dates import AsOfError, parse_as_of
 from collector.b2.service import b2_table, export_inventory, import_inventory, month_over_month
@@ -32,15 +33,16 @@ from collector.store.base import Repository, StoreError
 
 T = TypeVar("T")
 
+#: Same default as ``loa-collector --config``.
+DEFAULT_CONFIG: Final = "/etc/loa-collector/collector.toml"
+
 
 class CliError(Exception):
     """A problem to report on stderr with exit status 2."""
 
 
-def _store_arguments(p: argparse.ArgumentParser) -> None:
-    store = p.add_mutually_exclusive_group()
-    store.add_argument("--config", type=Path, help="collector.toml ([db] path, [report] defaults)")
-    store.add_argument("--db", type=Path, help="the collector's SQLite database")
+def _db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, help="the collector's SQLite database (overrides --config)")
 
 
 def _settings_and_db(args: argparse.Namespace) -> tuple[ReportSettings, Path]:
@@ -48,15 +50,12 @@ def _settings_and_db(args: argparse.Namespace) -> tuple[ReportSettings, Path]:
         return ReportSettings(), Path(args.db)
     from collector.config import ConfigError, load_config
 
-    path = args.config or Path("/etc/loa-collector/collector.toml")
+    path = Path(args.config or DEFAULT_CONFIG)
     try:
         cfg = load_config(path)
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
-    settings = getattr(cfg, "report", None)
-    if not isinstance(settings, ReportSettings):
-        settings = ReportSettings()
-    return settings, Path(cfg.db.path)
+    return cfg.report, Path(cfg.db.path)
 
 
 def _with_repo(db: Path, work: Callable[[Repository], Awaitable[T]]) -> T:
@@ -93,10 +92,12 @@ def _write(out: str | None, body: bytes) -> None:
 # --- inventory ------------------------------------------------------------------------------
 
 
-def configure_inventory_parser(p: argparse.ArgumentParser) -> None:
-    """Add ``import`` and ``export`` subcommands to ``p`` (``loa-collector inventory``)."""
-    sub = p.add_subparsers(dest="inventory_command", required=True)
-    imp = sub.add_parser("import", help="import the inventory from CSV or XLSX (all or nothing)")
+def _configure_inventory(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("inventory", help="the district's inventory of speaker clusters")
+    isub = p.add_subparsers(dest="inventory_command", required=True)
+    imp = isub.add_parser(
+        "import", parents=[parent], help="import the inventory from CSV or XLSX (all or nothing)"
+    )
     imp.add_argument("file", type=Path, help="CSV (UTF-8, with or without BOM) or XLSX")
     imp.add_argument(
         "--remove-missing",
@@ -104,12 +105,16 @@ def configure_inventory_parser(p: argparse.ArgumentParser) -> None:
         help="remove inventory devices that are not in the file (their history stays)",
     )
     imp.add_argument("--actor", default="cli", help="name written to the audit log")
-    _store_arguments(imp)
-    exp = sub.add_parser("export", help="export the inventory (re-imports unchanged)")
+    _db_argument(imp)
+    imp.set_defaults(func=run_inventory)
+    exp = isub.add_parser(
+        "export", parents=[parent], help="export the inventory (re-imports unchanged)"
+    )
     exp.add_argument("--format", choices=["csv", "xlsx"], default="csv")
     exp.add_argument("--lang", choices=["vi", "en"], default="vi", help="header language")
     exp.add_argument("-o", "--output", help="file to write (default: standard output)")
-    _store_arguments(exp)
+    _db_argument(exp)
+    exp.set_defaults(func=run_inventory)
 
 
 def run_inventory(args: argparse.Namespace) -> int:
@@ -140,19 +145,19 @@ def run_inventory(args: argparse.Namespace) -> int:
         return 0
     except InventoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 # --- report ---------------------------------------------------------------------------------
 
 
-def configure_report_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``b2`` subcommand to ``p`` (``loa-collector report``)."""
-    sub = p.add_subparsers(dest="report_command", required=True)
-    b2 = sub.add_parser("b2", help="the B2 table as of a date (default: now)")
+def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("report", help="reports")
+    rsub = p.add_subparsers(dest="report_command", required=True)
+    b2 = rsub.add_parser("b2", parents=[parent], help="the B2 table as of a date (default: now)")
     b2.add_argument(
         "--as-of",
         help="YYYY-MM-DD or dd/mm/yyyy (end of that day) or an ISO date-time; default now",
@@ -175,7 +180,18 @@ def configure_report_parser(p: argparse.ArgumentParser) -> None:
         help="with --format summary: add the change since the end of the previous month",
     )
     b2.add_argument("-o", "--output", help="file to write (default: standard output)")
-    _store_arguments(b2)
+    _db_argument(b2)
+    b2.set_defaults(func=run_report)
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``inventory`` and ``report`` to ``loa-collector``'s subcommands.
+
+    ``parent`` carries the shared ``--config`` option; each leaf command gets
+    ``func(args) -> int`` (0 ok, 1 with a message on stderr).
+    """
+    _configure_inventory(sub, parent)
+    _configure_report(sub, parent)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -217,17 +233,17 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m collector.b2.cli inventory|report ...`` (same as ``loa-collector``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", default=DEFAULT_CONFIG, help="collector TOML config")
     parser = argparse.ArgumentParser(prog="loa-collector", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    configure_inventory_parser(sub.add_parser("inventory", help="district inventory"))
-    configure_report_parser(sub.add_parser("report", help="reports"))
+    register(parser.add_subparsers(dest="command", required=True), parent)
     args = parser.parse_args(argv)
-    return run_inventory(args) if args.command == "inventory" else run_report(args)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -50,10 +50,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[aiohttp.web.Request
             "ingest_enabled": False,
         }
     )
-    app = create_app(cfg)
-    if not any(r.canonical == "/api/v1/reports/b2" for r in app.router.resources()):
-        b2_api.add_routes(app)  # until create_app registers them itself
-    async with TestClient(TestServer(app)) as c:
+    async with TestClient(TestServer(create_app(cfg))) as c:
         yield c
 
 

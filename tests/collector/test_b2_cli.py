@@ -10,8 +10,8 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from collector.b2.cli import main
 from collector.b2.demo import demo_inventory
+from collector.cli import main
 from collector.inventory import inventory_to_csv
 from collector.store.sqlite import SQLiteRepository
 
@@ -58,7 +58,7 @@ def test_import_export_round_trip_and_bad_file_imports_nothing(
     rows[5] = rows[5].replace("lt-lamthao-05", "LT-05")
     rows[9] = rows[9].replace(",21.", ",121.")
     bad.write_text("\n".join(rows[:20]) + "\n", encoding="utf-8")
-    assert main(["inventory", "import", str(bad), "--remove-missing", "--db", str(db)]) == 2
+    assert main(["inventory", "import", str(bad), "--remove-missing", "--db", str(db)]) == 1
     err = capsys.readouterr().err
     assert "2 problems, nothing imported" in err
     assert "row 6, column 'Mã thiết bị': 'LT-05' is not a device id" in err
@@ -112,11 +112,11 @@ def test_report_b2_formats(db: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_report_errors_are_named(
     db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["report", "b2", "--as-of", "31/02/2023", "--db", str(db)]) == 2
+    assert main(["report", "b2", "--as-of", "31/02/2023", "--db", str(db)]) == 1
     assert "as_of '31/02/2023'" in capsys.readouterr().err
-    assert main(["report", "b2", "--tz", "Mars/Olympus", "--db", str(db)]) == 2
+    assert main(["report", "b2", "--tz", "Mars/Olympus", "--db", str(db)]) == 1
     assert "Mars/Olympus" in capsys.readouterr().err
-    assert main(["report", "b2", "--db", str(tmp_path / "none.db")]) == 2
+    assert main(["report", "b2", "--db", str(tmp_path / "none.db")]) == 1
     assert "no such database" in capsys.readouterr().err
-    assert main(["inventory", "import", str(tmp_path / "nofile.csv"), "--db", str(db)]) == 2
+    assert main(["inventory", "import", str(tmp_path / "nofile.csv"), "--db", str(db)]) == 1
     assert "cannot read" in capsys.readouterr().err
