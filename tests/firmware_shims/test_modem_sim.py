@@ -16,7 +16,7 @@ import serial
 
 from firmware_shims import control
 from firmware_shims.modem.at import AtResponse, parse_response
-from firmware_shims.modem.sim import FAULTS, ModemEngine, SimOptions, modem_process
+from firmware_shims.modem.sim import FAULTS, ModemEngine, SimOptions, modem_process, running_modem
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -278,3 +278,21 @@ def test_sigint_removes_link(tmp_path: Path) -> None:
         while m.link.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not m.link.exists()
+
+
+@pytest.mark.integration
+async def test_running_modem_helper_with_atport(tmp_path: Path) -> None:
+    from firmware_shims.modem.port import AtPort
+
+    async with running_modem(tmp_path / "m2", dialect="generic", faults=["sim_locked"]) as m:
+        port = AtPort(m.link)
+        try:
+            assert (await port.command("AT+CPIN?", timeout=2)).lines == ("+CPIN: SIM PIN",)
+            assert await m.faults() == ["sim_locked"]
+            await m.clear("sim_locked")
+            await m.set("weak_signal")
+            assert (await port.command("AT+CPIN?", timeout=2)).lines == ("+CPIN: READY",)
+            assert (await port.command("AT+CSQ", timeout=2)).lines == ("+CSQ: 4,99",)
+        finally:
+            await port.aclose()
+    assert not m.link.exists()
