@@ -530,8 +530,12 @@ async def provision(
 # --- command line -------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add provisioning's arguments to ``p`` (used by ``loa-collector provision``)."""
+def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> None:
+    """Add provisioning's arguments to ``p``.
+
+    ``standalone=False`` when ``p`` inherits ``--config`` from ``loa-collector``'s
+    common options (with its default path).
+    """
     p.add_argument("device_id", metavar="DEVICE_ID")
     p.add_argument("--commune", required=True, help="commune code (mã xã) from the inventory")
     p.add_argument("--commune-name", help="commune name; needed for a commune not yet listed")
@@ -565,9 +569,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="run after the password file changed (default: %(default)s)",
     )
     p.add_argument("--no-reload", action="store_true", help="do not reload the broker")
-    store = p.add_mutually_exclusive_group()
-    store.add_argument("--config", type=Path, help="collector.toml: its [db] path gets the row")
-    store.add_argument("--db", type=Path, help="the collector's SQLite database")
+    if standalone:
+        p.add_argument("--config", type=Path, help="collector.toml: its [db] path gets the row")
+    p.add_argument("--db", type=Path, help="the collector's SQLite database (wins over --config)")
+    p.add_argument(
+        "--no-inventory", action="store_true", help="do not touch the collector's inventory"
+    )
     p.add_argument("--template", type=Path, default=AGENT_TEMPLATE, help="agent.toml template")
     p.add_argument(
         "--install-dir",
@@ -586,6 +593,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _db_path(args: argparse.Namespace) -> Path | None:
+    if args.no_inventory:
+        return None
     if args.db is not None:
         return Path(args.db)
     if args.config is not None:
@@ -648,7 +657,8 @@ async def _run(args: argparse.Namespace) -> Provisioned:
     }
     db = _db_path(args)
     if db is None:
-        log.warning("no --config or --db: %s is not added to the inventory", args.device_id)
+        if not args.no_inventory:
+            log.warning("no --config or --db: %s is not added to the inventory", args.device_id)
         return await provision(args.device_id, fields, **common)
     if not db.exists():
         raise ProvisionError(f"{db}: no such database (start the collector once first)")
@@ -681,6 +691,17 @@ def run(args: argparse.Namespace) -> int:
     if done.inventory is not None:
         print(f"inventory: {done.inventory.commune_name} ({done.inventory.commune_code})")
     return 0
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``provision`` to ``loa-collector`` (collector/cli.py's SUBCOMMANDS protocol)."""
+    p = sub.add_parser(
+        "provision",
+        parents=[parent],
+        help="create a cluster's credentials, broker entry, inventory row and agent.toml",
+    )
+    configure_parser(p, standalone=False)
+    p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
