@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import replace
 from typing import Any, Final
 
@@ -33,6 +34,8 @@ from collector.exports.as_json import table_to_dict
 from collector.inventory import InventoryError, inventory_to_csv, inventory_to_xlsx
 from collector.keys import CONFIG, REPO
 from collector.model import InventoryDevice
+
+log = logging.getLogger("loa.collector.b2")
 
 #: Largest inventory upload. Well above a province (2,000 clusters is ~0.4 MB of
 #: CSV); the app-wide JSON body limit is far smaller, so uploads are read here.
@@ -240,6 +243,12 @@ async def inventory_import(request: web.Request) -> web.Response:
             actor=principal.name,
         )
     except InventoryError as exc:
+        log.warning(
+            "inventory import by %s rejected: %d problem(s), first: %s",
+            principal.name,
+            len(exc.errors),
+            exc.errors[0] if exc.errors else "-",
+        )
         return _json(
             {
                 "error": f"file: {len(exc.errors)} problem(s), nothing imported",
@@ -251,6 +260,7 @@ async def inventory_import(request: web.Request) -> web.Response:
             status=400,
         )
     plan = outcome.plan
+    log.info("inventory import by %s: %s", principal.name, plan.describe())
     return _json(
         {
             "devices": outcome.devices,

@@ -96,7 +96,8 @@ async def import_inventory(
     Raises ``InventoryError`` (nothing stored) for a bad file. The file's row
     order becomes the B2 row order; devices absent from the file are removed
     with ``remove_missing``, otherwise kept after the file's devices in their
-    previous order.
+    previous order, taking the file's name, kind, district and province for
+    their commune (the file is authoritative for a commune it lists).
     """
     incoming = parse_inventory(data, source=source)
     current = await repo.list_inventory()
@@ -104,8 +105,25 @@ async def import_inventory(
     devices: list[InventoryDevice] = list(incoming)
     if not remove_missing and plan.missing:
         missing = set(plan.missing)
+        communes = {
+            d.commune_code: (d.commune_name, d.commune_kind, d.district, d.province)
+            for d in incoming
+        }
         kept = [d for d in current if d.device_id in missing]
-        devices += [replace(d, position=len(incoming) + i) for i, d in enumerate(kept)]
+        for i, d in enumerate(kept):
+            name, kind, district, province = communes.get(
+                d.commune_code, (d.commune_name, d.commune_kind, d.district, d.province)
+            )
+            devices.append(
+                replace(
+                    d,
+                    commune_name=name,
+                    commune_kind=kind,
+                    district=district,
+                    province=province,
+                    position=len(incoming) + i,
+                )
+            )
     await repo.upsert_inventory(devices, remove_missing=remove_missing, actor=actor)
     return ImportOutcome(plan, len(incoming))
 

@@ -222,3 +222,28 @@ async def test_reimport_updates_and_removes_only_when_asked(repo: SQLiteReposito
     table = compute_b2(stored, statuses, as_of=JULY_END)
     assert table.total.total == 150
     assert table.total.never_reported == 150
+
+
+async def test_import_keeps_missing_devices_after_the_file_and_renames_their_commune(
+    repo: SQLiteRepository,
+) -> None:
+    from collector.b2.service import import_inventory
+    from collector.inventory import inventory_to_csv
+
+    inventory = demo_inventory()
+    await import_inventory(repo, inventory_to_csv(inventory), source="all.csv")
+    # A short file: five Sơn Vi clusters first, the commune renamed.
+    son_vi = [replace(d, commune_name="Sơn Vi mới") for d in inventory if d.commune_code == "08428"]
+    outcome = await import_inventory(repo, inventory_to_csv(son_vi[:5]), source="part.csv")
+    assert outcome.plan.describe() == "0 added, 5 updated, 0 unchanged, 0 removed, 195 kept"
+    stored = await repo.list_inventory()
+    assert [d.device_id for d in stored[:6]] == [
+        *(d.device_id for d in son_vi[:5]),
+        "lt-lamthao-01",
+    ]
+    assert {d.commune_name for d in stored if d.commune_code == "08428"} == {"Sơn Vi mới"}
+    table = compute_b2(stored, await repo.statuses_as_of(JULY_END.timestamp()), as_of=JULY_END)
+    assert [(r.unit, r.total) for r in table.rows[:2]] == [
+        ("Xã Sơn Vi mới", 14),
+        ("Thị trấn Lâm Thao", 18),
+    ]
