@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from collector import provision
 from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.cli import register as _register_b2
 from collector.config import CollectorConfig, ConfigError, load_config
@@ -184,7 +185,13 @@ def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 #: Subcommand registrars, in help order. Add yours here.
-SUBCOMMANDS: list[Register] = [_register_serve, _register_users, _register_db, _register_b2]
+SUBCOMMANDS: list[Register] = [
+    _register_serve,
+    _register_users,
+    _register_db,
+    _register_b2,
+    provision.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

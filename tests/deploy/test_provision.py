@@ -16,6 +16,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from collector import cli
 from collector.model import CommuneKind, InventoryDevice
 from collector.provision import (
     DEVICE_ACL,
@@ -24,7 +25,6 @@ from collector.provision import (
     check_password,
     dump_toml,
     hash_password,
-    main,
     merge_inventory,
     parse_override,
     provision,
@@ -309,12 +309,15 @@ async def test_cli_provisions_into_the_database_and_prints_no_secret(
     tls_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "collector.db"
+    collector_toml = tmp_path / "collector.toml"
+    collector_toml.write_text(f'[db]\npath = "{db}"\n')
     r = await SQLiteRepository.open(db)
     await r.migrate()
     await r.close()
     bundle = tmp_path / "bundle"
     assert tls_broker.proc is not None
     argv = [
+        "provision",
         "dev-007",
         "--commune",
         "19087",
@@ -328,8 +331,8 @@ async def test_cli_provisions_into_the_database_and_prints_no_secret(
         str(bundle),
         "--broker-dir",
         str(tls_broker.layout.config_dir),
-        "--db",
-        str(db),
+        "--config",
+        str(collector_toml),
         "--install-dir",
         str(bundle),
         "--reload-command",
@@ -339,8 +342,9 @@ async def test_cli_provisions_into_the_database_and_prints_no_secret(
         "--set",
         'modem.dialect="quectel"',
     ]
-    # main() is synchronous (asyncio.run): run it off the test's event loop.
-    assert await asyncio.to_thread(main, argv) == 0
+    # The documented command, `loa-collector provision ...`. main() is synchronous
+    # (asyncio.run): run it off the test's event loop.
+    assert await asyncio.to_thread(cli.main, argv) == 0
     out = capsys.readouterr()
     password = (bundle / "mqtt-password").read_text().strip()
     assert password not in out.out + out.err
@@ -358,6 +362,6 @@ async def test_cli_provisions_into_the_database_and_prints_no_secret(
         )
     )
     # A second run without --force is refused with exit status 2, naming the file.
-    assert await asyncio.to_thread(main, argv) == 2
+    assert await asyncio.to_thread(cli.main, argv) == 2
     assert "agent.toml exists" in capsys.readouterr().err
     assert os.stat(bundle / "agent.toml").st_mode & 0o077 == 0
