@@ -53,7 +53,7 @@ AMP_FLAG_FAULTS: Mapping[str, FaultCode] = {
     "fault": FaultCode.AMP_FAULT,
     "amp_fault": FaultCode.AMP_FAULT,
     "overload": FaultCode.AMP_FAULT,
-    "over_current": FaultCode.AMP_FAULT,
+    "over_current": FaultCode.AMP_OUTPUT_SHORT,
     "amp_check_error": FaultCode.AMP_FAULT,
 }
 
