@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def tls_broker(tmp_path: Path, fleet_ca: CertificateAuthority) -> Iterator[Broke
         yield broker
     finally:
         broker.stop()
+
+
+def reloader(broker: Broker) -> Callable[[], None]:
+    """What provisioning calls after changing the password file: SIGHUP, as systemctl reload."""
+
+    def reload() -> None:
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+
+    return reload
 
 
 def client_context(

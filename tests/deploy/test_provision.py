@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import ssl
 import stat
 import subprocess
@@ -33,7 +32,7 @@ from collector.provision import (
 from collector.store.sqlite import SQLiteRepository
 from collector.tls import CertificateAuthority
 from edge_agent.config import load_config
-from tests.deploy.conftest import watching
+from tests.deploy.conftest import reloader, watching
 from tests.support.mosquitto import MOSQUITTO_PASSWD, Broker
 
 pytestmark = pytest.mark.integration
@@ -60,14 +59,6 @@ def ca_dir(tmp_path: Path, fleet_ca: CertificateAuthority) -> Path:
     d = tmp_path / "ca"
     fleet_ca.save(d)
     return d
-
-
-def reloader(broker: Broker) -> object:
-    def reload() -> None:
-        assert broker.proc is not None
-        broker.proc.send_signal(signal.SIGHUP)
-
-    return reload
 
 
 async def connect_until_accepted(make: object, timeout: float = 10.0) -> None:
@@ -177,7 +168,7 @@ async def test_password_mode_bundle_loads_and_the_broker_accepts_the_device(
         auth="password",
         store=repo,
         install_dir=bundle,
-        reload_broker=reloader(tls_broker),  # type: ignore[arg-type]
+        reload_broker=reloader(tls_broker),
         ca_dir=ca_dir,  # in password mode only for ca.crt: the device must trust the broker
     )
     assert done.files == ("ca.crt", "mqtt-password", "agent.toml")
