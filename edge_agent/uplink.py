@@ -149,6 +149,7 @@ class Uplink:
             client: aiomqtt.Client | None = None
             try:
                 will_seq = await self.outbox.reserve_seq()
+                log.debug("uplink: connecting with last will seq %d", will_seq)
                 client = self._client(will_seq)
                 async with asyncio.timeout(self.cfg.broker.connect_timeout_s + _CONNECT_SLACK_S):
                     await client.__aenter__()
