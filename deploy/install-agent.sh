@@ -54,7 +54,10 @@ if [ -n "$WHEELHOUSE" ]; then
     || die "$WHEELHOUSE has no loa_fleet-*.whl: build it as docs/deploy.md shows"
 fi
 
-PY=$(command -v python3) || die "python3 not found"
+# The distribution's Python: the venv links to it, and the service user must
+# be able to run it (an interpreter under /root, e.g. pyenv's, is not).
+PY=${PYTHON:-/usr/bin/python3}
+[ -x "$PY" ] || PY=$(command -v python3) || die "python3 not found"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || die "Python >= 3.11 needed, found $("$PY" -V 2>&1)"
 

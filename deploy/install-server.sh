@@ -71,7 +71,9 @@ fi
 # --- collector software ------------------------------------------------------------
 VENV="$PREFIX/venv"
 mkdir -p "$PREFIX"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# The distribution's Python: the service user must be able to run it.
+SYSTEM_PY=${PYTHON:-/usr/bin/python3}
+[ -x "$VENV/bin/python" ] || "$SYSTEM_PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if [ -n "$WHEELHOUSE" ]; then
   step "installing loa-fleet[collector] from $WHEELHOUSE (offline)"
