@@ -34,6 +34,11 @@ from fleet_protocol import (
 )
 
 
+def _now() -> float:
+    # Milliseconds are plenty for a report, and the digits cost mobile data.
+    return round(time.time(), 3)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The latest reading of every role and the active faults."""
@@ -136,7 +141,7 @@ def full_report(
         v=PROTOCOL_VERSION,
         device=device,
         seq=seq,
-        ts=time.time() if ts is None else ts,
+        ts=_now() if ts is None else ts,
         commune=commune[:64] or None,
         heartbeat=heartbeat,
         modem=snap.modem,
@@ -156,7 +161,7 @@ def heartbeat(
         v=PROTOCOL_VERSION,
         device=device,
         seq=seq,
-        ts=time.time() if ts is None else ts,
+        ts=_now() if ts is None else ts,
         heartbeat=True,
         outbox_depth=outbox_depth,
         faults=list(faults),
@@ -177,7 +182,7 @@ def event(
         v=PROTOCOL_VERSION,
         device=device,
         seq=seq,
-        ts=time.time() if ts is None else ts,
+        ts=_now() if ts is None else ts,
         type=type,
         fault=fault,
         action=action[:64] if action else None,

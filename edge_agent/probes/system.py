@@ -93,12 +93,14 @@ class SystemProbe:
         except OSError as exc:
             self._note(f"disk {self.disk_path}", exc)
             disk = None
+        temp = self._read_temp()
+        # Rounded: more digits are noise, and every digit is sent over a metered SIM.
         state = SystemState(
-            cpu_pct=min(100.0, psutil.cpu_percent(interval=None)),
-            mem_pct=psutil.virtual_memory().percent,
-            disk_pct=disk,
-            soc_temp_c=self._read_temp(),
-            uptime_s=max(0.0, time.time() - psutil.boot_time()),
+            cpu_pct=round(min(100.0, psutil.cpu_percent(interval=None)), 1),
+            mem_pct=round(psutil.virtual_memory().percent, 1),
+            disk_pct=None if disk is None else round(disk, 1),
+            soc_temp_c=None if temp is None else round(temp, 1),
+            uptime_s=float(round(max(0.0, time.time() - psutil.boot_time()))),
             boot_id=self._read_boot_id(),
         )
         return SystemReading(ts=ts, state=state)

@@ -94,9 +94,10 @@ def write_config(
 class AgentProcess:
     """``loa-agent run --config PATH`` as a child process; stderr goes to ``log``."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
@@ -106,7 +107,7 @@ class AgentProcess:
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         return self
 
