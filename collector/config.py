@@ -46,8 +46,10 @@ class MqttConfig:
     #: MQTT keepalive, seconds.
     keepalive_s: int = 30
     #: How many unacknowledged messages the broker may have in flight to us
-    #: (MQTT 5 receive maximum): the upper bound of one write batch.
-    receive_maximum: int = 1000
+    #: (MQTT 5 receive maximum). Keep it a few times [ingest] batch_size: a batch
+    #: is acknowledged only after its commit, and the broker keeps sending the
+    #: next ones meanwhile only while this window has room.
+    receive_maximum: int = 4000
     #: How long the broker keeps our session (and queues for us) while we are away.
     session_expiry_s: int = 7 * 24 * 3600
     #: Seconds to wait for the broker's CONNACK/SUBACK.

@@ -162,6 +162,48 @@ class _Queue(asyncio.Queue[aiomqtt.Message]):
         type(self).instances.append(self)
 
 
+class _BufferedSocket:
+    """Serve paho's small ``recv`` calls from one large read.
+
+    paho reads every packet with three or more ``recv`` system calls (type byte,
+    each length byte, body); under a backlog that, not our work, caps the rate.
+    aiomqtt keeps calling ``loop_read`` while the socket reports ``pending()``
+    bytes (the path it has for TLS sockets), so nothing buffered here is left
+    unread. Everything but ``recv``/``pending`` is the wrapped socket's.
+    """
+
+    _READ = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._data):
+            data = self._sock.recv(max(n, self._READ))
+            if len(data) <= n:
+                return bytes(data)
+            self._data, self._pos = data, 0
+        out = self._data[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._data) - self._pos + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: aiomqtt.Client) -> None:
+    paho = client._client
+    sock = paho._sock
+    if sock is not None and not isinstance(sock, _BufferedSocket):
+        paho._sock = _BufferedSocket(sock)
+
+
 def _client(cfg: CollectorConfig, queue_cls: type[_Queue]) -> aiomqtt.Client:
     m = cfg.mqtt
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -207,6 +249,7 @@ async def run_ingest(
         client = _client(cfg, queue_cls)
         try:
             async with client:
+                _buffer_reads(client)
                 await client.subscribe([(f, 1) for f in filters])
                 ingestor.stats.connected = True
                 ingestor.stats.connects += 1

@@ -408,6 +408,7 @@ class SQLiteRepository:
         device_rows: list[tuple[Any, ...]] = []
         transitions: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        fault_reports: dict[str, list[IncomingMessage]] = {}
         for device, msgs in by_device.items():
             cur_row = current.get(device)
             obs = sorted((m.observation for m in msgs if m.observation), key=lambda o: o.key)
@@ -486,8 +487,11 @@ class SQLiteRepository:
                     1 if take_report else 0,
                 )
             )
-            if take_report and report is not None and report.faults is not None:
-                await self._reconcile_faults(db, device, report)
+            if reports:
+                fault_reports[device] = sorted(
+                    (m for m in reports if old_report_ts is None or m.ts >= old_report_ts),
+                    key=lambda m: (m.ts, m.seq),
+                )
             events.extend((device, m.seq, m.ts, *m.event) for m in msgs if m.event is not None)
         await db.executemany(
             """
@@ -512,6 +516,7 @@ class SQLiteRepository:
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
             transitions,
         )
+        await self._reconcile_faults(db, fault_reports)
         if events:
             await db.executemany(
                 "INSERT OR IGNORE INTO events (device_id, seq, ts, type, fault_code, action,"
@@ -551,27 +556,53 @@ class SQLiteRepository:
         return fold(base, observations)
 
     async def _reconcile_faults(
-        self, db: aiosqlite.Connection, device: str, report: IncomingMessage
+        self, db: aiosqlite.Connection, reports: dict[str, list[IncomingMessage]]
     ) -> None:
-        """Open fault rows for codes newly active in ``report``; clear the ones gone."""
-        active = {f[0]: f for f in report.faults or ()}
-        async with db.execute(
-            "SELECT code FROM faults WHERE device_id = ? AND cleared_at IS NULL", (device,)
-        ) as cur:
-            open_codes = {r[0] for r in await cur.fetchall()}
-        gone = open_codes - set(active)
-        for chunk in _chunks(sorted(gone)):
-            await db.execute(
-                "UPDATE faults SET cleared_at = ? WHERE device_id = ? AND cleared_at IS NULL"
-                f" AND code IN ({_qmarks(len(chunk))})",
-                (report.ts, device, *chunk),
+        """Fault episodes from in-order state reports: open new codes, clear vanished ones.
+
+        Each report's fault list is compared with the one before it, so a fault
+        raised and cleared within one batch still leaves its episode.
+        """
+        devices = sorted(d for d, r in reports.items() if r)
+        open_now: dict[str, set[str]] = defaultdict(set)
+        for chunk in _chunks(devices):
+            async with db.execute(
+                "SELECT device_id, code FROM faults WHERE cleared_at IS NULL"
+                f" AND device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    open_now[r[0]].add(r[1])
+        clears: list[tuple[Any, ...]] = []
+        inserts: list[list[Any]] = []
+        for device in devices:
+            active = open_now[device]
+            opened_here: dict[str, list[Any]] = {}
+            for report in reports[device]:
+                faults = {f[0]: f for f in report.faults or ()}
+                for code in sorted(active - set(faults)):
+                    if code in opened_here:
+                        opened_here.pop(code)[6] = report.ts
+                    else:
+                        clears.append((report.ts, device, code))
+                for code in sorted(set(faults) - active):
+                    _, since, cause, severity, evidence = faults[code]
+                    row = [device, code, since, cause, severity, evidence, None]
+                    inserts.append(row)
+                    opened_here[code] = row
+                active = set(faults)
+        if clears:
+            await db.executemany(
+                "UPDATE faults SET cleared_at = ? WHERE device_id = ? AND code = ?"
+                " AND cleared_at IS NULL",
+                clears,
             )
-        fresh = [active[c] for c in sorted(set(active) - open_codes)]
-        await db.executemany(
-            "INSERT INTO faults (device_id, code, since, cause, severity, evidence)"
-            " VALUES (?,?,?,?,?,?)",
-            [(device, code, since, cause, sev, ev) for code, since, cause, sev, ev in fresh],
-        )
+        if inserts:
+            await db.executemany(
+                "INSERT INTO faults (device_id, code, since, cause, severity, evidence,"
+                " cleared_at) VALUES (?,?,?,?,?,?,?)",
+                inserts,
+            )
 
     async def mark_silent_offline(self, now: float, grace_s: float) -> list[str]:
         marked: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from pathlib import Path
 
@@ -161,8 +163,8 @@ async def test_offline_via_last_will_and_presence(
         # Drop the TCP link without DISCONNECT: the broker publishes the will.
         sock = client._client.socket()
         assert sock is not None
-        sock.close()
-        with __import__("contextlib").suppress(Exception):
+        sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(aiomqtt.MqttError):
             await client.__aexit__(None, None, None)
 
         async def offline() -> bool:
