@@ -185,13 +185,14 @@ def _rows_from_csv(data: bytes, source: str) -> list[list[Any]]:
                 )
             ],
         ) from exc
-    sample = text[:4096]
+    # The delimiter is told by the header line alone: Excel in a Vietnamese
+    # locale writes ";", others ",". Sniffing data rows would be fooled by
+    # addresses full of commas or semicolons.
+    header = text.lstrip("\r\n").split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count)
     try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    try:
-        return [list(r) for r in csv.reader(io.StringIO(text, newline=""), dialect)]
+        rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        return [[_csv_unguard(c) for c in r] for r in rows]
     except csv.Error as exc:
         raise InventoryError(source, [RowError(None, None, f"unreadable CSV: {exc}")]) from exc
 
@@ -215,6 +216,20 @@ def _rows_from_xlsx(data: bytes, source: str) -> list[list[Any]]:
 
 def _is_xlsx(data: bytes, source: str) -> bool:
     return data[:4] == b"PK\x03\x04" or source.lower().endswith((".xlsx", ".xlsm"))
+
+
+#: A text cell starting with one of these is a formula to Excel; CSV exports
+#: prefix such cells with "'" (Excel's text marker) and imports drop it again.
+FORMULA_START: Final = ("=", "+", "-", "@", "'")
+
+
+def csv_text(value: str) -> str:
+    """``value`` made safe from formula evaluation when a spreadsheet opens the CSV."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def _csv_unguard(value: str) -> str:
+    return value[1:] if value[:1] == "'" and value[1:].startswith(FORMULA_START) else value
 
 
 def _cell_text(value: Any) -> str:
@@ -270,7 +285,8 @@ class _Row:
         if not -limit <= value <= limit:
             self.error(key, f"{value:g} is out of range [-{limit:g}, {limit:g}]")
             return None
-        return value
+        # 7 decimals is 1 cm; more is noise, and spreadsheets keep 15 digits only.
+        return round(value, 7)
 
     def install_date(self) -> str:
         raw = self.cells.get("install_date")
@@ -512,7 +528,10 @@ def inventory_to_csv(devices: Iterable[InventoryDevice], *, lang: str = "vi") ->
     writer.writerow(_header(lang))
     for device in _ordered(devices):
         writer.writerow(
-            ["" if v is None else repr(v) if isinstance(v, float) else v for v in _values(device)]
+            [
+                "" if v is None else repr(v) if isinstance(v, float) else csv_text(v)
+                for v in _values(device)
+            ]
         )
     return out.getvalue().encode("utf-8-sig")
 
@@ -534,6 +553,9 @@ def inventory_to_xlsx(devices: Iterable[InventoryDevice], *, lang: str = "vi") -
         cell.font = Font(bold=True)
     for device in _ordered(devices):
         sheet.append(_values(device))
+        for cell in sheet[sheet.max_row]:
+            if isinstance(cell.value, str) and cell.value.startswith("="):
+                cell.data_type = "s"  # text, never a formula
     text_columns = {COLUMNS.index(k) + 1 for k in ("sim_iccid", "sim_phone", "commune_code")}
     for column in text_columns:
         for (cell,) in sheet.iter_rows(min_row=2, min_col=column, max_col=column):

@@ -11,6 +11,7 @@ import csv
 import io
 
 from collector.b2.table import B2Table, flat_columns, text
+from collector.inventory import csv_text
 
 
 def to_csv(table: B2Table) -> bytes:
@@ -19,7 +20,7 @@ def to_csv(table: B2Table) -> bytes:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(flat_columns(table.lang))
     for row in table.all_rows():
-        writer.writerow(row.cells())
+        writer.writerow([csv_text(v) if isinstance(v, str) else v for v in row.cells()])
     writer.writerow([])
     writer.writerow([f"{text('summary', table.lang)}: {table.summary}"])
     return out.getvalue().encode("utf-8-sig")

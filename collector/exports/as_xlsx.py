@@ -81,6 +81,7 @@ def to_xlsx(table: B2Table) -> bytes:
     last = get_column_letter(width)
 
     sheet["A1"] = table.unit_name.upper()
+    sheet["A1"].data_type = "s"  # never a formula, whatever the configured name
     sheet["A1"].font = Font(name=FONT, bold=True, size=12)
     sheet.merge_cells(f"A1:{get_column_letter(6)}1")
     form = sheet.cell(1, width - 1, text("form", lang))
@@ -105,6 +106,8 @@ def to_xlsx(table: B2Table) -> bytes:
         bold = row.stt is None
         for c, value in enumerate(row.cells(), start=1):
             cell = sheet.cell(r, c, value)
+            if isinstance(value, str) and value.startswith("="):
+                cell.data_type = "s"  # a unit named "=..." stays text, never a formula
             cell.font = Font(name=FONT, bold=bold, size=11)
             cell.border = _BOX
             cell.alignment = _LEFT if c in text_columns else _CENTER

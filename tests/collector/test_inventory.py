@@ -9,6 +9,8 @@ from typing import Any
 
 import openpyxl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.b2.demo import demo_inventory
 from collector.inventory import (
@@ -186,3 +188,83 @@ def test_renumbered_closes_gaps_in_order() -> None:
 
 def _fields(device: InventoryDevice) -> dict[str, Any]:
     return {name: getattr(device, name) for name in device.__slots__}  # type: ignore[attr-defined]
+
+
+_text = st.text(
+    alphabet=st.characters(
+        codec="utf-8", categories=("L", "N", "P", "S", "Zs"), exclude_characters="\x85\xa0"
+    ),
+    max_size=30,
+).map(str.strip)
+
+
+@st.composite
+def inventories(draw: st.DrawFn) -> list[InventoryDevice]:
+    communes = draw(
+        st.lists(
+            st.tuples(
+                st.from_regex(r"[0-9A-Za-z]{1,8}", fullmatch=True),
+                _text.filter(bool),
+                st.sampled_from(list(CommuneKind)),
+                _text,
+                _text,
+            ),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda c: c[0],
+        )
+    )
+    ids = draw(
+        st.lists(
+            st.from_regex(r"[a-z0-9][a-z0-9-]{2,20}", fullmatch=True), max_size=12, unique=True
+        )
+    )
+    devices = []
+    for i, device_id in enumerate(ids):
+        code, name, kind, district, province = draw(st.sampled_from(communes))
+        located = draw(st.booleans())
+        devices.append(
+            InventoryDevice(
+                device_id=device_id,
+                commune_code=code,
+                commune_name=name,
+                commune_kind=kind,
+                district=district,
+                province=province,
+                address=draw(_text),
+                latitude=round(draw(st.floats(-90, 90)), 7) if located else None,
+                longitude=round(draw(st.floats(-180, 180)), 7) if located else None,
+                contractor=draw(_text),
+                sim_iccid=draw(
+                    st.one_of(st.just(""), st.from_regex(r"89\d{17,18}", fullmatch=True))
+                ),
+                sim_phone=draw(st.one_of(st.just(""), st.from_regex(r"0\d{9}", fullmatch=True))),
+                install_date=draw(st.one_of(st.just(""), st.dates().map(lambda d: d.isoformat()))),
+                position=i,
+            )
+        )
+    return devices
+
+
+@settings(max_examples=40, deadline=None)
+@given(devices=inventories(), lang=st.sampled_from(["vi", "en"]))
+def test_any_valid_inventory_round_trips(devices: list[InventoryDevice], lang: str) -> None:
+    assert parse_inventory(inventory_to_csv(devices, lang=lang), source="x.csv") == devices
+    assert parse_inventory(inventory_to_xlsx(devices, lang=lang), source="x.xlsx") == devices
+
+
+def test_formula_like_text_stays_text_in_both_formats() -> None:
+    device = InventoryDevice(
+        device_id="lt-a-01",
+        commune_code="1",
+        commune_name='=HYPERLINK("http://x")',
+        address="-Khu 1",
+        contractor="'quoted",
+    )
+    csv_body = inventory_to_csv([device])
+    assert "'=HYPERLINK" in csv_body.decode("utf-8-sig")
+    assert parse_inventory(csv_body) == [device]
+    xlsx_body = inventory_to_xlsx([device])
+    sheet = openpyxl.load_workbook(io.BytesIO(xlsx_body)).active
+    assert sheet["C2"].data_type == "s"
+    assert parse_inventory(xlsx_body) == [device]
