@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from collector.config import CollectorConfig, IngestConfig
 from collector.fleet import Observation, ObsKind, event_time, report_observation
 from collector.metrics import IngestStats
-from collector.store.base import BatchResult, IncomingMessage, Repository
+from collector.store.base import BatchResult, IncomingMessage, Repository, StoreError
 from fleet_protocol import (
     Event,
     Presence,
@@ -275,6 +275,28 @@ async def run_ingest(
             ingestor.stats.connected = False
 
 
+async def _write_until_stored(ingestor: Ingestor, batch: list[IncomingMessage]) -> None:
+    """Write a batch, retrying with backoff while the store fails.
+
+    Nothing is acknowledged meanwhile, so the broker keeps holding the batch
+    (and stops sending once the receive window is full): a full disk or a
+    locked database delays ingest but loses nothing.
+    """
+    attempt = 0
+    while True:
+        try:
+            await ingestor.write(batch)
+        except StoreError as exc:
+            if attempt == 0:
+                log.error("cannot store a batch of %d messages: %s; retrying", len(batch), exc)
+            attempt += 1
+            await asyncio.sleep(random.uniform(0.5, min(30.0, 0.5 * 2**attempt)))
+            continue
+        if attempt:
+            log.info("storing messages again after %d failed attempts", attempt)
+        return
+
+
 async def _consume(
     client: aiomqtt.Client, queue: _Queue, ingestor: Ingestor, batch_size: int
 ) -> None:
@@ -299,7 +321,7 @@ async def _consume(
             if prepared is not None:
                 batch.append(prepared)
         if batch:
-            await ingestor.write(batch)
+            await _write_until_stored(ingestor, batch)
         ingestor.stats.sample()
         # PUBACKs go out in the order the messages came in (MQTT 4.6), rejected
         # ones included: they are counted, and redelivery would not fix them.

@@ -194,6 +194,9 @@ class SQLiteRepository:
                 raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
             try:
                 yield self._w
+            except sqlite3.Error as exc:
+                await self._w.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: write failed, rolled back: {exc}") from exc
             except BaseException:
                 await self._w.execute("ROLLBACK")
                 raise

@@ -176,3 +176,33 @@ async def test_offline_via_last_will_and_presence(
     assert d.cause is B2Cause.UNKNOWN
     history = await repo.status_history(dev)
     assert [h.state.online for h in history][-1] is False
+
+
+async def test_locked_database_delays_ingest_but_loses_nothing(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    cfg = make_config(broker, tmp_path)
+    repo = await SQLiteRepository.open(cfg.db.path, synchronous="normal", busy_timeout_s=0.2)
+    await repo.migrate()
+    blocker = sqlite3.connect(cfg.db.path, isolation_level=None)
+    try:
+        async with ingest_running(cfg, repo) as (ingestor, _):
+            blocker.execute("BEGIN EXCLUSIVE")
+            await publish(broker, "dev-005", *(state("dev-005", s) for s in (1, 2, 3)))
+
+            async def failing() -> bool:
+                return any("cannot store" in r.getMessage() for r in caplog.records)
+
+            await wait_for(failing, what="store failure logged")
+            blocker.execute("ROLLBACK")
+
+            async def stored() -> bool:
+                return await repo.stored_seqs("dev-005") == [1, 2, 3]
+
+            await wait_for(stored, timeout=40, what="messages stored after the lock")
+            assert ingestor.stats.stored == 3
+    finally:
+        blocker.close()
+        await repo.close()
