@@ -206,3 +206,16 @@ async def test_locked_database_delays_ingest_but_loses_nothing(
     finally:
         blocker.close()
         await repo.close()
+
+
+async def test_shared_subscription_group(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    cfg = make_config(broker, tmp_path, mqtt={"shared_group": "collectors"})
+    async with ingest_running(cfg, repo):
+        await publish(broker, "dev-006", state("dev-006", 1))
+
+        async def stored() -> bool:
+            return await repo.stored_seqs("dev-006") == [1]
+
+        await wait_for(stored, what="message via $share/collectors")
