@@ -24,6 +24,7 @@ from collector.keys import CONFIG, REPO, STATS
 from collector.metrics import IngestStats
 from collector.store.base import StoreError
 from collector.store.sqlite import SQLiteRepository
+from collector.web import setup_dashboard
 
 log = logging.getLogger("loa.collector")
 
@@ -116,4 +117,5 @@ def create_app(config: CollectorConfig) -> web.Application:
     app.cleanup_ctx.append(_tasks_ctx)
     api.add_routes(app)
     b2_api.add_routes(app)
+    setup_dashboard(app)
     return app

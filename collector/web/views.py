@@ -1,0 +1,194 @@
+"""What the dashboard's pages show, computed from the store: no HTML here.
+
+Counting reuses the API's ``summarize`` (so the overview and
+``/api/v1/fleet/summary`` cannot disagree), the status history comes from the
+store's ``statuses_as_of``, overdue tickets from ``collector.repairs.overdue``
+and commune names from ``collector.b2.table.commune_label``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from collector.api import summarize
+from collector.b2.dates import end_of_day
+from collector.b2.table import commune_label
+from collector.fleet import Transition
+from collector.model import InventoryDevice, Status
+from collector.store.base import DeviceRow, Repository, TicketState
+
+ACTIVE_STATES = frozenset({TicketState.OPEN, TicketState.IN_REPAIR})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommuneStat:
+    """One commune's counts now (the API's ``summarize`` of its devices)."""
+
+    code: str
+    label: str
+    total: int
+    working: int
+    broken: int
+    in_repair: int
+    not_repaired: int
+    online: int
+    never_reported: int
+
+    @property
+    def ratio(self) -> float:
+        """Working share, 0..1 (1.0 for a commune without clusters)."""
+        return self.working / self.total if self.total else 1.0
+
+
+def commune_labels(inventory: Iterable[InventoryDevice], lang: str) -> dict[str, str]:
+    """Commune code -> display label ("Xã Sơn Vi"), in inventory order."""
+    out: dict[str, str] = {}
+    for d in inventory:
+        out.setdefault(d.commune_code, commune_label(d.commune_kind, d.commune_name, lang))
+    return out
+
+
+def commune_stats(
+    labels: dict[str, str], rows: Sequence[DeviceRow], scope: frozenset[str] | None
+) -> list[CommuneStat]:
+    """Per commune in scope: inventory communes in inventory order, then any others."""
+    groups: dict[str, list[DeviceRow]] = {
+        code: [] for code in labels if scope is None or code in scope
+    }
+    for row in rows:
+        groups.setdefault(row.commune_code, []).append(row)
+    out = []
+    for code, members in groups.items():
+        s = summarize(members)
+        out.append(
+            CommuneStat(
+                code=code,
+                label=labels.get(code, code or "—"),
+                total=s["total"],
+                working=s["working"],
+                broken=s["broken"],
+                in_repair=s["in_repair"],
+                not_repaired=s["not_repaired"],
+                online=s["online"],
+                never_reported=s["never_reported"],
+            )
+        )
+    return out
+
+
+def worst_communes(stats: Sequence[CommuneStat], n: int = 5) -> list[CommuneStat]:
+    """Communes with broken clusters, lowest working ratio first (then most broken)."""
+    broken = [s for s in stats if s.broken]
+    return sorted(broken, key=lambda s: (s.ratio, -s.broken, s.label))[:n]
+
+
+def month_ends(now: dt.datetime, n: int = 12) -> list[dt.datetime]:
+    """The ends of the ``n - 1`` months before ``now``'s month, then ``now``; oldest first."""
+    assert now.tzinfo is not None, "aware datetimes only"
+    ends = [now]
+    first = now.date().replace(day=1)
+    for _ in range(n - 1):
+        last_day = first - dt.timedelta(days=1)
+        ends.append(end_of_day(last_day, now.tzinfo))
+        first = last_day.replace(day=1)
+    return list(reversed(ends))
+
+
+async def trend(
+    repo: Repository, ends: Sequence[dt.datetime], scope: frozenset[str] | None
+) -> list[tuple[str, int, int]]:
+    """(``mm/yy`` label, working, broken) as of each moment in ``ends``."""
+    out = []
+    for end in ends:
+        statuses = [
+            s
+            for s in await repo.statuses_as_of(end.timestamp())
+            if scope is None or s.commune_code in scope
+        ]
+        working = sum(1 for s in statuses if s.status is Status.WORKING)
+        out.append((end.strftime("%m/%y"), working, len(statuses) - working))
+    return out
+
+
+def signal_grade(report: dict[str, Any] | None) -> tuple[str, float | None, str]:
+    """(grade key, value, unit) from a state report's modem, on the field's RSRP scale.
+
+    RSRP -80 dBm or better is excellent, to -90 good, to -100 fair, below that
+    poor; without RSRP, RSSI on the CSQ scale (-70/-85/-100). "grade_none" when
+    the modem reports no value.
+    """
+    modem = (report or {}).get("modem") or {}
+    rsrp = modem.get("rsrp_dbm")
+    if isinstance(rsrp, int | float):
+        bands = ((-80, "grade_excellent"), (-90, "grade_good"), (-100, "grade_fair"))
+        value, unit = float(rsrp), "RSRP"
+    else:
+        rssi = modem.get("rssi_dbm")
+        if not isinstance(rssi, int | float):
+            return "grade_none", None, ""
+        bands = ((-70, "grade_excellent"), (-85, "grade_good"), (-100, "grade_fair"))
+        value, unit = float(rssi), "RSSI"
+    for threshold, key in bands:
+        if value >= threshold:
+            return key, value, unit
+    return "grade_poor", value, unit
+
+
+def amp_temperatures(
+    reports: Iterable[tuple[float, dict[str, Any]]],
+) -> list[tuple[float, float | None]]:
+    """(time, amplifier °C or None) from state reports."""
+    out: list[tuple[float, float | None]] = []
+    for ts, report in reports:
+        amp = report.get("amp") or {}
+        value = amp.get("temperature_c") if isinstance(amp, dict) else None
+        out.append((ts, float(value) if isinstance(value, int | float) else None))
+    return out
+
+
+def online_intervals(
+    history: Sequence[Transition], *, start: float, end: float
+) -> list[tuple[float, float, bool]]:
+    """(from, to, online) spans covering [start, end] from the status transitions.
+
+    Before the first transition nothing is known, so that span is left out.
+    """
+    spans: list[tuple[float, float, bool]] = []
+    current: bool | None = None
+    since = start
+    for tr in history:
+        ts = tr.ts
+        if ts > end:
+            break
+        online = tr.state.online
+        if ts <= start:
+            current = online
+            continue
+        if current is not None and online != current:
+            spans.append((since, ts, current))
+            since = ts
+        elif current is None:
+            since = ts
+        current = online
+    if current is not None:
+        spans.append((since, end, current))
+    return spans
+
+
+def fingerprint(rows: Sequence[DeviceRow], tickets: Iterable[Any], newest_event: Any) -> str:
+    """A short hash of what the pages show: changes whenever a status, cause,
+    link, repair state or the newest event changes."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(
+            f"{r.device_id}|{r.status}|{r.cause}|{r.online}|{r.in_repair}|{r.since}\n".encode()
+        )
+    for t in tickets:
+        h.update(f"t{t.id}|{t.state}|{t.last_progress_at}\n".encode())
+    if newest_event is not None:
+        h.update(f"e{newest_event.device_id}|{newest_event.seq}".encode())
+    return h.hexdigest()[:20]
