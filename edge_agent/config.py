@@ -58,7 +58,7 @@ class BrokerConfig:
     #: The low cap is deliberate: it gets the agent back within ~3 s of the broker
     #: returning, and while the 4G link itself is down an attempt costs no data.
     backoff_base_s: float = 2.0
-    backoff_max_s: float = 3.0
+    backoff_max_s: float = 2.5
     #: Cap when the broker refused us (bad credentials, TLS failure): each such
     #: attempt costs a TLS handshake of mobile data, so back off much further.
     refused_backoff_max_s: float = 600.0

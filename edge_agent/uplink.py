@@ -27,6 +27,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -70,6 +71,29 @@ def _close_socket(client: aiomqtt.Client | None) -> None:
     with contextlib.suppress(Exception):
         if paho.socket() is not None:
             paho._sock_close()  # paho has no public close for a half-open socket
+
+
+def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
+    """End a connect attempt as soon as the link closes before CONNACK.
+
+    aiomqtt ignores a disconnect before CONNACK and waits out its whole timeout;
+    a TLS terminator or load balancer in front of a broker that is down accepts
+    the TCP connection and closes it, which would cost ``connect_timeout_s`` per
+    attempt instead of the few seconds the reconnect goal allows.
+    """
+    paho = getattr(client, "_client", None)
+    connected = getattr(client, "_connected", None)
+    if paho is None or not isinstance(connected, asyncio.Future):
+        return
+    aiomqtt_handler = paho.on_disconnect
+
+    def on_disconnect(*args: Any) -> None:
+        fut = getattr(client, "_connected", None)
+        if isinstance(fut, asyncio.Future) and not fut.done():
+            fut.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
+        aiomqtt_handler(*args)
+
+    paho.on_disconnect = on_disconnect
 
 
 def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
@@ -122,7 +146,7 @@ class Uplink:
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
         b = self.cfg.broker
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             b.host,
             b.port,
             username=self.cfg.username,
@@ -140,6 +164,8 @@ class Uplink:
             ),
             logger=logging.getLogger("edge_agent.uplink.mqtt"),
         )
+        _fail_fast_before_connack(client)
+        return client
 
     async def run(self) -> None:
         """Connect, drain and listen, reconnecting forever; returns only after ``stop()``."""
