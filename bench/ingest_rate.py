@@ -57,6 +57,7 @@ async def publish_backlog(
             identifier=f"{device}-bench",
             max_inflight_messages=200,
         ) as c:
+            c.pending_calls_threshold = 1000  # 200 publishes in flight is the point here
             payloads = [encode(state(device, base_seq + i, t0 + i)) for i in range(per_device)]
             t = topic(device, Kind.STATE)
             for i in range(0, len(payloads), 200):
