@@ -20,7 +20,7 @@ PRODUCTION_ACL = DEPLOY_DIR / "mosquitto" / "acl"
 class BrokerLayout:
     """Where a broker instance keeps its files and which ports it listens on."""
 
-    #: Folder holding passwd, acl and (with TLS) ca.crt, server.crt, server.key.
+    #: Folder holding passwd, acl and (with TLS) ca.crt, server.crt, server.key, crl.pem.
     config_dir: Path
     #: Folder for the persistence database.
     data_dir: Path
@@ -52,6 +52,7 @@ def render(layout: BrokerLayout, base: str | None = None) -> str:
         "cafile": str(cfg / "ca.crt"),
         "certfile": str(cfg / "server.crt"),
         "keyfile": str(cfg / "server.key"),
+        "crlfile": str(cfg / "crl.pem"),
     }
     out: list[str] = [f"user {layout.run_as}"] if layout.run_as else []
     # The production file's listeners, told apart by their port there.

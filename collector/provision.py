@@ -51,7 +51,17 @@ from urllib.parse import urlsplit
 from collector.broker_config import DEPLOY_DIR, PRODUCTION_ACL
 from collector.model import CommuneKind, InventoryDevice
 from collector.store.base import Repository
-from collector.tls import CA_CERT, CertificateAuthority, TlsError, write_file
+from collector.tls import (
+    CA_CERT,
+    CRL,
+    CertificateAuthority,
+    TlsError,
+    issued_serials,
+    record_issued,
+    revoke,
+    revoked_serials,
+    write_file,
+)
 from fleet_protocol.topics import valid_device_id
 
 log = logging.getLogger(__name__)
@@ -459,6 +469,15 @@ async def provision(
             f"{agent_toml} exists: {device_id} was provisioned there already "
             "(--force issues new credentials and replaces it)"
         )
+    # Credentials still valid elsewhere: replacing them cuts off a working device.
+    active_certs = _active_certs(ca_dir, device_id) if ca_dir is not None else []
+    has_password = broker_dir is not None and _has_password(broker_dir / "passwd", device_id)
+    if (active_certs or has_password) and not force:
+        what = "a certificate" if active_certs else "a broker password"
+        raise ProvisionError(
+            f"{device_id} already has {what}: --force issues new credentials "
+            "and revokes the old ones"
+        )
     if broker_dir is not None:
         ensure_device_acl(broker_dir / "acl")
 
@@ -497,7 +516,10 @@ async def provision(
         (out_dir / "client.key").unlink(missing_ok=True)
     else:
         assert ca is not None
-        ca.issue_device(device_id).write(out_dir / "client.crt", out_dir / "client.key")
+        issued = ca.issue_device(device_id)
+        issued.write(out_dir / "client.crt", out_dir / "client.key")
+        assert ca_dir is not None
+        record_issued(ca_dir, device_id, issued)
         written += ["client.crt", "client.key"]
         (out_dir / PASSWORD_FILE).unlink(missing_ok=True)
     header = (
@@ -507,12 +529,18 @@ async def provision(
     write_file(agent_toml, (header + text).encode(), mode=0o600)
     written.append("agent.toml")
 
+    changed = False
+    if active_certs and ca is not None and ca_dir is not None:
+        crl = revoke(ca, ca_dir, active_certs)
+        if broker_dir is not None:
+            write_file(broker_dir / CRL, crl, mode=0o644)
+            changed = True
     if broker_dir is not None:
-        changed = set_password_entry(
+        changed |= set_password_entry(
             broker_dir / "passwd", device_id, hash_password(password) if password else None
         )
-        if changed and reload_broker is not None:
-            reload_broker()
+    if changed and reload_broker is not None:
+        reload_broker()
     if store is not None and row is not None:
         await store.upsert_inventory([row], remove_missing=False, actor=actor)
     log.info("provisioned %s (%s mode) into %s", device_id, mode, out_dir)
@@ -525,6 +553,71 @@ async def provision(
         inventory=row,
         files=tuple(written),
     )
+
+
+def _active_certs(ca_dir: Path, device_id: str) -> list[int]:
+    try:
+        revoked = set(revoked_serials(ca_dir))
+    except TlsError as exc:
+        raise ProvisionError(str(exc)) from exc
+    return [n for n in issued_serials(ca_dir, device_id) if n not in revoked]
+
+
+def _has_password(passwd: Path, device_id: str) -> bool:
+    try:
+        lines = passwd.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ProvisionError(f"{passwd}: cannot read: {exc.strerror}") from exc
+    return any(line.partition(":")[0] == device_id for line in lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deprovisioned:
+    device_id: str
+    password_removed: bool
+    #: Serial numbers of the device certificates revoked now.
+    revoked: tuple[int, ...]
+
+
+def deprovision(
+    device_id: str,
+    *,
+    broker_dir: Path | None = BROKER_DIR,
+    ca_dir: Path | None = None,
+    reload_broker: Callable[[], None] | None = None,
+) -> Deprovisioned:
+    """Cut a device off the broker: remove its password, revoke its certificates.
+
+    The inventory and the device's history are left alone (the cluster still
+    counts in the B2 table until the inventory says otherwise). Mosquitto
+    disconnects a client whose password went away when it reloads; a client
+    whose certificate was revoked stays connected until it reconnects, so
+    ``reload_broker`` should restart the broker when certificates were revoked
+    (``loa-collector deprovision`` does).
+    """
+    if not valid_device_id(device_id):
+        raise ProvisionError(f"device id {device_id!r}: not a valid device id")
+    removed = False
+    if broker_dir is not None:
+        removed = set_password_entry(broker_dir / "passwd", device_id, None)
+    serials: list[int] = []
+    if ca_dir is not None:
+        serials = _active_certs(ca_dir, device_id)
+        if serials:
+            try:
+                crl = revoke(CertificateAuthority.load(ca_dir), ca_dir, serials)
+            except TlsError as exc:
+                raise ProvisionError(str(exc)) from exc
+            if broker_dir is not None:
+                write_file(broker_dir / CRL, crl, mode=0o644)
+    if not removed and not serials:
+        raise ProvisionError(f"{device_id}: no password or certificate to revoke")
+    if reload_broker is not None:
+        reload_broker()
+    log.info("deprovisioned %s (%d certificate(s) revoked)", device_id, len(serials))
+    return Deprovisioned(device_id=device_id, password_removed=removed, revoked=tuple(serials))
 
 
 # --- command line -------------------------------------------------------------------------
@@ -634,14 +727,7 @@ async def _run(args: argparse.Namespace) -> Provisioned:
     )
     reload_broker = None
     if not args.no_reload and args.reload_command:
-        command = shlex.split(args.reload_command)
-
-        def reload_broker() -> None:
-            try:
-                subprocess.run(command, check=True, capture_output=True, timeout=30)
-            except (OSError, subprocess.SubprocessError) as exc:
-                # The device is provisioned; only the reload is missing.
-                log.warning("broker reload %r failed (%s): reload it by hand", command, exc)
+        reload_broker = _command(args.reload_command, "broker reload")
 
     common: dict[str, Any] = {
         "out_dir": args.out,
@@ -693,8 +779,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(command_line: str, what: str) -> Callable[[], None]:
+    command = shlex.split(command_line)
+
+    def run_it() -> None:
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            # The credentials are in place; only the broker's reload is missing.
+            log.warning("%s %r failed (%s): do it by hand", what, command, exc)
+
+    return run_it
+
+
+def run_deprovision(args: argparse.Namespace) -> int:
+    """Run a parsed ``deprovision`` command."""
+    reload_broker = None
+    if not args.no_reload and args.reload_command:
+        reload_broker = _command(args.reload_command, "broker restart")
+    try:
+        done = deprovision(
+            args.device_id,
+            broker_dir=args.broker_dir,
+            ca_dir=args.ca_dir,
+            reload_broker=reload_broker,
+        )
+    except ProvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serials = ", ".join(f"{n:x}" for n in done.revoked) or "none"
+    print(
+        f"{done.device_id}: password {'removed' if done.password_removed else 'none'}, "
+        f"certificates revoked: {serials}"
+    )
+    return 0
+
+
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
-    """Add ``provision`` to ``loa-collector`` (collector/cli.py's SUBCOMMANDS protocol)."""
+    """Add ``provision`` and ``deprovision`` to ``loa-collector`` (cli.py's SUBCOMMANDS)."""
     p = sub.add_parser(
         "provision",
         parents=[parent],
@@ -702,6 +824,20 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     configure_parser(p, standalone=False)
     p.set_defaults(func=run)
+    d = sub.add_parser(
+        "deprovision",
+        help="cut a cluster off the broker: remove its password, revoke its certificates",
+    )
+    d.add_argument("device_id", metavar="DEVICE_ID")
+    d.add_argument("--ca-dir", type=Path, help="fleet CA: revoke the device's certificates")
+    d.add_argument("--broker-dir", type=Path, default=BROKER_DIR)
+    d.add_argument(
+        "--reload-command",
+        default="systemctl restart mosquitto",
+        help="a restart also drops a revoked certificate's live connection (default: %(default)s)",
+    )
+    d.add_argument("--no-reload", action="store_true")
+    d.set_defaults(func=run_deprovision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

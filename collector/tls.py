@@ -37,6 +37,14 @@ from fleet_protocol.topics import valid_device_id
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
+#: Revocation list: in the CA directory (the record) and next to the broker's certificates.
+CRL = "crl.pem"
+#: Device certificates issued, one PEM per certificate, named <device>-<serial hex>.crt:
+#: what revocation looks up a device's serial numbers in.
+ISSUED_DIR = "issued"
+#: A CRL past its next-update date makes OpenSSL refuse *every* client
+#: certificate, so the list is dated far ahead; it is rewritten on each revocation.
+CRL_DAYS = 10 * 365
 #: Lifetimes. Devices sit on poles for years and are hard to reach: their
 #: certificates outlive a typical web certificate; revoke with a CRL instead.
 CA_DAYS = 20 * 365
@@ -262,6 +270,25 @@ class CertificateAuthority:
             raise TlsError(f"invalid device id {device_id!r}: not issuing a certificate")
         return self._issue(_name(device_id), days=days, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
 
+    def crl(self, revoked: Sequence[int]) -> bytes:
+        """A CRL (PEM) signed by this CA listing the serial numbers ``revoked``."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - _BACKDATE)
+            .next_update(now + dt.timedelta(days=CRL_DAYS))
+        )
+        for serial in sorted(set(revoked)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - _BACKDATE)
+                .build()
+            )
+        crl = builder.sign(self.key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
+
     def signed(self, cert: x509.Certificate) -> bool:
         """True if ``cert`` was issued by this CA (signature checked)."""
         try:
@@ -271,17 +298,58 @@ class CertificateAuthority:
         return True
 
 
+def record_issued(ca_dir: Path, device_id: str, issued: IssuedCertificate) -> Path:
+    """Keep a copy of a device certificate in the CA directory, for revocation by device id."""
+    cert = issued.certificate
+    path = ca_dir / ISSUED_DIR / f"{device_id}-{cert.serial_number:x}.crt"
+    write_file(path, issued.cert_pem, mode=0o644)
+    return path
+
+
+def issued_serials(ca_dir: Path, device_id: str) -> list[int]:
+    """Serial numbers of the certificates recorded for ``device_id``."""
+    return [
+        int(p.stem.rpartition("-")[2], 16)
+        for p in sorted((ca_dir / ISSUED_DIR).glob(f"{device_id}-*.crt"))
+        if p.stem.rpartition("-")[0] == device_id
+    ]
+
+
+def revoked_serials(ca_dir: Path) -> list[int]:
+    """Serial numbers in the CA directory's CRL ([] when there is none yet)."""
+    path = ca_dir / CRL
+    if not path.exists():
+        return []
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except ValueError as exc:
+        raise TlsError(f"{path}: not a PEM CRL") from exc
+    return [r.serial_number for r in crl]
+
+
+def revoke(ca: CertificateAuthority, ca_dir: Path, serials: Sequence[int]) -> bytes:
+    """Add ``serials`` to the CA directory's CRL (written back); returns the new CRL PEM."""
+    pem = ca.crl([*revoked_serials(ca_dir), *serials])
+    write_file(ca_dir / CRL, pem, mode=0o644)
+    return pem
+
+
 def install_broker_files(
     ca: CertificateAuthority, config_dir: Path, hosts: Sequence[str]
 ) -> IssuedCertificate:
-    """Write ``ca.crt``, ``server.crt`` and ``server.key`` where the broker config expects them.
+    """Write ``ca.crt``, ``server.crt``, ``server.key`` and ``crl.pem`` for the broker config.
 
     ``config_dir`` is ``BrokerLayout.config_dir`` (``/etc/mosquitto/loa`` in
-    production). Returns the issued server certificate.
+    production). The CRL is written empty unless one exists there already: the
+    client-certificate listener checks every certificate against it, and
+    without a CRL for the CA OpenSSL would refuse them all. Returns the issued
+    server certificate.
     """
     server = ca.issue_server(hosts)
     write_file(config_dir / CA_CERT, ca.cert_pem, mode=0o644)
     server.write(config_dir / "server.crt", config_dir / "server.key")
+    if not (config_dir / CRL).exists():
+        write_file(config_dir / CRL, ca.crl([]), mode=0o644)
     return server
 
 
@@ -311,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             ca = CertificateAuthority.load(args.ca_dir)
             install_broker_files(ca, args.out, args.hosts)
+            # The broker gets the CA's current revocation list, signed afresh.
+            write_file(args.out / CRL, ca.crl(revoked_serials(args.ca_dir)), mode=0o644)
             print(f"server certificate for {', '.join(args.hosts)} written to {args.out}")
     except TlsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -61,18 +61,33 @@ def ca_dir(tmp_path: Path, fleet_ca: CertificateAuthority) -> Path:
     return d
 
 
-async def connect_until_accepted(make: object, timeout: float = 10.0) -> None:
+async def connect_until_accepted(
+    make: object, device: str = "dev-001", timeout: float = 10.0
+) -> None:
     """Connect and publish a state report, retrying until the broker (reloading) accepts."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             async with make() as c:  # type: ignore[operator]
-                await c.publish("loa/v1/dev-001/state", b"{}", qos=1)
+                await c.publish(f"loa/v1/{device}/state", b"{}", qos=1)
                 return
         except aiomqtt.MqttError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def refused_after_reload(make: object, timeout: float = 10.0) -> None:
+    """Connect until the broker (rereading its files after SIGHUP) refuses, or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with make():  # type: ignore[operator]
+                pass
+        except aiomqtt.MqttError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still accepted after {timeout} s")
 
 
 def tls_context(bundle: Path, *, cert: bool) -> ssl.SSLContext:
@@ -350,9 +365,91 @@ async def test_cli_provisions_into_the_database_and_prints_no_secret(
     await connect_until_accepted(
         lambda: aiomqtt.Client(
             tls_broker.host, tls_broker.port, username="dev-007", password=password, timeout=5
-        )
+        ),
+        "dev-007",
     )
     # A second run without --force is refused with exit status 2, naming the file.
     assert await asyncio.to_thread(cli.main, argv) == 2
     assert "agent.toml exists" in capsys.readouterr().err
     assert os.stat(bundle / "agent.toml").st_mode & 0o077 == 0
+
+
+async def test_reissuing_a_certificate_revokes_the_old_one(
+    tls_broker: Broker, ca_dir: Path, tmp_path: Path
+) -> None:
+    common = {
+        "broker_url": "mqtts://127.0.0.1",
+        "broker_dir": tls_broker.layout.config_dir,
+        "ca_dir": ca_dir,
+        "reload_broker": reloader(tls_broker),
+    }
+    first = tmp_path / "first"
+    await provision("dev-001", COMMUNE, out_dir=first, install_dir=first, **common)  # type: ignore[arg-type]
+    second = tmp_path / "second"
+    with pytest.raises(ProvisionError, match="already has a certificate"):
+        await provision("dev-001", COMMUNE, out_dir=second, install_dir=second, **common)  # type: ignore[arg-type]
+    assert not second.exists()
+    await provision(
+        "dev-001",
+        COMMUNE,
+        out_dir=second,
+        install_dir=second,
+        force=True,
+        **common,  # type: ignore[arg-type]
+    )
+
+    def with_cert(bundle: Path) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1",
+            tls_broker.cert_port or 0,
+            tls_context=tls_context(bundle, cert=True),
+            timeout=5,
+        )
+
+    await connect_until_accepted(lambda: with_cert(second))
+    await refused_after_reload(lambda: with_cert(first))
+
+
+async def test_deprovision_cuts_the_device_off(
+    tls_broker: Broker, ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tls_broker.proc is not None
+    cfg_dir = tls_broker.layout.config_dir
+    for device, auth in (("dev-001", "cert"), ("dev-002", "password")):
+        out = tmp_path / device
+        await provision(
+            device,
+            COMMUNE,
+            out_dir=out,
+            install_dir=out,
+            broker_url="mqtts://127.0.0.1",
+            broker_dir=cfg_dir,
+            ca_dir=ca_dir,
+            auth=auth,  # type: ignore[arg-type]
+            reload_broker=reloader(tls_broker),
+        )
+    password = (tmp_path / "dev-002" / "mqtt-password").read_text().strip()
+
+    def by_password() -> aiomqtt.Client:
+        return aiomqtt.Client(
+            tls_broker.host, tls_broker.port, username="dev-002", password=password, timeout=5
+        )
+
+    ctx = tls_context(tmp_path / "dev-001", cert=True)
+
+    def by_cert() -> aiomqtt.Client:
+        return aiomqtt.Client("127.0.0.1", tls_broker.cert_port or 0, tls_context=ctx, timeout=5)
+
+    await connect_until_accepted(by_cert, "dev-001")
+    await connect_until_accepted(by_password, "dev-002")
+    hup = f"kill -HUP {tls_broker.proc.pid}"
+    for device in ("dev-001", "dev-002"):
+        argv = ["deprovision", device, "--ca-dir", str(ca_dir), "--broker-dir", str(cfg_dir)]
+        assert await asyncio.to_thread(cli.main, [*argv, "--reload-command", hup]) == 0
+    out = capsys.readouterr().out
+    assert "dev-001: password none, certificates revoked: " in out
+    assert "dev-002: password removed" in out
+    for make in (by_cert, by_password):
+        await refused_after_reload(make)
+    # Nothing left to revoke: said so, exit status 2.
+    assert await asyncio.to_thread(cli.main, [*argv, "--no-reload"]) == 2
