@@ -473,6 +473,10 @@ class Agent:
                     ("modbus", self._op_modbus),
                 ):
                     self.control.register(op, handler)
+                # The technician commands' own ops (fresh readings, port counters, outbox kinds).
+                from edge_agent.tech.ops import register_daemon_ops
+
+                register_daemon_ops(self.control, self)
                 await self.control.start()
             await self._event(
                 EventType.AGENT_START,

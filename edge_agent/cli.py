@@ -29,7 +29,7 @@ from edge_agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/loa-agent/agent.toml")
 #: Modules implementing ``add_parser(subparsers) -> None``; a missing one is skipped.
-SUBCOMMANDS: tuple[str, ...] = ("edge_agent.techcli",)
+SUBCOMMANDS: tuple[str, ...] = ("edge_agent.tech.cli",)
 
 log = logging.getLogger("edge_agent")
 
