@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(mosquitto mosquitto-clients openssl python3-venv shellcheck ${LOA_EXTRA_APT:-})
+APT_PACKAGES=(mosquitto mosquitto-clients openssl python3-venv shellcheck chromium ${LOA_EXTRA_APT:-})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
