@@ -18,7 +18,7 @@ from typing import Any
 
 import aiomqtt
 
-from fleet_protocol import Event, Message, Presence, StateReport, decode, parse_topic
+from fleet_protocol import Event, Kind, Message, Presence, StateReport, decode, parse_topic
 from tests.support.mosquitto import COLLECTOR_USER, Broker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +66,7 @@ def write_config(
     tmp_path: Path,
     broker: Broker,
     device: str = "dev-001",
+    /,
     **sections: dict[str, Any],
 ) -> Path:
     """agent.toml for ``device`` on ``broker`` (plain listener), FAST times, plus ``sections``."""
@@ -217,6 +218,8 @@ async def collecting(broker: Broker, client_id: str = "test-collector") -> Async
                         assert isinstance(payload, bytes | bytearray)
                         seen.raw_bytes += len(payload)
                         _, kind = parse_topic(str(m.topic))
+                        if kind == Kind.CMD:
+                            continue  # what the test itself sends the agent
                         seen.messages.append(decode(kind, payload))
                         seen.arrived.set()
             except aiomqtt.MqttError:

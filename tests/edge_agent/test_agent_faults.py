@@ -162,3 +162,104 @@ async def test_amplifier_faults_raise_and_clear_end_to_end(
                     )
                     assert regs["ok"] and len(regs["result"]["words"]) == 2, regs
                 assert await asyncio.to_thread(agent.stop) == 0
+
+
+@contextlib.asynccontextmanager
+async def _station() -> AsyncIterator[tuple[str, list[bool]]]:
+    """A broadcast stream server; set ``on[0] = False`` and it answers 404."""
+    on = [True]
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if on[0]:
+                writer.write(
+                    b"HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\n\r\n" + b"\xff" * 2048
+                )
+            else:
+                writer.write(b"HTTP/1.0 404 Not Found\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/live", on
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.timeout(120)
+async def test_stream_lost_is_no_station_signal_and_clears(broker: Broker, tmp_path: Path) -> None:
+    async with _station() as (url, on):
+        stream = {"url": url, "poll_s": 0.5, "timeout_s": 0.4, "min_bytes": 512}
+        cfg = write_config(tmp_path, broker, stream=stream)
+        async with collecting(broker) as seen:
+            with AgentProcess(cfg, tmp_path / "agent.log") as agent:
+                await seen.wait_for(
+                    lambda s: any(r.stream and r.stream.receiving for r in s.states),
+                    what="stream received",
+                )
+                mark = len(seen.events)
+                on[0] = False
+                await _raised(seen, FaultCode.STREAM_LOST, B2Cause.NO_STATION_SIGNAL, mark)
+                lost = next(r for r in reversed(seen.states) if r.stream)
+                assert lost.stream and not lost.stream.receiving
+                assert lost.stream.detail and "HTTP 404" in lost.stream.detail
+                on[0] = True
+                await _cleared(seen, FaultCode.STREAM_LOST)
+                assert await asyncio.to_thread(agent.stop) == 0
+
+
+@pytest.mark.timeout(120)
+async def test_recovery_ladder_resets_the_modem_then_runs_the_hook(
+    broker: Broker, tmp_path: Path
+) -> None:
+    marker = tmp_path / "power-cycled"
+    hook = tmp_path / "power-cycle.sh"
+    hook.write_text(f"#!/bin/sh\necho cycled >> {marker}\n")
+    hook.chmod(0o755)
+    async with running_modem(
+        tmp_path / "modem",
+        dialect="simcom",
+        faults=["no_service"],
+        extra_args=("--urc-rate", "0", "--reset-time", "0.3"),
+    ) as modem:
+        cfg = write_config(
+            tmp_path,
+            broker,
+            modem={"port": str(modem.link), "dialect": "simcom", **MODEM},
+            recovery={
+                "soft_reset_after_s": 2.0,
+                "soft_reset_min_interval_s": 60.0,
+                "hook_after_s": 4.0,
+                "hook_min_interval_s": 60.0,
+                "hook_command": [str(hook)],
+                "hook_timeout_s": 5.0,
+            },
+        )
+        async with collecting(broker) as seen:
+            with AgentProcess(cfg, tmp_path / "agent.log") as agent:
+
+                def recoveries(s: Seen) -> list[str]:
+                    return [e.action or "" for e in s.events if e.type == EventType.RECOVERY]
+
+                await seen.wait_for(
+                    lambda s: len(recoveries(s)) >= 2, timeout=30, what="two recovery steps"
+                )
+                assert recoveries(seen)[:2] == ["modem_soft_reset", "power_cycle_hook"]
+                soft = next(e for e in seen.events if e.action == "modem_soft_reset")
+                assert soft.detail and "AT+CRESET" in soft.detail
+                assert marker.read_text().strip() == "cycled"
+                # Rate-limited: no third step within the minimum intervals.
+                await asyncio.sleep(2)
+                assert len(recoveries(seen)) == 2
+                status = await control.request(tmp_path / "control.sock", "status")
+                assert [a["action"] for a in status["result"]["recovery"]] == [
+                    "modem_soft_reset",
+                    "power_cycle_hook",
+                ]
+                assert await asyncio.to_thread(agent.stop) == 0
