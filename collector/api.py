@@ -20,7 +20,7 @@ from aiohttp import web
 from collector import auth, metrics, repairs
 from collector.auth import PRINCIPAL, Permission, Principal, require
 from collector.config import CollectorConfig
-from collector.keys import CONFIG, REPO, STATS
+from collector.keys import CONFIG, REPO, STATS, THROTTLE
 from collector.model import DeviceStatus, Status
 from collector.openapi import openapi_document
 from collector.store.base import (
@@ -314,9 +314,21 @@ async def login_view(request: web.Request) -> web.Response:
     if not isinstance(password, str) or not password or len(password) > 1024:
         raise bad("password", "is required (a string of at most 1024 characters)")
     cfg = request.app[CONFIG]
+    throttle = request.app[THROTTLE]
+    keys = (f"name:{name}", f"addr:{request.remote}")
+    now = time.time()
+    wait = throttle.retry_after(keys, now)
+    if wait > 0:
+        raise web.HTTPTooManyRequests(
+            text='{"error": "too many failed logins; try again later"}',
+            content_type="application/json",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
     result = await auth.login(request.app[REPO], name, password, ttl_s=cfg.http.session_ttl_s)
     if result is None:
+        throttle.failed(keys, now)
         raise ApiError(401, "password", "wrong name or password")
+    throttle.succeeded(keys)
     user, session_id, csrf = result
     resp = _json({"name": user.name, "role": user.role.value, "csrf_token": csrf})
     resp.set_cookie(

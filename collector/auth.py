@@ -26,7 +26,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -204,3 +204,52 @@ async def login(
 
 
 _DUMMY_HASH = hash_password("not a real password")
+
+
+class LoginThrottle:
+    """Refuses logins for a name or a client address after repeated failures.
+
+    At most ``max_failures`` failed logins per key within ``window_s``; then
+    that key is refused (HTTP 429) until its oldest failure leaves the window.
+    Keys are the user name and the client address, so one attacker cannot lock
+    out a name from everywhere for long without also being throttled itself.
+    State is per collector instance: with several instances an attacker gets
+    at most ``max_failures`` per instance, which still stops password guessing.
+    """
+
+    def __init__(
+        self, *, max_failures: int = 10, window_s: float = 900.0, max_keys: int = 100_000
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, ()) if t > now - self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, keys: Iterable[str], now: float) -> float:
+        """Seconds until a login for ``keys`` is allowed again (0 when allowed now)."""
+        wait = 0.0
+        for key in keys:
+            times = self._recent(key, now)
+            if len(times) >= self.max_failures:
+                wait = max(wait, times[-self.max_failures] + self.window_s - now)
+        return wait
+
+    def failed(self, keys: Iterable[str], now: float) -> None:
+        if len(self._failures) >= self.max_keys:
+            # Bounded memory under a spray from many addresses: forget the stale.
+            for key in list(self._failures):
+                self._recent(key, now)
+        for key in keys:
+            self._failures.setdefault(key, []).append(now)
+
+    def succeeded(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
