@@ -47,11 +47,9 @@ def _nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.floor(lo / step) * step
-    ticks = []
-    v = first
-    while v <= hi + step * 1e-9:
-        ticks.append(round(v, 6))
-        v += step
+    ticks = [round(first, 6)]
+    while ticks[-1] < hi - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 6))
     return ticks
 
 
@@ -65,7 +63,7 @@ def _time_ticks(start: float, end: float, tz: dt.tzinfo, count: int = 5) -> list
 
 
 _W, _H = 720, 220
-_L, _R, _T, _B = 48, 12, 26, 26
+_L, _R, _T, _B = 48, 12, 36, 26
 
 
 def _frame(
@@ -76,7 +74,7 @@ def _frame(
         parts.append(
             html(
                 '<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{g}"/>'
-                '<text x="{tx}" y="{ty}" text-anchor="end" font-size="11" fill="{m}">'
+                '<text x="{tx}" y="{ty}" text-anchor="end" font-size="12" fill="{m}">'
                 "{label}</text>",
                 x1=_L,
                 x2=_W - _R,
@@ -94,7 +92,7 @@ def _frame(
         anchor = "start" if t == start else "end" if t == end else "middle"
         parts.append(
             html(
-                '<text x="{x}" y="{y}" text-anchor="{a}" font-size="11" fill="{m}">{label}</text>',
+                '<text x="{x}" y="{y}" text-anchor="{a}" font-size="12" fill="{m}">{label}</text>',
                 x=_num(x),
                 y=_H - 8,
                 a=anchor,
@@ -259,7 +257,7 @@ def online_band(
         anchor = "start" if t == start else "end" if t == end else "middle"
         parts.append(
             html(
-                '<text x="{x}" y="{y}" text-anchor="{a}" font-size="11" fill="{m}">{l}</text>',
+                '<text x="{x}" y="{y}" text-anchor="{a}" font-size="12" fill="{m}">{l}</text>',
                 x=_num(x),
                 y=height - 8,
                 a=anchor,
@@ -303,7 +301,7 @@ def trend_bars(
         parts.append(
             html(
                 '<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{g}"/>'
-                '<text x="{tx}" y="{ty}" text-anchor="end" font-size="11" fill="{m}">{v}</text>',
+                '<text x="{tx}" y="{ty}" text-anchor="end" font-size="12" fill="{m}">{v}</text>',
                 x1=_L,
                 x2=_W - _R,
                 y=f"{y_of(v):.1f}",
@@ -326,7 +324,7 @@ def trend_bars(
                 "<g><title>{label}: {wl} {w}, {bl} {b}</title>"
                 '<rect x="{x}" y="{yw}" width="{bw}" height="{hw}" fill="{g}"/>'
                 '<rect x="{x}" y="{yb}" width="{bw}" height="{hb}" fill="{r}"/></g>'
-                '<text x="{tx}" y="{ty}" text-anchor="middle" font-size="11" fill="{m}">'
+                '<text x="{tx}" y="{ty}" text-anchor="middle" font-size="12" fill="{m}">'
                 "{label}</text>",
                 label=label,
                 wl=labels[0],
@@ -363,43 +361,6 @@ def trend_bars(
         )
     )
     return _svg(parts, title=title)
-
-
-def hbars(rows: Sequence[tuple[str, int]], *, title: str) -> Html:
-    """Horizontal bars with their label and count (e.g. broken clusters by cause)."""
-    row_h = 26
-    height = max(len(rows), 1) * row_h + 8
-    top = max((n for _, n in rows), default=0) or 1
-    label_w, bar_max = 300, _W - 300 - 60
-    parts: list[Html] = [html("<title>{t}</title>", t=title)]
-    for i, (label, n) in enumerate(rows):
-        y = 4 + i * row_h
-        w = n / top * bar_max
-        parts.append(
-            html(
-                '<text x="{lx}" y="{ty}" text-anchor="end" font-size="13" fill="#111">'
-                "{label}</text>"
-                '<rect x="{x}" y="{y}" width="{w}" height="18" fill="{c}"/>'
-                '<text x="{nx}" y="{ty}" font-size="13" fill="#111">{n}</text>',
-                lx=label_w - 8,
-                ty=y + 14,
-                label=label,
-                x=label_w,
-                y=y,
-                w=f"{w:.1f}",
-                c=BAD if n else GRID,
-                nx=f"{label_w + w + 6:.1f}",
-                n=n,
-            )
-        )
-    return html(
-        '<svg class="chart hbars" viewBox="0 0 {w} {h}" role="img" aria-label="{t}"'
-        ' xmlns="http://www.w3.org/2000/svg">{body}</svg>',
-        w=_W,
-        h=height,
-        t=title,
-        body=join(parts),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +400,7 @@ def position_map(points: Sequence[MapPoint], *, title: str) -> Html:
             html(
                 '<a href="{href}"><circle cx="{x}" cy="{y}" r="8" fill="{c}" stroke="#fff"'
                 ' stroke-width="2"><title>{label}</title></circle>'
-                '<text x="{tx}" y="{ty}" font-size="11" fill="#111">{label}</text></a>',
+                '<text x="{tx}" y="{ty}" font-size="12" fill="#111">{label}</text></a>',
                 href=p.href,
                 x=f"{x:.1f}",
                 y=f"{y:.1f}",
@@ -459,4 +420,4 @@ def position_map(points: Sequence[MapPoint], *, title: str) -> Html:
     )
 
 
-__all__ = ["MapPoint", "Series", "esc", "hbars", "online_band", "position_map", "time_series"]
+__all__ = ["MapPoint", "Series", "esc", "online_band", "position_map", "time_series", "trend_bars"]

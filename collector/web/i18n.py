@@ -157,6 +157,13 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "done": ("Đã lưu", "Saved"),
     "month": ("Tháng", "Month"),
     "phone_menu": ("Trình đơn", "Menu"),
+    "action_open": ("mở phiếu", "opened"),
+    "action_start": ("bắt đầu sửa", "started"),
+    "action_comment": ("ghi chú", "note"),
+    "action_cancel": ("huỷ phiếu", "cancelled"),
+    "action_cancelled": ("huỷ phiếu", "cancelled"),
+    "action_resolve": ("đã sửa xong", "resolved"),
+    "action_resolved": ("đã sửa xong", "resolved"),
 }
 
 

@@ -28,7 +28,7 @@ from collector.keys import CONFIG, REPO
 from collector.model import Status
 from collector.store.base import DeviceRow, NotFound, Role, Ticket
 from collector.web import charts, views
-from collector.web.i18n import Tr, pick_lang
+from collector.web.i18n import MESSAGES, Tr, pick_lang
 from collector.web.layout import Ctx, bare_page, page
 from collector.web.markup import Html, attrs, esc, html, join
 from fleet_protocol import B2Cause, fault_info, valid_device_id
@@ -39,6 +39,12 @@ RANGES: Final = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 # -- small pieces ------------------------------------------------------------------------------
 
 
+def action_label(tr: Tr, action: str) -> str:
+    """A ticket history action ("open", "start", ...) in the page's language."""
+    key = f"action_{action}"
+    return tr(key) if key in MESSAGES else action
+
+
 def status_badge(tr: Tr, d: DeviceRow) -> Html:
     if d.status is Status.WORKING:
         return html('<span class="badge ok">{t}</span>', t=tr("working"))
@@ -46,7 +52,9 @@ def status_badge(tr: Tr, d: DeviceRow) -> Html:
     return html('<span class="badge bad">{t}</span>', t=label)
 
 
-def link_badge(tr: Tr, online: bool) -> Html:
+def link_badge(tr: Tr, online: bool, never_reported: bool = False) -> Html:
+    if never_reported:
+        return html('<span class="badge off">{t}</span>', t=tr("never_reported"))
     return html(
         '<span class="badge {c}">{t}</span>',
         c="ok" if online else "off",
@@ -91,6 +99,25 @@ def headline(tr: Tr, s: dict[str, Any]) -> Html:
                 card("offline", tr("offline_now"), offline, "off"),
                 card("never_reported", tr("never_reported"), s["never_reported"], "off"),
             ]
+        ),
+    )
+
+
+def cause_table(tr: Tr, causes: list[tuple[str, int]]) -> Html:
+    """Broken clusters per cause as rows with a bar (a ``<meter>``: no inline styles)."""
+    top = max((n for _, n in causes), default=0) or 1
+    return html(
+        '<table class="causes"><tbody>{rows}</tbody></table>',
+        rows=join(
+            html(
+                '<tr class="{css}"><td>{label}</td><td class="n">{n}</td>'
+                '<td class="bar"><meter min="0" max="{top}" value="{n}">{n}</meter></td></tr>',
+                css="zero" if n == 0 else "",
+                label=label,
+                n=n,
+                top=top,
+            )
+            for label, n in causes
         ),
     )
 
@@ -199,11 +226,11 @@ async def overview(request: web.Request) -> web.Response:
 </div>
 <section id="communes" data-live-region><h2>{per_commune}</h2>{communes}</section>
 <section id="trend" data-live-region><h2>{trend_t}</h2><p class="note">{trend_note}</p>
-{trend}</section>
+<div class="scroll chart-box">{trend}</div></section>
 <section id="overdue" data-live-region><h2>{overdue_t}</h2>{overdue}</section>""",
         headline=headline(tr, s),
         by_cause=tr("by_cause"),
-        cause_chart=charts.hbars(causes, title=tr("by_cause")),
+        cause_chart=cause_table(tr, causes),
         worst_t=tr("worst"),
         worst=worst_html,
         per_commune=tr("per_commune"),
@@ -253,7 +280,11 @@ async def commune(request: web.Request) -> web.Response:
     points = []
     for d in rows:
         grade, value, unit = views.signal_grade(d.last_report)
-        signal = tr(grade) + (f" ({unit} {value:.0f})" if value is not None else "")
+        signal = (
+            "—"
+            if d.last_report is None
+            else tr(grade) + (f" ({unit} {value:.0f})" if value is not None else "")
+        )
         broken_for = (
             tr.duration(ctx.now - d.since)
             if d.status is Status.BROKEN and d.since is not None
@@ -269,7 +300,7 @@ async def commune(request: web.Request) -> web.Response:
                 id=d.device_id,
                 addr=inv.address if inv and inv.address else "—",
                 status=status_badge(tr, d),
-                link=link_badge(tr, d.online),
+                link=link_badge(tr, d.online, d.never_reported),
                 cause=cause_label(tr, d.cause),
                 broken_for=broken_for,
                 repair=ticket_state(tr, tickets.get(d.device_id)),
@@ -431,16 +462,17 @@ def _report_facts(tr: Tr, report: dict[str, Any] | None) -> Html:
     facts: list[tuple[str, object]] = []
     if modem:
         parts = [
-            f"{k} {modem[k]:g}{u}"
-            for k, u in (("rssi_dbm", " dBm"), ("rsrp_dbm", " dBm"), ("sinr_db", " dB"))
-            if isinstance(modem.get(k), int | float)
+            f"{name} {modem[key]:.0f} {unit}"
+            for key, name, unit in (
+                ("rssi_dbm", "RSSI", "dBm"),
+                ("rsrp_dbm", "RSRP", "dBm"),
+                ("sinr_db", "SINR", "dB"),
+            )
+            if isinstance(modem.get(key), int | float)
         ]
-        names = {"rssi_dbm": "RSSI", "rsrp_dbm": "RSRP", "sinr_db": "SINR"}
-        for k, v in names.items():
-            parts = [p.replace(k, v) for p in parts]
         facts.append((tr("modem"), ", ".join([str(modem.get("operator") or "—"), *parts])))
     if isinstance(amp.get("temperature_c"), int | float):
-        facts.append((tr("temp_chart"), f"{amp['temperature_c']:g}"))
+        facts.append((tr("temp_chart"), f"{amp['temperature_c']:.1f}"))
     if "receiving" in stream:
         facts.append(
             (tr("stream"), tr("receiving") if stream["receiving"] else tr("not_receiving"))
@@ -571,7 +603,7 @@ async def device(request: web.Request) -> web.Response:
                     "<li>{at} · {actor} · {action}{note}</li>",
                     at=ctx.when(h.at),
                     actor=h.actor,
-                    action=h.action,
+                    action=action_label(tr, h.action),
                     note=html(": {n}", n=h.note) if h.note else Html(""),
                 )
                 for h in t.history
@@ -590,13 +622,15 @@ async def device(request: web.Request) -> web.Response:
 </section>
 {actions}
 <section id="charts" data-live-region><h2>{charts_t}</h2><nav class="tabs">{tabs}</nav>
-<h3>{signal_t}</h3>{signal}<h3>{temp_t}</h3>{temp}<h3>{online_t}</h3>{band}</section>
+<h3>{signal_t}</h3><div class="scroll chart-box">{signal}</div>
+<h3>{temp_t}</h3><div class="scroll chart-box">{temp}</div>
+<h3>{online_t}</h3><div class="scroll chart-box">{band}</div></section>
 <section id="timeline" data-live-region><h2>{timeline_t}</h2>{timeline}</section>
 <section id="repairs" data-live-region><h2>{repairs_t}</h2>{repairs}</section>""",
         code=d.commune_code,
         commune=commune_name,
         badge=status_badge(tr, d),
-        link=link_badge(tr, d.online),
+        link=link_badge(tr, d.online, d.never_reported),
         cause=cause_label(tr, d.cause) if d.status is Status.BROKEN else "",
         since_t=tr("since"),
         since=ctx.when(d.since),
