@@ -901,7 +901,7 @@ async def users_page(request: web.Request) -> web.Response:
     for u in await repo.list_users():
         rows.append(
             html(
-                '<tr><td>{name}</td><td colspan="4">'
+                '<tr><td>{name}<div class="note">{scope_text}</div></td><td colspan="4">'
                 '<form class="api-form inline" data-api="/users/{quoted}">'
                 '<select name="role" aria-label="{role_t}">{roles}</select>'
                 '<select name="communes" multiple size="3" aria-label="{communes_t}">'
@@ -911,6 +911,8 @@ async def users_page(request: web.Request) -> web.Response:
                 '<p class="form-error" role="alert" hidden></p></form></td></tr>',
                 name=u.name,
                 quoted=quote(u.name, safe=""),
+                scope_text=", ".join(labels.get(c, c) for c in sorted(u.communes))
+                or tr("all_communes"),
                 role_t=tr("role"),
                 roles=_role_options(tr, u.role),
                 communes_t=tr("communes"),

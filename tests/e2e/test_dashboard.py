@@ -162,4 +162,10 @@ async def test_dashboard_end_to_end(
     assert await page.locator("h1").inner_text() == "Overview"
 
     assert not console_errors, console_errors
+
+    # Signing out ends the session: pages send the browser back to the form.
+    await page.click("button[data-logout]")
+    await page.wait_for_url(re.compile("/login$"))
+    await page.goto("/repairs")
+    assert "/login?next=/repairs" in page.url
     await context.close()
