@@ -41,7 +41,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.tech import checks, client, direct, outboxfile
 from edge_agent.tech.checks import Finding, Grade, grade_signal
 from edge_agent.tech.client import DaemonUnreachable, NoDaemon, OpFailed, TechError
-from edge_agent.tech.render import Painter, ago, duration, label, table, use_colour, when
+from edge_agent.tech.render import Painter, ago, duration, label, table, use_colour, when, width
 from edge_agent.tech.wire import reading_from_json, state_from_json
 from firmware_shims.errors import ProbeTimeout, ShimError
 from firmware_shims.readings import AmpReading, ModemReading, StreamReading, SystemReading
@@ -306,6 +306,11 @@ async def cmd_status(ctx: Ctx) -> int:
         return await _status_offline(ctx, now)
     faults = [f for f in (_fault_from_json(d) for d in st.get("faults") or []) if f]
     found = checks.findings((), faults)
+    link = st.get("link") or {}
+    if not link.get("connected"):
+        # Nothing the agent finds reaches the district while its link is down.
+        detail = f"{link.get('endpoint')}: {link.get('last_error') or 'not connected'}"
+        found.append(Finding("broker_unreachable", "warning", None, detail, source="agent"))
     modem = _state(st, "modem")
     if ctx.json:
         out = dict(st)
@@ -318,7 +323,6 @@ async def cmd_status(ctx: Ctx) -> int:
         out["faults"] = [f.to_json(ctx.lang) for f in found]
         ctx.emit_json(out)
         return FAULTS_FOUND if found else OK
-    link = st.get("link") or {}
     if link.get("connected"):
         broker = f"{ctx.L('connected_since')} {ago(link.get('connected_since'), now, ctx.lang)}"
         broker = ctx.paint(broker, "green")
@@ -658,6 +662,7 @@ async def cmd_diag(ctx: Ctx) -> int:
         return FAULTS_FOUND if found else OK
     src = ctx.L("from_agent") if rd.source == "agent" else ctx.L("direct")
     ctx.say(f"{ctx.L('source')}: {src} — {when(now)}")
+    col = max(width(ctx.L(t)) for t in targets) + 2
     for t in targets:
         res = results[t]
         if not res["checked"]:
@@ -677,7 +682,8 @@ async def cmd_diag(ctx: Ctx) -> int:
             head = _stream_line(ctx, rd.stream.state if rd.stream else None)
         else:
             head = _system_line(ctx, rd.system.state if rd.system else None)
-        ctx.say(table([[ctx.paint(ctx.L(t), "bold"), head]]))
+        name = ctx.L(t)
+        ctx.say(ctx.paint(name, "bold") + " " * (col - width(name)) + head)
         codes = {x["code"] for x in res["faults"]}
         mine = [f for f in found if f.code in codes]
         if mine:
@@ -843,7 +849,7 @@ async def cmd_outbox(ctx: Ctx) -> int:
     if ob.get("evicted") or ob.get("refused"):
         ctx.say(f"  evicted {ob.get('evicted', 0)}, refused {ob.get('refused', 0)}")
     if ob.get("kinds"):
-        rows = [[ctx.L("kind"), ctx.L("count"), ctx.L("bytes"), ctx.L("oldest")]]
+        rows = [[ctx.L("kind"), ctx.L("count"), ctx.L("bytes"), ctx.L("oldest_h")]]
         for kind, k in ob["kinds"].items():
             rows.append(
                 [kind, str(k["count"]), _size(k["bytes"]), ago(k.get("oldest"), now, ctx.lang)]

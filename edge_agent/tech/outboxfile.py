@@ -30,8 +30,12 @@ class OutboxFileError(Exception):
 def _open(path: Path, timeout_s: float) -> Iterator[sqlite3.Connection]:
     if not path.is_file():
         raise OutboxFileError(f"outbox {path}: no such file")
+    # Read-only, and without a write-ahead log on disk nobody is writing: then open it
+    # immutable, so not even the -wal/-shm side files get created (as root they would
+    # later lock the agent's own user out of its outbox).
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
     try:
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=timeout_s)
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=timeout_s)
     except sqlite3.Error as exc:
         raise OutboxFileError(f"outbox {path}: cannot open read-only: {exc}") from exc
     try:

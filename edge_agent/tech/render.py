@@ -38,6 +38,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "none": ("không có", "none"),
     "messages": ("tin", "messages"),
     "oldest": ("cũ nhất", "oldest"),
+    "oldest_h": ("Cũ nhất", "Oldest"),
     "ago": ("trước", "ago"),
     "not_configured": ("không cấu hình", "not configured"),
     "not_responding": ("không phản hồi", "not responding"),
