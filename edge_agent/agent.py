@@ -83,6 +83,8 @@ class Agent:
         }
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self.reports_sent = 0
+        #: Consecutive failed outbox writes (a full or failing SD card); logged once.
+        self.store_failures = 0
         self.heartbeats_sent = 0
         self._horizon = horizon(cfg.diagnosis)
         self._dirty = asyncio.Event()
@@ -158,9 +160,14 @@ class Agent:
         assert self.outbox is not None
         try:
             item = await self.outbox.put(kind, build, priority)
-        except Exception:
-            log.exception("cannot store a %s message", kind.value)
+        except Exception as exc:
+            self.store_failures += 1
+            if self.store_failures == 1:
+                log.exception("cannot store a %s message: %s", kind.value, exc)
             return
+        if self.store_failures:
+            log.info("outbox writable again after %d failed writes", self.store_failures)
+            self.store_failures = 0
         if item is not None and kind == Kind.EVENT:
             self.events.append(msgspec.json.decode(item.payload))
 

@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, subcommands: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``subcommands=False`` leaves out the technician commands' modules."""
     parser = argparse.ArgumentParser(
         prog="loa-agent", description="loa-fleet edge agent for a speaker cluster's controller"
     )
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent.toml (default {DEFAULT_CONFIG})"
     )
     run.set_defaults(func=_run)
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if subcommands else ():
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -97,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The daemon does not load the technician commands: their imports would sit
+    # in its resident memory for nothing (32 MiB budget on a 512 MB controller).
+    daemon = bool(argv) and argv[0] == "run"
+    args = build_parser(subcommands=not daemon).parse_args(argv)
     return int(args.func(args) or 0)
 
 
