@@ -116,15 +116,17 @@ class AmpConfig:
 class StreamConfig:
     #: Broadcast stream URL (http:// or https://) checked for reachability; "" to skip.
     url: str = ""
-    #: Bytes of audio that must arrive for the stream to count as received
-    #: (each check costs this much mobile data).
-    min_bytes: int = 1024
+    #: Bytes of audio that must arrive for the stream to count as received. Each
+    #: check costs this plus ~0.5 KB of HTTP/TCP over the SIM (~0.2 MB/day at the
+    #: defaults, more than all MQTT traffic): prefer player_state_file when the
+    #: local player reports its state, which costs nothing.
+    min_bytes: int = 256
     #: JSON or text file where the local player writes its state; "" to skip.
     player_state_file: Path | None = None
     #: The player state counts only if the file changed within this many seconds.
     player_state_max_age_s: float = 180.0
     #: Seconds between stream checks.
-    poll_s: float = 120.0
+    poll_s: float = 300.0
     #: Timeout of one check; must be shorter than poll_s.
     timeout_s: float = 15.0
 
