@@ -283,6 +283,7 @@ class Agent:
             if time.monotonic() < self._last_state + r.heartbeat_s:
                 continue  # a state report went out meanwhile
             if not self._all_polled():
+                await asyncio.sleep(1.0)  # a first poll is still running (a slow stream check)
                 continue
             full = time.monotonic() - self._last_full >= r.full_report_s
             await self._state_report(heartbeat=True, full=full)
