@@ -384,3 +384,38 @@ def test_bad_requests_are_refused_before_anything_opens(
     assert "unknown modem dialect 'nokia'" in capsys.readouterr().err
     assert loa_agent_main(["modbus", "read", "1", "500", *nowhere]) == 2
     assert "count 500" in capsys.readouterr().err
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
+    """Run ``loa-agent ARGV`` with its stdout on a pseudo-terminal; what it printed."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", *argv],
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            timeout=30,
+            cwd=REPO,
+            env={**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, **env},
+        )
+        os.set_blocking(master, False)
+        chunks = []
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(master, 65536):
+                chunks.append(chunk)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert p.returncode == 1, p.stderr
+    return b"".join(chunks).decode()
+
+
+async def test_colour_on_a_terminal_unless_no_color(tmp_path: Path) -> None:
+    async with running_modem(tmp_path / "m", dialect="generic", faults=["sim_absent"]) as m:
+        argv = ["diag", "modem", "--port", str(m.link), "--socket", str(tmp_path / "none.sock")]
+        coloured = await asyncio.to_thread(_on_a_terminal, argv, {"TERM": "xterm"})
+        assert "\x1b[31m" in coloured and "Không có SIM" in coloured
+        plain = await asyncio.to_thread(_on_a_terminal, argv, {"TERM": "xterm", "NO_COLOR": "1"})
+        assert "\x1b[" not in plain and "Không có SIM" in plain
