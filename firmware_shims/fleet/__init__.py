@@ -29,7 +29,8 @@ bundled ones in ``firmware_shims/scenarios``: ``lam-thao``, ``phu-tho``,
 ``[[communes]]``
     ``code``, ``name`` (with diacritics), ``kind`` (xã, phường, thị trấn),
     ``slug``, ``clusters``, ``never_reporting`` (in the inventory, never
-    started), and optionally ``dialects``, ``amp_profiles``, ``contractor``.
+    started), and optionally ``dialects``, ``amp_profiles``, ``contractor``,
+    ``district`` (default ``[scenario] district``).
 ``[[faults]]``
     ``fault`` (``modem.*``, ``amp.*``, ``stream.lost``, ``controller.off``,
     ``controller.disk_full``, ``controller.overheat``) on ``cluster``,
@@ -97,7 +98,7 @@ def inventory_csv(scenario: Scenario) -> bytes:
                 commune.code,
                 commune.name,
                 commune.kind,
-                scenario.district,
+                commune.district,
                 scenario.province,
                 f"Cụm loa số {n}, {commune.kind} {commune.name}",
                 commune.contractor,

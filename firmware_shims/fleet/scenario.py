@@ -138,6 +138,8 @@ class Commune:
     amp_profiles: Mapping[str, float]
     #: Repair contractor (inventory column).
     contractor: str
+    #: District it belongs to (inventory column; a province scenario spans several).
+    district: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -507,6 +509,7 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
                 "dialects",
                 "amp_profiles",
                 "contractor",
+                "district",
             ),
         )
         code = ct.text("code")
@@ -550,6 +553,7 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
                     else default_profiles
                 ),
                 contractor=ct.text("contractor", default_contractor),
+                district=ct.text("district", meta.text("district", "")),
             )
         )
         seen_codes.add(code)
