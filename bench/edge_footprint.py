@@ -50,6 +50,8 @@ from firmware_shims.modem.sim import running_modem  # noqa: E402
 from tests.support.mosquitto import Broker, running_broker  # noqa: E402
 
 DAY = 86400.0
+#: Extra environment for the agents (``--env``), e.g. MALLOC_ARENA_MAX=2 as a unit file sets it.
+AGENT_ENV: dict[str, str] = {}
 HEARTBEAT_S = 600.0  # the defaults this bench measures (edge_agent.config.ReportsConfig)
 FULL_REPORT_S = 21600.0
 
@@ -162,6 +164,7 @@ async def device(
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env={**os.environ, **AGENT_ENV},
             )
         dev = Device(name, root, counted, proc)
         try:
@@ -276,6 +279,8 @@ def _broker(root: Path) -> Iterator[Broker]:
 async def main_async(args: argparse.Namespace) -> None:
     print(f"machine: {_machine()}")
     print(f"devices per phase: {args.devices} (agents run side by side; medians over devices)")
+    if AGENT_ENV:
+        print(f"agent environment: {AGENT_ENV}")
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp, _broker(Path(tmp)) as broker:
         root = Path(tmp)
         if "day" in args.phases:
@@ -316,13 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--day-seconds", type=float, default=60.0)
     p.add_argument("--cpu-window", type=float, default=150.0)
     p.add_argument("--outages", type=int, default=3)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--phases",
         nargs="+",
         default=["day", "steady", "reconnect"],
         choices=["day", "steady", "reconnect"],
     )
-    asyncio.run(main_async(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    AGENT_ENV.update(item.split("=", 1) for item in args.env)
+    asyncio.run(main_async(args))
     return 0
 
 

@@ -137,6 +137,8 @@ class Outbox:
             # loses nothing put() returned for. A few hundred commits a day: no SD wear issue.
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
+            # A queue of a few hundred rows needs no 2 MiB page cache (the default).
+            await db.execute("PRAGMA cache_size=-256")
             async with db.execute("PRAGMA quick_check") as cur:
                 row = await cur.fetchone()
             if row is None or row[0] != "ok":
