@@ -142,11 +142,15 @@ def summary(scenario: Scenario) -> str:
     reporting = sum(1 for c in scenario.clusters if not c.silent)
     dialects = Counter(c.dialect for c in scenario.clusters)
     profiles = Counter(c.amp_profile for c in scenario.clusters)
+    from firmware_shims.fleet.runner import CPU_PER_READ_S, backfill_reads_per_s
+
+    load = backfill_reads_per_s(scenario, reporting)
     lines = [
         f"{scenario.name}: {len(scenario.communes)} communes, {len(scenario.clusters)} clusters"
         f" ({reporting} reporting)",
         f"time: backfill {scenario.time.backfill_days:g} d at x{scenario.time.acceleration:g},"
-        f" step {scenario.time.backfill_step_s:g} s",
+        f" step {scenario.time.backfill_step_s:g} s"
+        + (f": {load:.0f} probe reads/s, about {load * CPU_PER_READ_S:.1f} cores" if load else ""),
         "dialects: " + ", ".join(f"{k} {v}" for k, v in dialects.most_common()),
         "amplifiers: " + ", ".join(f"{k} {v}" for k, v in profiles.most_common()),
         "episodes: " + (", ".join(f"{k} {v}" for k, v in by_name.most_common()) or "none"),

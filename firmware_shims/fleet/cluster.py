@@ -512,6 +512,8 @@ class ClusterSim:
             "outbox": ob.depth if ob is not None and self.running else None,
             "injected": self.injected(),
             "faults": [str(f.code) for f in agent.faults] if agent is not None else [],
+            "polls": sum(p.polls for p in agent.pollers) if agent is not None else 0,
+            "skipped": sum(p.skipped for p in agent.pollers) if agent is not None else 0,
         }
 
 

@@ -35,6 +35,22 @@ from firmware_shims.fleet.timeline import Change, FleetClock, build_schedule, ch
 
 log = logging.getLogger("loa.fleet")
 
+#: CPU seconds one probe read costs with its share of diagnosis, outbox and
+#: uplink work (measured with bench/fleet_scale.py on a 2-core VM: 1-2 ms).
+CPU_PER_READ_S = 0.0015
+#: Probe reads a second past which a backfill starves the event loop (MQTT
+#: keepalives and CONNACKs wait behind the polls and connections time out).
+MAX_BACKFILL_READS_PER_S = 450.0
+
+
+def backfill_reads_per_s(scenario: Scenario, clusters: int) -> float:
+    """Probe reads per real second while backfilling (0 without a backfill)."""
+    t = scenario.time
+    if t.backfill_days <= 0:
+        return 0.0
+    return clusters * 4 / (t.backfill_step_s / t.acceleration)
+
+
 #: File descriptors one cluster holds: the outbox (db, -wal, -shm) and its MQTT socket.
 FDS_PER_CLUSTER = 5
 
@@ -170,7 +186,7 @@ class Fleet:
             st = self.status()
             log.info(
                 "%s %s (%.0f%%): %d/%d agents running, %d links down, %d injected faults, "
-                "%d messages published, %d in outboxes",
+                "%d messages published, %d in outboxes, %d of %d polls skipped",
                 st["phase"],
                 st["sim_time"],
                 100 * st["backfill_progress"],
@@ -180,6 +196,8 @@ class Fleet:
                 st["injected"],
                 st["published"],
                 st["outbox_depth"],
+                st["skipped_polls"],
+                st["polls"] + st["skipped_polls"],
             )
             self._write_status(st)
 
@@ -214,6 +232,9 @@ class Fleet:
             "injected_by_name": dict(sorted(injected.items())),
             "published": sum(p["published"] for p in per),
             "outbox_depth": sum(p["outbox"] or 0 for p in per),
+            # Polls skipped because the previous one overran: the fleet is CPU-bound.
+            "polls": sum(p["polls"] for p in per),
+            "skipped_polls": sum(p["skipped"] for p in per),
             "changes_applied": self.applied,
             "changes_total": len(self._changes),
         }
@@ -232,6 +253,16 @@ class Fleet:
             self.clock.acceleration,
             f", live after {self.clock.caught_up_at - time.time():.0f} s" if not self.live else "",
         )
+        load = backfill_reads_per_s(self.scenario, len(self.clusters))
+        if load > MAX_BACKFILL_READS_PER_S and not self.live:
+            log.warning(
+                "backfilling %d clusters means %.0f probe reads/s (about %.1f cores): the agents"
+                " will lag and lose their broker connections; raise time.backfill_step_s, lower"
+                " time.acceleration, or split the fleet with --shard",
+                len(self.clusters),
+                load,
+                load * CPU_PER_READ_S,
+            )
         await self._apply_due()  # what is already under way at the start of history
         tasks = [
             asyncio.create_task(self._start_all(stop), name="fleet.start"),
@@ -274,4 +305,11 @@ class Fleet:
         log.info("fleet stopped: %d messages published", self.status()["published"])
 
 
-__all__ = ["FDS_PER_CLUSTER", "Fleet", "raise_fd_limit"]
+__all__ = [
+    "CPU_PER_READ_S",
+    "FDS_PER_CLUSTER",
+    "MAX_BACKFILL_READS_PER_S",
+    "Fleet",
+    "backfill_reads_per_s",
+    "raise_fd_limit",
+]
