@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -144,3 +148,53 @@ async def test_history_live_faults_and_commune_outage_reach_the_collector(
     # Stopped in order: nothing left running, every outbox closed.
     assert all(not c.running for c in fleet.clusters.values())
     assert (tmp_path / "status.json").exists()
+
+
+def test_loa_sim_fleet_runs_and_stops_on_sigterm(broker: Broker, tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        '[scenario]\nprefix = "c"\n[agent]\npoll_s = 1\nheartbeat_s = 2\n'
+        '[[communes]]\ncode = "1"\nname = "Xã Tiên Kiên"\nslug = "tk"\nclusters = 3\n',
+        encoding="utf-8",
+    )
+    broker.add_user("c-tk-01", "c-tk-02", "c-tk-03")
+    status = tmp_path / "status.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "firmware_shims.cli",
+            "fleet",
+            "--scenario",
+            str(scenario),
+            "--broker",
+            broker.url,
+            "--password-template",
+            "pw-{device}",
+            "--progress",
+            "0.5",
+            "--status-file",
+            str(status),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            st = json.loads(status.read_text()) if status.exists() else {}
+            if st.get("connected") == 3 and st.get("published", 0) >= 6:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"fleet not connected: {st}"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert rc == 0, err
+    final = json.loads(status.read_text())
+    assert final["running"] == 0 and final["connected"] == 0
+    assert "Traceback" not in err and "never retrieved" not in err
