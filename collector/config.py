@@ -96,7 +96,7 @@ class IngestConfig:
 @dataclass(frozen=True, kw_only=True)
 class FleetConfig:
     #: A device not heard from (receive time) for this long is offline. Well above
-    #: the agent's heartbeat (300 s by default, up to 900 s on tight data plans).
+    #: the agent's compact heartbeat (600 s by default): four may go missing.
     heartbeat_grace_s: float = 2700.0
     #: How often to look for silent devices and purge old raw messages.
     sweep_interval_s: float = 60.0

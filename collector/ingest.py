@@ -107,6 +107,7 @@ class Ingestor:
             prompt = received_at - ts <= self.cfg.late_after_s
             obs = report_observation(msg, ts=ts, prompt=prompt)
             extra["commune"] = msg.commune
+            extra["heartbeat"] = msg.heartbeat
             extra["faults"] = tuple(
                 (str(f.code), f.since, str(f.cause), str(f.severity), f.evidence)
                 for f in msg.faults

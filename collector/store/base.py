@@ -62,6 +62,9 @@ class IncomingMessage:
     signal: tuple[float | None, float | None, float | None, float | None, int | None] | None = None
     #: For events: (type, fault code, action, detail).
     event: tuple[str, str | None, str | None, str | None] | None = None
+    #: For state reports: a compact heartbeat, whose missing sections mean
+    #: "unchanged since the last full report" (its fault list is authoritative).
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,10 @@ def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
 
+#: State-report sections a compact heartbeat may leave out (unchanged).
+_REPORT_SECTIONS = ("commune", "modem", "amp", "stream", "system")
+
+
 class SQLiteRepository:
     """``Repository`` on one SQLite file. Build with ``await SQLiteRepository.open(path)``."""
 
@@ -389,6 +393,44 @@ class SQLiteRepository:
             changed = await self._apply(db, new)
         return BatchResult(len(new), len(messages) - len(new), tuple(changed))
 
+    async def _merged_report(
+        self,
+        db: aiosqlite.Connection,
+        device: str,
+        report: IncomingMessage,
+        batch_reports: Sequence[IncomingMessage],
+    ) -> bytes:
+        """The device's latest report: a heartbeat keeps the sections it leaves out.
+
+        A compact heartbeat carries only the envelope, outbox depth and faults;
+        its modem, amplifier, stream and system sections are those of the last
+        full report (from the same batch, else the stored one), so the
+        dashboard does not go blank between full reports.
+        """
+        if not report.heartbeat:
+            return report.payload
+        fuller = [
+            m for m in batch_reports if not m.heartbeat and (m.ts, m.seq) < (report.ts, report.seq)
+        ]
+        if fuller:
+            base: bytes | None = max(fuller, key=lambda m: (m.ts, m.seq)).payload
+        else:
+            async with db.execute(
+                "SELECT last_report FROM devices WHERE device_id = ?", (device,)
+            ) as cur:
+                row = await cur.fetchone()
+            base = row[0] if row is not None else None
+        if not base:
+            return report.payload
+        old = msgspec.json.decode(base)
+        new = msgspec.json.decode(report.payload)
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            return report.payload
+        for section in _REPORT_SECTIONS:
+            if section not in new and section in old:
+                new[section] = old[section]
+        return msgspec.json.encode(new)
+
     async def _apply(self, db: aiosqlite.Connection, new: Sequence[IncomingMessage]) -> list[str]:
         """Fold the new messages of a batch into devices, transitions, events and faults."""
         by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
@@ -486,7 +528,11 @@ class SQLiteRepository:
                     last_seen,
                     cur_row[13] if cur_row is not None else min(m.received_at for m in msgs),
                     report.ts if take_report and report else old_report_ts,
-                    report.payload if take_report and report else None,
+                    (
+                        await self._merged_report(db, device, report, reports)
+                        if take_report and report
+                        else None
+                    ),
                     1 if take_report else 0,
                 )
             )

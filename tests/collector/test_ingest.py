@@ -11,7 +11,16 @@ import pytest
 
 from collector.model import Status
 from collector.store.sqlite import SQLiteRepository
-from fleet_protocol import B2Cause, FaultCode, Kind, encode, topic
+from fleet_protocol import (
+    PROTOCOL_VERSION,
+    B2Cause,
+    Fault,
+    FaultCode,
+    Kind,
+    StateReport,
+    encode,
+    topic,
+)
 from tests.collector.conftest import (
     event,
     ingest_running,
@@ -219,3 +228,36 @@ async def test_shared_subscription_group(
             return await repo.stored_seqs("dev-006") == [1]
 
         await wait_for(stored, what="message via $share/collectors")
+
+
+async def test_compact_heartbeat_keeps_the_last_full_report_sections(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    t0 = time.time() - 30
+    heartbeat = StateReport(
+        v=PROTOCOL_VERSION,
+        device="dev-001",
+        seq=2,
+        ts=t0 + 10,
+        heartbeat=True,
+        outbox_depth=4,
+        faults=[Fault.of(FaultCode.STREAM_LOST, t0 + 5, "no audio for 5 min")],
+    )
+    async with ingest_running(cfg, repo):
+        await publish(broker, "dev-001", state("dev-001", 1, t0, rssi=-81.0), heartbeat)
+
+        async def stored() -> bool:
+            return len(await repo.stored_seqs("dev-001")) == 2
+
+        await wait_for(stored, what="2 messages stored")
+    dev = await repo.get_device("dev-001")
+    report = dev.last_report
+    assert report is not None
+    # Envelope, outbox depth and faults come from the heartbeat...
+    assert (report["seq"], report["heartbeat"], report["outbox_depth"]) == (2, True, 4)
+    assert [f["code"] for f in report["faults"]] == ["stream_lost"]
+    # ...the sections it leaves out stay those of the last full report.
+    assert report["modem"]["rssi_dbm"] == -81.0
+    assert report["commune"] == "xa-01"
+    assert dev.status is Status.BROKEN and dev.cause is B2Cause.NO_STATION_SIGNAL
