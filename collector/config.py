@@ -7,15 +7,13 @@ so a typo is never silently ignored.
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from collector.b2.settings import ReportSettings
+from fleet_protocol.config_schema import ConfigFieldError, build
 
 
 class ConfigError(ValueError):
@@ -176,60 +174,14 @@ class CollectorConfig:
                 raise ConfigError(message)
 
 
-def _check(section: str, name: str, hint: Any, value: Any) -> Any:
-    where = f"[{section}] {name}" if section else name
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r:.60}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r:.60}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r:.60}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r:.60}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {hint}")
-
-
-def _build(cls: type[Any], section: str, data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{section}]: expected a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"[{section}] {unknown[0]}: unknown setting"
-            if section
-            else f"{unknown[0]}: unknown setting or section"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, name, value)  # type: ignore[arg-type]
-        else:
-            kwargs[name] = _check(section, name, hint, value)
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict[str, Any]) -> CollectorConfig:
     """Build and validate a config from parsed TOML; raises ConfigError."""
     try:
-        cfg = _build(CollectorConfig, "", data)
-    except TypeError as exc:  # pragma: no cover - guarded by _build's checks
-        raise ConfigError(str(exc)) from None
-    assert isinstance(cfg, CollectorConfig)
-    return cfg
+        return build(CollectorConfig, data)
+    except ConfigFieldError as exc:
+        section, _, name = exc.field.rpartition(".")
+        where = f"[{section}] {name}" if section else name
+        raise ConfigError(f"{where}: {exc.reason}") from None
 
 
 def load_config(path: Path | str) -> CollectorConfig:

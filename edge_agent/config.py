@@ -12,19 +12,16 @@ documented example and is loaded by a test.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edge_agent.errors import ConfigError
 from fleet_protocol import valid_device_id
+from fleet_protocol.config_schema import ConfigFieldError, build
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,70 +248,6 @@ class AgentConfig:
 # --- loading -------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value == "" and type(None) in get_args(tp):
-            return None  # "" is how TOML says "not set" for optional paths
-        return _convert(value, args[0], key)
-    if origin is Literal:
-        if value not in get_args(tp):
-            allowed = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(key, f"{value!r} is not one of {allowed}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
-        return tuple(_convert(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a table [{key}], got {type(value).__name__}")
-        return _build(typing.cast(type[Any], tp), value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return float(value)
-    if tp in (str, Path):
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a {_type_name(tp)}, got {value!r}")
-        return Path(value) if tp is Path else value
-    raise ConfigError(key, f"unsupported type {tp!r}")  # a programming error in this module
-
-
-def _build(cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in names:
-            where = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(names))})")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(key, "required but missing")
-    return cls(**kwargs)
-
-
 def _positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(key, f"must be positive, got {value}")
@@ -428,8 +361,10 @@ def validate(cfg: AgentConfig) -> AgentConfig:
 
 def parse_config(data: dict[str, Any]) -> AgentConfig:
     """Build and validate an AgentConfig from parsed TOML."""
-    cfg = _build(AgentConfig, data, "")
-    assert isinstance(cfg, AgentConfig)
+    try:
+        cfg = build(AgentConfig, data)
+    except ConfigFieldError as exc:
+        raise ConfigError(exc.field or "$", exc.reason) from None
     return validate(cfg)
 
 

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from fleet_protocol.config_schema import ConfigFieldError, build
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    poll_s: float = 30.0
+    mode: Literal["rtu", "tcp"] = "rtu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    id: str
+    port: int = 1
+    enabled: bool = True
+    path: Path | None = None
+    tags: tuple[str, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_builds_typed_values() -> None:
+    cfg = build(Outer, {"id": "x", "path": "/tmp/a", "tags": ["a", "b"], "inner": {"poll_s": 5}})
+    assert cfg == Outer(id="x", path=Path("/tmp/a"), tags=("a", "b"), inner=Inner(poll_s=5.0))
+    assert build(Outer, {"id": "x", "path": ""}).path is None
+
+
+@pytest.mark.parametrize(
+    ("data", "field_name", "reason"),
+    [
+        ({}, "id", "required but missing"),
+        ({"id": "x", "port": "1"}, "port", "expected an integer"),
+        ({"id": "x", "port": True}, "port", "expected an integer"),
+        ({"id": "x", "enabled": 1}, "enabled", "expected true or false"),
+        ({"id": "x", "tags": "a"}, "tags", "expected a list"),
+        ({"id": "x", "tags": ["a", 2]}, "tags[1]", "expected a string"),
+        ({"id": "x", "inner": 3}, "inner", "expected a table"),
+        ({"id": "x", "inner": {"poll_s": float("nan")}}, "inner.poll_s", "finite"),
+        ({"id": "x", "inner": {"mode": "usb"}}, "inner.mode", "is not one of"),
+        ({"id": "x", "inner": {"pol_s": 1}}, "inner.pol_s", "unknown setting"),
+        ({"id": "x", "extra": 1}, "extra", "unknown setting or section"),
+    ],
+)
+def test_bad_values_name_the_field(data: dict[str, Any], field_name: str, reason: str) -> None:
+    with pytest.raises(ConfigFieldError) as info:
+        build(Outer, data)
+    assert info.value.field == field_name
+    assert reason in info.value.reason
