@@ -156,6 +156,10 @@ class Agent:
 
     # --- storing messages ----------------------------------------------------------
 
+    def _now(self) -> float:
+        """The device clock that stamps every message (a simulated one in the fleet)."""
+        return round(self.clock(), 3)
+
     async def _store(self, kind: Kind, build: Callable[[int], Message], priority: Priority) -> None:
         assert self.outbox is not None
         try:
@@ -183,7 +187,13 @@ class Agent:
         await self._store(
             Kind.EVENT,
             lambda seq: reports.event(
-                self.device, seq, type_, fault=fault, action=action, detail=detail
+                self.device,
+                seq,
+                type_,
+                fault=fault,
+                action=action,
+                detail=detail,
+                ts=self._now(),
             ),
             priority,
         )
@@ -215,6 +225,7 @@ class Agent:
                     snap,
                     outbox_depth=depth,
                     heartbeat=heartbeat,
+                    ts=self._now(),
                 ),
                 Priority.HEARTBEAT if heartbeat else Priority.REPORT,
             )
@@ -224,7 +235,9 @@ class Agent:
         else:
             await self._store(
                 Kind.STATE,
-                lambda seq: reports.heartbeat(self.device, seq, snap.faults, outbox_depth=depth),
+                lambda seq: reports.heartbeat(
+                    self.device, seq, snap.faults, outbox_depth=depth, ts=self._now()
+                ),
                 Priority.HEARTBEAT,
             )
         if heartbeat:
@@ -445,7 +458,7 @@ class Agent:
                 v=PROTOCOL_VERSION,
                 device=self.device,
                 seq=seq,
-                ts=time.time(),
+                ts=self._now(),
                 id=cmd.id,
                 ok=ok,
                 result=result,
@@ -464,7 +477,7 @@ class Agent:
         )
         try:
             self._build_probes()
-            self.uplink = Uplink(cfg, self.outbox, self.on_command)
+            self.uplink = Uplink(cfg, self.outbox, self.on_command, clock=self.clock)
             self.ladder = RecoveryLadder(
                 cfg.recovery,
                 soft_reset=self._soft_reset if self.modem is not None else None,

@@ -73,6 +73,18 @@ def _close_socket(client: aiomqtt.Client | None) -> None:
             paho._sock_close()  # paho has no public close for a half-open socket
 
 
+def _consume_disconnect(client: aiomqtt.Client) -> None:
+    """Read the link-loss exception aiomqtt leaves on its private "disconnected" future.
+
+    aiomqtt sets it when the link drops and its ``__aexit__`` returns early
+    without reading it, so asyncio would log "Future exception was never
+    retrieved" at every link loss; the uplink has already handled the loss.
+    """
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
+        fut.exception()
+
+
 def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
     """End a connect attempt as soon as the link closes before CONNACK.
 
@@ -112,8 +124,11 @@ class Uplink:
         *,
         batch: int | None = None,
         rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        #: The device clock that stamps presence messages (the agent's clock).
+        self.clock = clock
         self.outbox = outbox
         self.on_command = on_command
         self.batch = batch or cfg.outbox.batch
@@ -141,7 +156,13 @@ class Uplink:
 
     def _presence(self, seq: int, status: PresenceStatus) -> bytes:
         return encode(
-            Presence(v=PROTOCOL_VERSION, device=self.device, seq=seq, ts=time.time(), status=status)
+            Presence(
+                v=PROTOCOL_VERSION,
+                device=self.device,
+                seq=seq,
+                ts=round(self.clock(), 3),
+                status=status,
+            )
         )
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
@@ -194,6 +215,7 @@ class Uplink:
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
                         async with asyncio.timeout(2.0):
                             await client.__aexit__(None, None, None)
+                    _consume_disconnect(client)
                 if self._stopping.is_set():
                     return
             failures += 1

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import msgspec
 
 from edge_agent.agent import Agent
 from edge_agent.config import (
@@ -49,7 +48,7 @@ from edge_agent.config import (
     SystemConfig,
     validate,
 )
-from edge_agent.outbox import Outbox, Priority
+from edge_agent.outbox import Outbox
 from edge_agent.uplink import Uplink
 from firmware_shims.amp.engine import AmpEngine
 from firmware_shims.amp.probe import AmpProbe
@@ -61,15 +60,9 @@ from firmware_shims.modem.probe import ModemProbe
 from firmware_shims.modem.sim import ModemEngine, SimOptions
 from firmware_shims.readings import StreamReading, SystemReading
 from fleet_protocol import (
-    PROTOCOL_VERSION,
     Command,
-    Kind,
-    Message,
-    Presence,
-    PresenceStatus,
     StreamState,
     SystemState,
-    encode,
 )
 
 log = logging.getLogger("loa.fleet")
@@ -184,32 +177,8 @@ class FleetUplink(Uplink):
         link: Link,
         clock: Callable[[], float],
     ) -> None:
-        super().__init__(cfg, outbox, on_command)
+        super().__init__(cfg, outbox, on_command, clock=clock)
         self.link = link
-        self.clock = clock
-
-    def _presence(self, seq: int, status: PresenceStatus) -> bytes:
-        return encode(
-            Presence(
-                v=PROTOCOL_VERSION,
-                device=self.device,
-                seq=seq,
-                ts=round(self.clock(), 3),
-                status=status,
-            )
-        )
-
-    async def _session(self, client: aiomqtt.Client) -> None:
-        try:
-            await super()._session(client)
-        finally:
-            # aiomqtt sets an exception on its private "disconnected" future when
-            # the link drops, and its __aexit__ returns early without reading it,
-            # so asyncio would log "Future exception was never retrieved" at every
-            # simulated cut. Read it here (the uplink already handled the loss).
-            fut = getattr(client, "_disconnected", None)
-            if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
-                fut.exception()
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
         if not self.link.up:
@@ -236,16 +205,6 @@ class FleetAgent(Agent):
         self._add_poller(self.amp, iv.amp, "amp")
         self._add_poller(SimSystemProbe(c, self.clock), iv.system, "system")
         self._add_poller(SimStreamProbe(c, self.clock), iv.stream, "stream")
-
-    async def _store(self, kind: Kind, build: Callable[[int], Message], priority: Priority) -> None:
-        clock = self.clock
-
-        def stamped(seq: int) -> Message:
-            # The device's clock is the simulated one: the collector must see
-            # backfilled history at its own (past) time.
-            return msgspec.structs.replace(build(seq), ts=round(clock(), 3))
-
-        await super()._store(kind, stamped, priority)
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         assert self.outbox is not None
