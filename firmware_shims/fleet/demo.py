@@ -241,6 +241,14 @@ host = "127.0.0.1"
 port = {self.http_port}
 # Plain HTTP on this machine: a Secure cookie would never be sent back.
 secure_cookies = false
+
+[repairs]
+# The demo's repair crews (firmware_shims/fleet/repairs.py) open, start and
+# resolve tickets on the fleet's simulated clock; the collector's automatic
+# open and resolve work on wall-clock time and would stamp backfilled
+# breakdowns with today's date, so they are off here.
+auto_open_after_s = 0
+auto_resolve_after_s = 31536000
 """,
             encoding="utf-8",
         )
@@ -359,6 +367,7 @@ secure_cookies = false
 
     async def run_fleet(self, stop: asyncio.Event) -> None:
         from firmware_shims.fleet.cluster import BrokerTarget
+        from firmware_shims.fleet.repairs import RepairCrew, plan_repairs
         from firmware_shims.fleet.runner import Fleet
 
         passwords: dict[str, str] = {}
@@ -385,12 +394,22 @@ secure_cookies = false
             self.say(f"the collector exited ({collector.returncode}):\n{tail}")
             stop.set()
 
+        contractors = {
+            c.device_id: self.scenario.commune(c.commune).contractor for c in self.scenario.clusters
+        }
+        crew = RepairCrew(
+            self.workdir / "collector.db",
+            plan_repairs(fleet.episodes, contractors, seed=self.scenario.seed),
+            fleet.clock,
+        )
         watcher = asyncio.create_task(watch(), name="demo.watch")
+        crew_task = asyncio.create_task(crew.run(stop), name="demo.repair-crew")
         try:
             await fleet.run(stop)
         finally:
+            stop.set()
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(watcher, crew_task, return_exceptions=True)
 
     def run(self) -> int:
         stop_requested = False
