@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${LOA_DEMO_SKIP_SETUP:-}" != "1" ]; then
-  bash scripts/setup.sh
+  LOA_EXTRAS=${LOA_EXTRAS:-collector} bash scripts/setup.sh
 fi
 # exec: the demo gets Ctrl-C and SIGTERM itself, and stops its children in order.
 exec .venv/bin/loa-sim demo "$@"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install what loa-fleet needs on a fresh Debian machine: system packages and
-# a virtual environment (.venv) with loa-fleet and its dev tools. Idempotent.
+# a virtual environment (.venv) with loa-fleet. Idempotent.
+#   LOA_EXTRAS     pip extras to install (default "dev": collector + test tools;
+#                  the demo asks for "collector" only)
+#   LOA_EXTRA_APT  further Debian packages (the test suite adds chromium and shellcheck)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(mosquitto mosquitto-clients openssl python3-venv shellcheck chromium ${LOA_EXTRA_APT:-})
+APT_PACKAGES=(mosquitto mosquitto-clients openssl python3-venv ${LOA_EXTRA_APT:-})
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -252,7 +252,9 @@ async def browser() -> AsyncIterator[Any]:
     """Headless Debian Chromium under Playwright (async API: tests run in an event loop)."""
     playwright_api = pytest.importorskip("playwright.async_api")
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI: scripts/test.sh should have installed it")
+        pytest.skip("chromium is not installed (scripts/test.sh installs it)")
     async with playwright_api.async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
