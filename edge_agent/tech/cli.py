@@ -208,8 +208,10 @@ def _modem_line(ctx: Ctx, s: ModemState | None) -> str:
         return ctx.L("not_configured")
     if not s.responding:
         return ctx.paint(ctx.L("not_responding"), "red")
-    reg = s.registration.value + (f" ({s.access_tech.value})" if s.access_tech.value else "")
-    sim = s.sim.value if s.sim.value == "ready" else ctx.paint(s.sim.value, "red")
+    tech = s.access_tech.value
+    reg = ctx.L(f"reg.{s.registration.value}") + (f" ({tech.upper()})" if tech != "unknown" else "")
+    sim_word = ctx.L(f"sim.{s.sim.value}")
+    sim = sim_word if s.sim.value == "ready" else ctx.paint(sim_word, "red")
     return " · ".join([f"SIM {sim}", s.operator or s.mccmnc or "-", reg, _signal_text(ctx, s)])
 
 
@@ -274,7 +276,8 @@ def _finding_lines(ctx: Ctx, found: list[Finding], now: float) -> list[str]:
         if f.cause:
             from fleet_protocol import B2Cause
 
-            cause = f" [{f.severity}; {B2Cause(f.cause).label(ctx.lang)}]"
+            severity = ctx.L(f"severity.{f.severity}")
+            cause = f" [{severity}; {B2Cause(f.cause).label(ctx.lang)}]"
         since = ""
         if f.since is not None and f.source == "agent":
             since = f" — {ago(f.since, now, ctx.lang)}"

@@ -76,6 +76,20 @@ LABELS: dict[str, tuple[str, str]] = {
     "boot_uptime": ("máy chạy được", "up"),
     "reachable": ("kết nối được", "reachable"),
     "unreachable": ("không kết nối được", "unreachable"),
+    # SIM states, registration states and severities, as the wire protocol names them.
+    "sim.ready": ("sẵn sàng", "ready"),
+    "sim.absent": ("không có SIM", "absent"),
+    "sim.failure": ("hỏng", "failure"),
+    "sim.locked": ("bị khoá PIN/PUK", "locked"),
+    "sim.unknown": ("không rõ", "unknown"),
+    "reg.home": ("đã đăng ký (mạng nhà)", "home"),
+    "reg.roaming": ("đã đăng ký (chuyển vùng)", "roaming"),
+    "reg.searching": ("đang tìm mạng", "searching"),
+    "reg.denied": ("bị từ chối", "denied"),
+    "reg.not_registered": ("chưa đăng ký", "not registered"),
+    "reg.unknown": ("không rõ", "unknown"),
+    "severity.critical": ("nghiêm trọng", "critical"),
+    "severity.warning": ("cảnh báo", "warning"),
 }
 
 

@@ -342,6 +342,9 @@ async def test_sim_failure_explained_in_words(tmp_path: Path) -> None:
         vi = await loa("diag", "modem", *flags)
         assert "Cháy SIM, lỗi SIM (+CME ERROR: 13 on AT+CPIN?)" in vi.out
         assert "thay thẻ SIM" in vi.out
+        # The modem line speaks Vietnamese too, not the wire protocol's enum values.
+        assert "SIM hỏng" in vi.out and "[nghiêm trọng; Cháy SIM, lỗi SIM]" in vi.out
+        assert "not_registered" not in vi.out and "critical" not in vi.out
         js = await loa("diag", "modem", "--json", *flags)
         check_contract(js.json())
         [fault] = js.json()["faults"]
