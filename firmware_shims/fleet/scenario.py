@@ -23,13 +23,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from firmware_shims.amp.engine import FAULTS as AMP_FAULTS
 from firmware_shims.amp.profile import ProfileError, load_profile
 from firmware_shims.modem.sim import DIALECT_NAMES
 from firmware_shims.modem.sim import FAULTS as MODEM_FAULTS
 from fleet_protocol import valid_device_id
+from fleet_protocol.config_schema import ConfigFieldError, build
 
 SCENARIO_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -264,6 +265,24 @@ def parse_moment(value: object, field: str) -> tuple[float, bool]:
     return parse_duration(value, field, signed=True), False
 
 
+_S = TypeVar("_S")
+
+
+def _settings(cls: type[_S], data: object, where: str, minimums: Mapping[str, float]) -> _S:
+    """A settings table read by the shared typed-config builder, then its minimums checked."""
+    if not isinstance(data, dict):
+        raise ScenarioError(where, f"expected a table, got {type(data).__name__}")
+    try:
+        settings = build(cls, data, where)
+    except ConfigFieldError as exc:
+        raise ScenarioError(exc.field, exc.reason) from None
+    for name, minimum in minimums.items():
+        value = getattr(settings, name)
+        if value < minimum:
+            raise ScenarioError(f"{where}.{name}", f"{value} is below the minimum {minimum}")
+    return settings
+
+
 class _Table:
     """A TOML table being read: typed getters naming the field; refuses unknown keys."""
 
@@ -439,16 +458,11 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     except (KeyError, IndexError, ValueError) as exc:
         raise ScenarioError("scenario.stream_url", f"bad placeholder: {exc}") from None
 
-    tt = _Table(
+    time_settings = _settings(
+        TimeSettings,
         top.data.get("time", {}),
         "time",
-        ("backfill_days", "acceleration", "backfill_step_s", "horizon_days"),
-    )
-    time_settings = TimeSettings(
-        backfill_days=tt.num("backfill_days", 0.0, minimum=0.0),
-        acceleration=tt.num("acceleration", 1.0, minimum=1.0),
-        backfill_step_s=tt.num("backfill_step_s", 3600.0, minimum=1.0),
-        horizon_days=tt.num("horizon_days", 30.0, minimum=0.0),
+        {"backfill_days": 0.0, "acceleration": 1.0, "backfill_step_s": 1.0, "horizon_days": 0.0},
     )
     if time_settings.acceleration > 1 and time_settings.backfill_days == 0:
         raise ScenarioError(
@@ -459,18 +473,20 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     if time_settings.backfill_days > 0 and time_settings.acceleration <= 1:
         raise ScenarioError("time.acceleration", "backfilling needs an acceleration above 1")
 
-    at = _Table(top.data.get("agent", {}), "agent", tuple(AgentSettings.__dataclass_fields__))
-    agent = AgentSettings(
-        poll_s=at.num("poll_s", 30.0, minimum=0.1),
-        system_poll_s=at.num("system_poll_s", 60.0, minimum=0.1),
-        stream_poll_s=at.num("stream_poll_s", 60.0, minimum=0.1),
-        heartbeat_s=at.num("heartbeat_s", 300.0, minimum=0.1),
-        full_report_s=at.num("full_report_s", 21600.0, minimum=0.1),
-        confirm_s=at.num("confirm_s", 120.0, minimum=0.0),
-        clear_s=at.num("clear_s", 300.0, minimum=0.0),
-        flap_period_s=at.num("flap_period_s", 600.0, minimum=0.1),
-        outbox_max_bytes=at.integer("outbox_max_bytes", 1024 * 1024, minimum=65536),
-        keepalive_s=at.integer("keepalive_s", 120, minimum=5),
+    agent = _settings(
+        AgentSettings,
+        top.data.get("agent", {}),
+        "agent",
+        {
+            **dict.fromkeys(
+                ("poll_s", "system_poll_s", "stream_poll_s", "heartbeat_s", "full_report_s"), 0.1
+            ),
+            "confirm_s": 0.0,
+            "clear_s": 0.0,
+            "flap_period_s": 0.1,
+            "outbox_max_bytes": 65536,
+            "keepalive_s": 5,
+        },
     )
     if agent.full_report_s < agent.heartbeat_s:
         raise ScenarioError("agent.full_report_s", "must not be shorter than agent.heartbeat_s")
