@@ -312,14 +312,6 @@ class _Table:
             raise ScenarioError(self.key(name), f"expected a string, got {v!r}")
         return v
 
-    def num(self, name: str, default: float, *, minimum: float | None = None) -> float:
-        v = self.data.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ScenarioError(self.key(name), f"expected a number, got {v!r}")
-        if minimum is not None and v < minimum:
-            raise ScenarioError(self.key(name), f"{v} is below the minimum {minimum}")
-        return float(v)
-
     def integer(self, name: str, default: int | None = None, *, minimum: int = 0) -> int:
         v = self.data.get(name, default)
         if v is None:
