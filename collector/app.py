@@ -16,11 +16,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from collector import api, auth, repairs
-from collector.b2 import api as b2_api
+from collector import api, auth, repairs, routes
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor, run_ingest
-from collector.keys import CONFIG, REPO, STATS, THROTTLE
+from collector.keys import CONFIG, REPO, STATS
 from collector.metrics import IngestStats
 from collector.store.base import StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -113,10 +112,8 @@ def create_app(config: CollectorConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[STATS] = IngestStats()
-    app[THROTTLE] = auth.LoginThrottle()
     app.cleanup_ctx.append(_db_ctx)
     app.cleanup_ctx.append(_tasks_ctx)
-    api.add_routes(app)
-    b2_api.add_routes(app)
+    routes.add_routes(app)
     setup_dashboard(app)
     return app

@@ -167,6 +167,19 @@ def _users_token(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _users_unlock(args: argparse.Namespace) -> int:
+    cfg = load(args)
+
+    async def go() -> int:
+        async with repository(cfg) as repo:
+            await repo.get_user(args.name)  # NotFound: "user 'x' does not exist"
+            cleared = await repo.throttle_unlock(args.name, actor="cli")
+        print(f"login delays of {args.name} cleared ({cleared} key(s))")
+        return 0
+
+    return asyncio.run(go())
+
+
 def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("users", help="manage users and API tokens")
     usub = p.add_subparsers(dest="users_command", required=True)
@@ -182,6 +195,11 @@ def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
     t.add_argument("name")
     t.add_argument("--label", default="", help="what the token is for")
     t.set_defaults(func=_users_token)
+    u = usub.add_parser(
+        "unlock", parents=[parent], help="clear a user's login delays after failed sign-ins"
+    )
+    u.add_argument("name")
+    u.set_defaults(func=_users_unlock)
 
 
 #: Subcommand registrars, in help order. Add yours here.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from collector.auth import LoginThrottle
 from collector.config import CollectorConfig
 from collector.metrics import IngestStats
 from collector.store.base import Repository
@@ -12,4 +11,3 @@ from collector.store.base import Repository
 CONFIG = web.AppKey("config", CollectorConfig)
 REPO = web.AppKey("repo", Repository)
 STATS = web.AppKey("stats", IngestStats)
-THROTTLE = web.AppKey("login_throttle", LoginThrottle)

@@ -35,7 +35,14 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
-    """The change is not allowed in the row's current state (e.g. start a closed ticket)."""
+    """The change is not allowed in the row's current state (e.g. start a closed ticket).
+
+    ``ticket_id`` names the repair ticket in the way, when there is one.
+    """
+
+    def __init__(self, message: str, *, ticket_id: int | None = None) -> None:
+        super().__init__(message)
+        self.ticket_id = ticket_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +203,30 @@ class User:
     #: Communes the user is limited to; empty = all (not allowed for commune officers).
     communes: frozenset[str] = field(default_factory=frozenset)
     disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleRule:
+    """How one login-throttle key counts attempts (``Repository.throttle_attempt``).
+
+    The first ``free`` attempts within ``forget_s`` of each other go ahead at once;
+    from then on each attempt must wait ``first_delay_s``, doubling per attempt,
+    at most ``max_delay_s``. A key not tried for ``forget_s`` starts over.
+    """
+
+    key: str
+    #: The user name the key is about (None for address-only keys): unlock finds it by this.
+    name: str | None
+    free: int
+    first_delay_s: float
+    max_delay_s: float
+    forget_s: float
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds the next attempt must wait once ``attempts`` have been counted."""
+        if attempts < self.free:
+            return 0.0
+        return min(self.max_delay_s, self.first_delay_s * 2.0 ** min(attempts - self.free, 60))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -397,6 +428,24 @@ class Repository(Protocol):
     async def drop_session(self, session_hash: str) -> None: ...
 
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
+
+    # -- login throttle (shared by every instance on the database) ---------------------------
+    async def throttle_attempt(self, rules: Sequence[ThrottleRule], *, at: float) -> float:
+        """Count one login attempt against every key in one transaction.
+
+        Returns 0.0 when the attempt may go ahead: it is then counted on every key
+        *before* the password is checked, so concurrent attempts cannot overtake
+        the count. Otherwise returns the seconds until it may, and counts nothing.
+        """
+        ...
+
+    async def throttle_clear(self, keys: Sequence[str]) -> None:
+        """Forget the counts of ``keys`` (a successful login)."""
+        ...
+
+    async def throttle_unlock(self, name: str, *, actor: str) -> int:
+        """Forget every count about user ``name`` (audited); returns how many keys."""
+        ...
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]: ...
 

@@ -177,6 +177,18 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: login throttle counts, shared by every collector instance on this database.
+    """
+    CREATE TABLE login_throttle (
+        key      TEXT PRIMARY KEY,   -- "pair:ADDR|NAME", "name:NAME" or "addr:ADDR"
+        name     TEXT,               -- the user name the key is about (unlock)
+        attempts INTEGER NOT NULL,
+        next_at  REAL NOT NULL,      -- no attempt before this moment
+        last_at  REAL NOT NULL       -- last counted attempt
+    );
+    CREATE INDEX login_throttle_name ON login_throttle(name);
+    CREATE INDEX login_throttle_last ON login_throttle(last_at);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

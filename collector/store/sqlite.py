@@ -37,6 +37,7 @@ from collector.store.base import (
     Session,
     SignalPoint,
     StoreError,
+    ThrottleRule,
     Ticket,
     TicketEntry,
     TicketState,
@@ -974,8 +975,15 @@ class SQLiteRepository:
                     (device_id, commune, "open", cause and str(cause), at, actor, at, note),
                 )
             except sqlite3.IntegrityError:
+                async with db.execute(
+                    "SELECT id FROM tickets WHERE device_id = ? AND state IN ('open', 'in_repair')",
+                    (device_id,),
+                ) as c:
+                    row = await c.fetchone()
+                active = int(row[0]) if row else None
                 raise Conflict(
-                    f"device {device_id!r} already has an active repair ticket"
+                    f"device {device_id!r} already has an active repair ticket ({active})",
+                    ticket_id=active,
                 ) from None
             ticket_id = int(cur.lastrowid or 0)
             await cur.close()
@@ -985,7 +993,7 @@ class SQLiteRepository:
     async def _active(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
         t = await self._ticket(db, ticket_id)
         if not t.state.active:
-            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open")
+            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open", ticket_id=ticket_id)
         return t
 
     async def start_ticket(
@@ -1001,7 +1009,9 @@ class SQLiteRepository:
         async with self._tx() as db:
             t = await self._active(db, ticket_id)
             if t.state is TicketState.IN_REPAIR:
-                raise Conflict(f"repair ticket {ticket_id} is already in repair")
+                raise Conflict(
+                    f"repair ticket {ticket_id} is already in repair", ticket_id=ticket_id
+                )
             await db.execute(
                 "UPDATE tickets SET state = 'in_repair', contractor = ?, technician = ?,"
                 " started_at = ?, last_progress_at = ? WHERE id = ?",
@@ -1219,6 +1229,51 @@ class SQLiteRepository:
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
         async with self._tx() as db:
             await self._audit(db, actor, action, target, detail)
+
+    # -- login throttle ------------------------------------------------------------------------
+
+    async def throttle_attempt(self, rules: Sequence[ThrottleRule], *, at: float) -> float:
+        async with self._tx() as db:
+            counted: list[tuple[ThrottleRule, int]] = []
+            wait = 0.0
+            for rule in rules:
+                async with db.execute(
+                    "SELECT attempts, next_at, last_at FROM login_throttle WHERE key = ?",
+                    (rule.key,),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None or at - float(row[2]) > rule.forget_s:
+                    counted.append((rule, 0))
+                    continue
+                wait = max(wait, float(row[1]) - at)
+                counted.append((rule, int(row[0])))
+            if wait > 0:
+                return wait
+            for rule, before in counted:
+                attempts = before + 1
+                await db.execute(
+                    "INSERT INTO login_throttle (key, name, attempts, next_at, last_at)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
+                    " attempts = excluded.attempts, next_at = excluded.next_at,"
+                    " last_at = excluded.last_at",
+                    (rule.key, rule.name, attempts, at + rule.delay_after(attempts), at),
+                )
+            if rules:
+                horizon = max(r.forget_s for r in rules)
+                await db.execute("DELETE FROM login_throttle WHERE last_at < ?", (at - horizon,))
+        return 0.0
+
+    async def throttle_clear(self, keys: Sequence[str]) -> None:
+        async with self._tx() as db:
+            await db.executemany("DELETE FROM login_throttle WHERE key = ?", [(k,) for k in keys])
+
+    async def throttle_unlock(self, name: str, *, actor: str) -> int:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM login_throttle WHERE name = ?", (name,))
+            cleared = cur.rowcount
+            await cur.close()
+            await self._audit(db, actor, "auth.unlock", f"user:{name}", {"keys": cleared})
+        return cleared
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]:
         rows = await self._all(

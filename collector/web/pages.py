@@ -26,6 +26,7 @@ from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
 from collector.keys import CONFIG, REPO
 from collector.model import Status
+from collector.params import safe_next
 from collector.store.base import DeviceRow, NotFound, Role, Ticket
 from collector.web import charts, views
 from collector.web.i18n import MESSAGES, Tr, pick_lang
@@ -1016,13 +1017,6 @@ async def users_update(request: web.Request) -> web.Response:
 
 
 # -- login and live ----------------------------------------------------------------------------
-
-
-def safe_next(raw: str | None) -> str:
-    """A local path to go to after login; anything else (other hosts, schemes) is "/"."""
-    if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
-        return "/"
-    return raw[:500]
 
 
 async def login_page(request: web.Request) -> web.Response:

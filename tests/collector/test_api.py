@@ -17,7 +17,8 @@ from collector.auth import hash_password, secret_hash
 from collector.config import CollectorConfig
 from collector.keys import REPO, STATS
 from collector.model import InventoryDevice
-from collector.openapi import PATHS
+from collector.openapi import openapi_document
+from collector.routes import ROUTES
 from collector.store.base import Role
 from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import FaultCode, Kind, topic
@@ -25,6 +26,8 @@ from tests.collector.conftest import make_config, publish, state, wait_for
 from tests.support.mosquitto import Broker
 
 pytestmark = pytest.mark.integration
+
+PATHS = openapi_document(ROUTES)["paths"]
 
 USERS = {
     "admin": (Role.ADMIN, ()),
@@ -292,7 +295,7 @@ async def test_metrics_and_openapi(api: Api) -> None:
         return api.app[STATS].stored >= 1 and api.app[STATS].rejected["json"] >= 1
 
     await wait_for(stored, what="one stored, one rejected")
-    status, text = await api.call("viewer", "GET", "/metrics")
+    status, text = await api.call("admin", "GET", "/metrics")
     assert status == 200
     assert 'loa_ingest_rejected_total{kind="json"} 1' in text
     assert 'loa_devices{status="working",cause=""} 1' in text
@@ -310,37 +313,3 @@ async def test_metrics_and_openapi(api: Api) -> None:
     }
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
-
-
-async def test_repeated_failed_logins_are_throttled(api: Api) -> None:
-    c = api.client
-    wrong = {"name": "viewer", "password": "guess"}
-    for _ in range(10):
-        async with c.post("/api/v1/auth/login", json=wrong) as r:
-            assert r.status == 401
-    async with c.post("/api/v1/auth/login", json=wrong) as r:
-        assert r.status == 429
-        assert int(r.headers["Retry-After"]) > 0
-    # Even the right password waits until the window has passed.
-    right = {"name": "viewer", "password": "pw-viewer-long"}
-    async with c.post("/api/v1/auth/login", json=right) as r:
-        assert r.status == 429
-    # Scripts with tokens are unaffected.
-    status, _ = await api.call("viewer", "GET", "/api/v1/fleet/summary")
-    assert status == 200
-
-
-def test_login_throttle_window_and_reset() -> None:
-    from collector.auth import LoginThrottle
-
-    t = LoginThrottle(max_failures=3, window_s=60)
-    keys = ("name:a", "addr:1.2.3.4")
-    for i in range(3):
-        assert t.retry_after(keys, 100.0 + i) == 0
-        t.failed(keys, 100.0 + i)
-    assert t.retry_after(keys, 103.0) == pytest.approx(57.0)
-    assert t.retry_after(("name:b",), 103.0) == 0
-    assert t.retry_after(keys, 160.5) == 0  # the oldest failure left the window
-    t.failed(keys, 161.0)
-    t.succeeded(keys)
-    assert t.retry_after(keys, 161.0) == 0
