@@ -52,9 +52,7 @@ async def api(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
 @pytest.fixture
 async def proxied(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
     """The collector behind a reverse proxy on 127.0.0.1 (where the test client is)."""
-    cfg = make_config(
-        broker, tmp_path, http={"trusted_proxies": ["127.0.0.1", "::1"]}, login=SLOW
-    )
+    cfg = make_config(broker, tmp_path, http={"trusted_proxies": ["127.0.0.1", "::1"]}, login=SLOW)
     async for a in start_api(broker, tmp_path, cfg):
         yield a
 
@@ -148,9 +146,7 @@ async def test_throttle_state_is_shared_by_instances_on_one_database(tmp_path: P
         key="pair:x|viewer", name="viewer", free=5, first_delay_s=2.0, max_delay_s=8.0, forget_s=60
     )
     try:
-        waits = await asyncio.gather(
-            *(r.throttle_attempt([rule], at=1000.0) for r in [a, b] * 20)
-        )
+        waits = await asyncio.gather(*(r.throttle_attempt([rule], at=1000.0) for r in [a, b] * 20))
         assert sum(1 for w in waits if w == 0) == 5
         assert await b.throttle_attempt([rule], at=1001.9) == pytest.approx(0.1)
         assert await a.throttle_attempt([rule], at=1002.0) == 0  # 6th, after 2 s
@@ -219,7 +215,8 @@ async def test_nothing_fleet_wide_reaches_a_commune_officer(api: Api) -> None:
         elif route.path == "/api/v1/repairs/stats":
             queries = ["?by=commune", "?by=contractor"]
         for q in queries:
-            status, data = await api.call("officer1", "GET", _concrete(route.path, ticket["id"]) + q)
+            url = _concrete(route.path, ticket["id"]) + q
+            status, data = await api.call("officer1", "GET", url)
             body = data if isinstance(data, str) else repr(data)
             assert status in (200, 403, 404), (route.path, q, status)
             assert not foreign.search(body), (route.path, q, body[:300])
@@ -290,7 +287,8 @@ async def test_409_names_the_conflicting_ticket(api: Api) -> None:
     assert data["ticket_id"] == first["id"] and data["field"] == "ticket_id"
     assert f"({first['id']})" in data["error"]
     tid = first["id"]
-    assert (await api.call("admin", "POST", f"/api/v1/repairs/{tid}/cancel", {"note": "x"}))[0] == 200
+    status, _ = await api.call("admin", "POST", f"/api/v1/repairs/{tid}/cancel", {"note": "x"})
+    assert status == 200
     status, data = await api.call("admin", "POST", f"/api/v1/repairs/{tid}/comment", {"note": "y"})
     assert status == 409 and data["ticket_id"] == tid
 
@@ -374,7 +372,7 @@ def test_document_carries_the_constraints_and_every_answer() -> None:
     assert re.fullmatch(note["pattern"], "   ") is None and re.fullmatch(note["pattern"], " x ")
 
 
-# -- next= -------------------------------------------------------------------------------------------
+# -- next= ------------------------------------------------------------------------------
 
 HOSTILE_NEXT = [
     "//evil.example/",
