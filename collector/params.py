@@ -198,6 +198,9 @@ def decode_params(raw: dict[str, str], cls: type[T]) -> T:
         value = msgspec.convert(raw, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
+    for name in raw:
+        if getattr(value, name) is None:  # lax decoding reads "null" as None
+            raise bad(name, "Expected a value, got `null`")
     _full_patterns(value)
     return value
 

@@ -99,7 +99,7 @@ def _document_bytes() -> bytes:
     return msgspec.json.encode(openapi_document(ROUTES))
 
 
-_FILE = {"schema": {"type": "string", "format": "binary"}}
+_FILE = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 
 ROUTES: Final[Sequence[Route]] = (
     Route(
@@ -321,12 +321,12 @@ ROUTES: Final[Sequence[Route]] = (
         response=schemas.Imported,
         errors={413: "file larger than 8 MiB"},
         upload={
-            "text/csv": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string", "minLength": 1}},
             XLSX: _FILE,
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {"file": {"type": "string", "format": "binary", "minLength": 1}},
                     "required": ["file"],
                 }
             },

@@ -165,8 +165,10 @@ class Error(Out, omit_defaults=True):
 
 
 class RowError(Out):
-    row: int
-    column: str
+    """One problem of an uploaded inventory file (no row/column: the whole file)."""
+
+    row: int | None
+    column: str | None
     message: str
 
 

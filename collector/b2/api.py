@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from collector.auth import PRINCIPAL, Permission, Principal, require
 from collector.b2.service import b2_table, import_inventory, month_over_month
@@ -172,13 +173,19 @@ async def inventory_view(
 async def _read_upload(request: web.Request) -> tuple[bytes, str]:
     """The uploaded file and its name: a raw body, or the first file part of a form."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                raise bad("file", "the form has no file part")
-            if isinstance(part, BodyPartReader) and part.filename:
-                return await _read_limited(part), part.filename
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise bad("file", "the form has no file part")
+                if isinstance(part, BodyPartReader) and part.filename:
+                    return await _read_limited(part), part.filename
+        except (ValueError, HttpProcessingError) as exc:
+            # No boundary, broken part headers: aiohttp's parser refuses the form.
+            raise bad(
+                "file", f"malformed multipart form: {str(exc).splitlines()[0]:.100}"
+            ) from None
     return await _read_limited(request.content), "upload"
 
 
