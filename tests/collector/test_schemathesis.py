@@ -5,9 +5,9 @@ reports, a ticket) is fuzzed with ``schemathesis run --checks all`` using an
 admin token: schema-valid requests must be accepted (or answer 401/403/404/409/
 429), schema-invalid ones refused with 4xx, every answer's status, content type
 and body must be the documented ones, and nothing may answer 5xx. The number of
-examples per operation is bounded (``LOA_SCHEMATHESIS_EXAMPLES``, default 100) and
-the seed fixed (``LOA_SCHEMATHESIS_SEED``), so CI runs the same cases in a couple of minutes; any problem
-fails the test, and so ``.ci/run``.
+examples per operation is bounded (``LOA_SCHEMATHESIS_EXAMPLES``, default 100)
+and the seed fixed (``LOA_SCHEMATHESIS_SEED``), so CI runs the same cases in
+under a minute; any problem fails the test, and so ``.ci/run``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ async def live(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
         await publish(broker, "dev-21", state("dev-21", 1, commune="xa-02"))
         await publish(broker, "dev-12", state("dev-12", 1, faults=(FaultCode.AMP_LINE_OPEN,)))
 
-        async def seeded() -> bool:
+        async def seeded(api: Api = api) -> bool:
             return await api.repo.message_count() >= 3
 
         await wait_for(seeded, what="seeded reports stored")
