@@ -1,7 +1,10 @@
-"""REST API ``/api/v1`` of the collector: JSON in, JSON out.
+"""Handlers of the collector's REST API ``/api/v1``: JSON in, JSON out.
 
-Every handler validates its inputs and answers 4xx with ``{"error": ...,
-"field": ...}`` naming the bad field; store errors map to 404/409. Scope rules
+The route table ``collector.routes.ROUTES`` registers them with the Structs
+(``collector.schemas``) their parameters and bodies are decoded by and their
+answers encoded through; a handler receives the decoded ``(params, body)``.
+Every 4xx is ``{"error": "FIELD: reason", "field": FIELD}``; store errors map
+to 404/409 (a 409 names the ticket in the way) and 503. Scope rules
 (``collector.auth``) are applied in every handler that touches a commune.
 """
 

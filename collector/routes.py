@@ -99,6 +99,29 @@ def _document_bytes() -> bytes:
     return msgspec.json.encode(openapi_document(ROUTES))
 
 
+_NO_TICKET: Final = "no such ticket, or outside the caller's communes"
+
+
+def _ticket_action(
+    action: str,
+    handler: Handler,
+    summary: str,
+    body: type[schemas.Body],
+    conflict: str = "the ticket is closed",
+) -> Route:
+    """``POST /api/v1/repairs/{ticket_id}/<action>``: a change to one ticket."""
+    return Route(
+        method="POST",
+        path=f"/api/v1/repairs/{{ticket_id}}/{action}",
+        handler=handler,
+        summary=summary,
+        params=schemas.TicketParams,
+        body=body,
+        response=schemas.Ticket,
+        errors={404: _NO_TICKET, 409: conflict},
+    )
+
+
 _FILE = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 
 ROUTES: Final[Sequence[Route]] = (
@@ -245,47 +268,17 @@ ROUTES: Final[Sequence[Route]] = (
         summary="One ticket with history",
         params=schemas.TicketParams,
         response=schemas.Ticket,
-        errors={404: "no such ticket, or outside the caller's communes"},
+        errors={404: _NO_TICKET},
     ),
-    Route(
-        method="POST",
-        path="/api/v1/repairs/{ticket_id}/start",
-        handler=api.repair_start,
-        summary="Start the repair (đang sửa chữa)",
-        params=schemas.TicketParams,
-        body=schemas.RepairStartBody,
-        response=schemas.Ticket,
-        errors={
-            404: "no such ticket, or outside the caller's communes",
-            409: "the ticket is closed or already in repair",
-        },
+    _ticket_action(
+        "start",
+        api.repair_start,
+        "Start the repair (đang sửa chữa)",
+        schemas.RepairStartBody,
+        "the ticket is closed or already in repair",
     ),
-    Route(
-        method="POST",
-        path="/api/v1/repairs/{ticket_id}/comment",
-        handler=api.repair_comment,
-        summary="Add progress",
-        params=schemas.TicketParams,
-        body=schemas.NoteBody,
-        response=schemas.Ticket,
-        errors={
-            404: "no such ticket, or outside the caller's communes",
-            409: "the ticket is closed",
-        },
-    ),
-    Route(
-        method="POST",
-        path="/api/v1/repairs/{ticket_id}/cancel",
-        handler=api.repair_cancel,
-        summary="Cancel the ticket",
-        params=schemas.TicketParams,
-        body=schemas.NoteBody,
-        response=schemas.Ticket,
-        errors={
-            404: "no such ticket, or outside the caller's communes",
-            409: "the ticket is closed",
-        },
-    ),
+    _ticket_action("comment", api.repair_comment, "Add progress", schemas.NoteBody),
+    _ticket_action("cancel", api.repair_cancel, "Cancel the ticket", schemas.NoteBody),
     Route(
         method="GET",
         path="/api/v1/reports/b2",

@@ -10,7 +10,8 @@ date-time, or absent (now). Reading needs ``read``; a commune officer sees only
 their communes. Importing needs ``inventory.write``; a bad file answers 400
 with every row-level error and stores nothing.
 
-Registered by ``collector.app.create_app`` through :func:`add_routes`.
+The handlers are registered, with their parameter and answer Structs
+(``collector.schemas``), in the route table ``collector.routes.ROUTES``.
 """
 
 from __future__ import annotations
