@@ -74,7 +74,8 @@ def _responses(route: Route) -> dict[str, Any]:
             "schema": {"$ref": _REF.format(name=route.response.__name__)}
         }
     for media in route.media:
-        content.setdefault(media, {"schema": {"type": "string"}})
+        kind = "object" if media == "application/json" else "string"
+        content.setdefault(media, {"schema": {"type": kind}})
     ok: dict[str, Any] = {"description": "success"}
     if content:
         ok["content"] = content

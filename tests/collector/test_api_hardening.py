@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from collector.auth import client_address
 from collector.cli import main
 from collector.openapi import openapi_document
 from collector.params import safe_next
@@ -159,6 +160,29 @@ async def test_throttle_state_is_shared_by_instances_on_one_database(tmp_path: P
     finally:
         await a.close()
         await b.close()
+
+
+def test_client_address_believes_only_trusted_proxies() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from collector.config import ConfigError, config_from_dict
+
+    def addr(peer: str, xff: str | None, trusted: list[str]) -> str:
+        headers = {"X-Forwarded-For": xff} if xff is not None else {}
+        request = make_mocked_request("POST", LOGIN, headers=headers)
+        request = request.clone(remote=peer)
+        networks = config_from_dict({"http": {"trusted_proxies": trusted}}).http.proxy_networks()
+        return client_address(request, networks)
+
+    assert addr("203.0.113.5", "1.2.3.4", []) == "203.0.113.5"
+    assert addr("10.0.0.2", "1.2.3.4", ["127.0.0.1"]) == "10.0.0.2"
+    assert addr("127.0.0.1", "9.9.9.9, 1.2.3.4", ["127.0.0.1"]) == "1.2.3.4"
+    # Two proxies in a row (10.0.0.0/8 and loopback): the first untrusted hop from the right.
+    assert addr("127.0.0.1", "5.6.7.8, 10.1.1.1", ["127.0.0.1", "10.0.0.0/8"]) == "5.6.7.8"
+    assert addr("127.0.0.1", "1.2.3.4, not-an-address", ["127.0.0.1"]) == "127.0.0.1"
+    assert addr("127.0.0.1", None, ["127.0.0.1"]) == "127.0.0.1"
+    with pytest.raises(ConfigError, match=r"\[http\] trusted_proxies: 'proxy.lan'"):
+        config_from_dict({"http": {"trusted_proxies": ["proxy.lan"]}})
 
 
 # -- /metrics and scope --------------------------------------------------------------------------
