@@ -12,13 +12,18 @@ import asyncio
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from collector.app import create_app
 from collector.auth import client_address
 from collector.cli import main
+from collector.keys import CONFIG
 from collector.openapi import openapi_document
 from collector.params import safe_next
 from collector.routes import ROUTES
@@ -93,6 +98,20 @@ async def test_60_concurrent_wrong_logins_make_at_most_5_password_checks(api: Ap
     assert status == 404 and data["field"] == "name"
     # Scripts with tokens were never affected.
     assert (await api.call("viewer", "GET", "/api/v1/fleet/summary"))[0] == 200
+
+
+async def test_two_collector_instances_share_one_count(api: Api) -> None:
+    """A second collector (API only) on the same database: guesses split between the
+    two instances still get 5 password checks in all."""
+    second = create_app(replace(api.app[CONFIG], ingest_enabled=False))
+    async with TestClient(TestServer(second)) as other:
+
+        async def guess(client: TestClient[web.Request, web.Application]) -> int:
+            async with client.post(LOGIN, json=WRONG) as r:
+                return r.status
+
+        statuses = Counter(await asyncio.gather(*(guess(c) for c in [api.client, other] * 30)))
+    assert statuses == {401: 5, 429: 55}, statuses
 
 
 async def test_lockout_attempt_through_the_trusted_proxy_spares_the_owner(proxied: Api) -> None:
