@@ -79,6 +79,15 @@ def _responses(route: Route) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "success"}
     if content:
         ok["content"] = content
+    if route.links:
+        ok["links"] = {}
+        for name, (operation, parameters, body) in route.links.items():
+            link: dict[str, Any] = {"operationId": operation}
+            if parameters:
+                link["parameters"] = parameters
+            if body is not None:
+                link["requestBody"] = body
+            ok["links"][name] = link
     out: dict[str, Any] = {str(route.status): ok}
     if route.params is not None or route.body is not None or route.upload is not None:
         out["400"] = _error("invalid input: `field` names it, `error` says why")

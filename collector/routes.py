@@ -54,6 +54,9 @@ class Route:
     public: bool = False
     #: A non-JSON request body, as an OpenAPI ``content`` map (file uploads).
     upload: dict[str, Any] | None = None
+    #: OpenAPI links of the success answer: name -> (operationId, parameters,
+    #: requestBody), with runtime expressions such as ``$response.body#/id``.
+    links: dict[str, tuple[str, dict[str, str], Any]] = field(default_factory=dict)
 
 
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -206,6 +209,18 @@ ROUTES: Final[Sequence[Route]] = (
         summary="Devices, filtered",
         params=schemas.DevicesParams,
         response=schemas.Devices,
+        links={
+            "OpenRepair": (
+                "repair_create",
+                {},
+                {"device_id": "$response.body#/devices/0/device_id", "note": "opened by a link"},
+            ),
+            "GetDevice": (
+                "device_view",
+                {"device_id": "$response.body#/devices/0/device_id"},
+                None,
+            ),
+        },
     ),
     Route(
         method="GET",
@@ -240,6 +255,15 @@ ROUTES: Final[Sequence[Route]] = (
         body=schemas.RepairOpenBody,
         response=schemas.Ticket,
         status=201,
+        links={
+            f"{name.title()}Ticket": (op, {"ticket_id": "$response.body#/id"}, None)
+            for name, op in (
+                ("get", "repair_get"),
+                ("start", "repair_start"),
+                ("comment", "repair_comment"),
+                ("cancel", "repair_cancel"),
+            )
+        },
         errors={
             404: "no such device, or outside the caller's communes",
             409: "the device already has an active ticket (ticket_id names it)",

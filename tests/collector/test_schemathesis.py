@@ -74,7 +74,7 @@ async def test_schemathesis_finds_no_problem(live: Api, tmp_path: Path) -> None:
         "--generation-database",
         "none",
         "--phases",
-        "examples,coverage,fuzzing",
+        "examples,coverage,fuzzing,stateful",
         "--workers",
         "1",
         "--request-timeout",
@@ -96,5 +96,6 @@ async def test_schemathesis_finds_no_problem(live: Api, tmp_path: Path) -> None:
             await proc.wait()
     text = out.decode(errors="replace")
     (tmp_path / "schemathesis.log").write_text(text, encoding="utf-8")
+    print(text[-3000:])  # the summary, shown with -s or -rA
     assert proc.returncode == 0, text[-60000:]
     assert "No issues found" in text or "passed" in text, text[-5000:]
