@@ -973,11 +973,11 @@ __all__ = [
     "FAULTS",
     "Chunk",
     "ModemEngine",
-    "family",
     "PtyModem",
     "SimOptions",
     "SimProcess",
     "add_parser",
+    "family",
     "modem_process",
     "running_modem",
 ]

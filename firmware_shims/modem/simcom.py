@@ -127,6 +127,7 @@ def parse_cpsi(resp: AtResponse | None, family: Family | None = None) -> Cpsi:
         return to_int(f[i]) if len(f) > i else None
 
     rsrq, rsrp, rssi, snr = num(10), num(11), num(12), num(13)
+    levels: tuple[float | None, ...]
     if family == "a76xx":
         levels = (_per_field(rsrq, "rsrq"), _per_field(rsrp, "rsrp"), _per_field(rssi, "rssi"))
     else:
