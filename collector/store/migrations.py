@@ -177,6 +177,14 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: when each cluster was first listed in the inventory (it counts from then,
+    # or from its install date or first report). Rows already listed take the
+    # first inventory import the audit log remembers.
+    """
+    ALTER TABLE inventory ADD COLUMN listed_at REAL;
+    UPDATE inventory SET listed_at =
+        (SELECT min(at) FROM audit_log WHERE action = 'inventory.upsert');
+    """,
 )
 
 LATEST = len(MIGRATIONS)

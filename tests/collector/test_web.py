@@ -275,12 +275,13 @@ async def test_overview_trend_counts_each_month_end(site: Site) -> None:
         r"<title>(\d\d/\d\d): Hoạt động tốt (\d+), Hỏng, không hoạt động (\d+)</title>", trend
     )
     assert len(bars) == 12
-    # A year ago only dev-11..21 had reported and all worked; dev-22 never reports.
-    assert bars[0][1:] == ("3", "1")
-    # Now: dev-11 works; dev-12, dev-21 broken; dev-22 never reported.
+    # A year ago only dev-11..21 had reported and all worked; dev-22 never reports
+    # and was listed only now, so it did not count then (issue 16).
+    assert bars[0][1:] == ("3", "0")
+    # Now: dev-11 works; dev-12, dev-21 broken; dev-22 listed, never reported.
     assert bars[-1][1:] == ("1", "3")
     # The month before dev-12 broke (40 days ago) still had three working.
-    assert ("3", "1") in [b[1:] for b in bars[-4:-2]]
+    assert ("3", "0") in [b[1:] for b in bars[-4:-2]]
 
 
 async def test_overview_lists_overdue_repairs_and_worst_communes(site: Site) -> None:
