@@ -152,8 +152,8 @@ class Evaluation:
             "" if row.rank is None else row.rank,
             row.unit,
             row.clusters,
-            round(row.cluster_hours, 1),
-            round(row.working_hours, 1),
+            round(row.cluster_hours),
+            round(row.working_hours),
             text("no_data", self.lang) if no_data else row.percent(),
             "" if row.grade is None else row.grade.label(self.lang),
         ]
