@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from collector.fleet import CAUSE_PRIORITY
-from collector.model import InventoryDevice, Status
+from collector.inventory import parse_inventory
+from collector.model import Status
 from collector.store.sqlite import SQLiteRepository
 from edge_agent.diagnosis import AMP_FLAG_FAULTS
+from firmware_shims.fleet import inventory_csv
 from firmware_shims.fleet.cluster import BrokerTarget
 from firmware_shims.fleet.runner import Fleet
 from firmware_shims.fleet.scenario import LINK_CUTTING, bundled, parse_scenario
@@ -120,17 +122,9 @@ async def test_stored_history_matches_the_schedule(broker: Broker, tmp_path: Pat
     broker.add_user(*(c.device_id for c in scenario.clusters))
     repo = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
     await repo.migrate()
+    # The inventory the simulator writes for the collector, in its order.
     await repo.upsert_inventory(
-        [
-            InventoryDevice(
-                device_id=c.device_id,
-                commune_code=c.commune,
-                commune_name=scenario.commune(c.commune).name,
-                position=i,
-            )
-            for i, c in enumerate(scenario.clusters)
-        ],
-        remove_missing=False,
+        parse_inventory(inventory_csv(scenario), source="lam-thao.csv"), remove_missing=False
     )
     fleet = Fleet(
         scenario,

@@ -12,9 +12,8 @@ import pytest
 from firmware_shims.modem import generic
 from firmware_shims.modem.at import parse_response
 from firmware_shims.modem.dialects import DIALECTS, get_dialect
-from firmware_shims.modem.port import AtPort
-from firmware_shims.modem.probe import ModemProbe
-from firmware_shims.modem.sim import DIALECT_NAMES, ModemEngine, SimOptions
+from firmware_shims.modem.sim import DIALECT_NAMES
+from tests.edge_agent.test_tech_checks import _read
 from tests.firmware_shims.test_modem_generic import check
 
 CASES = tomllib.loads((Path(__file__).parent / "data" / "modem_dialect_cases.toml").read_text())
@@ -61,15 +60,6 @@ def test_every_dialect_is_simulated() -> None:
     assert set(DIALECT_NAMES) == set(DIALECTS)
     for d in DIALECTS.values():
         assert d.models, d.name
-
-
-async def _read(dialect: str, faults: tuple[str, ...] = ()) -> Any:
-    engine = ModemEngine(dialect, faults=faults, options=SimOptions(urc_rate=0, seed=3))
-    probe = ModemProbe(AtPort.for_engine(engine), dialect, timeout=0.5)
-    try:
-        return await probe.read()
-    finally:
-        await probe.aclose()
 
 
 @pytest.mark.parametrize("dialect", DIALECT_NAMES)
