@@ -7,12 +7,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firmware_shims.modem import generic
 from firmware_shims.modem.at import parse_response
 from firmware_shims.modem.dialects import DIALECTS, get_dialect
 from firmware_shims.modem.sim import DIALECT_NAMES
+from fleet_protocol import ModemState
 from tests.edge_agent.test_tech_checks import _read
 from tests.firmware_shims.test_modem_generic import check
 
@@ -86,3 +90,27 @@ async def test_stuck_csq_still_gives_a_level(dialect: str) -> None:
     if dialect == "quectel-eg21":
         # Its +QCSQ prints the magnitude; the reading is still a negative dBm.
         assert s.rssi_dbm is not None and s.rssi_dbm < 0
+
+
+_FIELD = st.one_of(
+    st.integers(-100000, 100000).map(str),
+    st.sampled_from(["", "-", "255", "99", '"LTE"', "NOCONN", "0x3A98", "EUTRAN-BAND3"]),
+    st.text(max_size=12),
+)
+_LINE = st.builds(
+    lambda prefix, fields: f"{prefix}: {','.join(fields)}",
+    st.sampled_from(["+CESQ", "+CPSI", "+QENG", "+QCSQ", "+CSQ", "+CEREG", "+QCCID", "+ICCID"]),
+    st.lists(_FIELD, max_size=20),
+)
+
+
+@given(st.lists(_LINE, max_size=4), st.sampled_from(sorted(DIALECTS)))
+def test_hostile_answers_never_break_a_dialect(lines: list[str], name: str) -> None:
+    """Whatever a broken or malicious modem prints, every dialect gives a valid state."""
+    dialect = get_dialect(name)
+    raw = "\r\n".join([*lines, "OK"])
+    answers = {cmd: parse_response(cmd, raw) for cmd in dialect.poll_commands}
+    state = dialect.parse(answers)
+    msgspec.json.decode(msgspec.json.encode(state), type=ModemState)  # within wire ranges
+    assert isinstance(dialect.followups(answers), tuple)
+    generic.parse_cesq(parse_response(generic.CMD_CESQ, raw))
