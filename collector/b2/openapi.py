@@ -53,6 +53,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/reports/b2": {
         "get": {
             "summary": "The B2 table (biểu B2) as of a date, with the summary sentence",
+            "description": (
+                "Counts only clusters that existed at the date (install date, else first"
+                " listing or first report); before any did, `no_data` is true and there are"
+                " no rows. `evaluation` is the month's availability and ranking of communes"
+                " (share of cluster-hours working from the 1st to the date, graded"
+                " Tốt/Khá/Trung bình/Yếu by the [report] rank_*_pct thresholds)."
+            ),
             "parameters": [
                 _AS_OF,
                 _q("format", "rendering (default json)", _enum("json", "csv", "xlsx", "html")),
