@@ -16,7 +16,9 @@ Family and firmware differences (``Variant``):
   (field reports of EP06/EG06 and EC25 builds) prints plain dB (``...,-56,21,35``),
   so the ``quectel`` dialect reads it as ``auto``: +QCSQ's SINR (always on the
   0..250 scale) wins when present; otherwise a value above 40 can only be the
-  0..250 scale, anything else is taken on the family's documented scale.
+  0..250 scale (LTE SINR tops out near 30-35 dB); 0..40 is dB unless the cell's
+  RSRQ is -16 dB or worse, where the 0..250 reading (-20..-12 dB) is the one
+  that fits (an inference: both readings are possible only there).
 - The LTE Cat-1 modules EC200U/EC200A and the Cat-1bis EG800K print +QENG's
   SINR in plain dB ("requires no conversion"), may print ``-`` for a field
   they do not know, and have no ``AT+QCSQ``: their poll asks +QENG only.
@@ -53,6 +55,8 @@ CAT1_ICCID_COMMANDS = (CMD_QCCID, generic.CMD_CCID, generic.CMD_CRSM_ICCID)
 SinrScale = Literal["fifth_db", "db", "auto"]
 #: +QENG SINR above this cannot be dB (LTE SINR tops out near 30-35 dB).
 _MAX_DB_SINR = 40
+#: At this RSRQ or worse a small +QENG SINR value is read on the 0..250 scale.
+_POOR_RSRQ_DB = -16
 
 
 def parse_qccid(resp: AtResponse | None) -> str | None:
@@ -176,9 +180,12 @@ def _lte_cell(
     def num(i: int) -> int | None:
         return to_int(f[i]) if len(f) > i else None
 
-    sinr = num(13)
+    sinr, rsrq = num(13), num(11)
     if sinr_scale == "auto":
-        sinr_scale = "fifth_db" if sinr is not None and sinr > _MAX_DB_SINR else "db"
+        fifth = sinr is not None and (
+            sinr > _MAX_DB_SINR or (rsrq is not None and rsrq <= _POOR_RSRQ_DB)
+        )
+        sinr_scale = "fifth_db" if fifth else "db"
     sinr_db = sinr_from_scale(sinr) if sinr_scale == "fifth_db" else sinr
     return ServingCell(
         state=state,
