@@ -382,6 +382,12 @@ class B2Table(Out):
     total: dict[str, Any]
     summary: str
     unlisted_devices: list[str]
+    # Only clusters that existed at the date count (install date, else first
+    # listing or first report); before any did, no_data is true and rows are empty.
+    no_data: bool = False
+    # The month's availability and ranking of communes (share of cluster-hours
+    # working from the 1st to the date, graded Tốt/Khá/Trung bình/Yếu).
+    evaluation: dict[str, Any] | None = None
 
 
 class InventoryItem(Out):

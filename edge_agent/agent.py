@@ -34,7 +34,7 @@ import msgspec
 from edge_agent import reports
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlRequestError, ControlServer
-from edge_agent.diagnosis import History, diagnose, horizon
+from edge_agent.diagnosis import History, LinkSample, diagnose, retain
 from edge_agent.outbox import Outbox, Priority
 from edge_agent.poller import Poller
 from edge_agent.probes import StreamProbe, SystemProbe
@@ -81,12 +81,14 @@ class Agent:
         self.history: dict[str, deque[Reading]] = {
             r: deque() for r in ("modem", "amp", "system", "stream")
         }
+        #: The data link as it was at each stream reading (diagnosis tells a dead
+        #: bearer from a silent station by it).
+        self.link_history: deque[LinkSample] = deque()
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self.reports_sent = 0
         #: Consecutive failed outbox writes (a full or failing SD card); logged once.
         self.store_failures = 0
         self.heartbeats_sent = 0
-        self._horizon = horizon(cfg.diagnosis)
         self._dirty = asyncio.Event()
         self._last_snapshot: reports.Snapshot | None = None
         self._last_state = time.monotonic()
@@ -148,8 +150,14 @@ class Agent:
         def on_reading(reading: Reading) -> None:
             hist = self.history[role]
             hist.append(reading)
-            while hist and hist[0].ts < reading.ts - self._horizon:
+            # Kept by time span (the horizon, anchored by one older reading), not by count.
+            for _ in range(retain(hist, self.cfg.diagnosis)):
                 hist.popleft()
+            if role == "stream":
+                up = self.uplink is None or self.uplink.connected
+                self.link_history.append(LinkSample(ts=reading.ts, up=up))
+                for _ in range(retain(self.link_history, self.cfg.diagnosis)):
+                    self.link_history.popleft()
             self._dirty.set()
 
         self.pollers.append(Poller(probe, interval, on_reading))
@@ -256,6 +264,7 @@ class Agent:
             amp=[r for r in self.history["amp"] if isinstance(r, AmpReading)],
             system=[r for r in self.history["system"] if isinstance(r, SystemReading)],
             stream=[r for r in self.history["stream"] if isinstance(r, StreamReading)],
+            link=list(self.link_history),
         )
         new = diagnose(hist, self.clock(), self.cfg.diagnosis, self.faults)
         old_codes = {f.code: f for f in self.faults}
@@ -280,7 +289,8 @@ class Agent:
 
     async def _diagnosis_loop(self) -> None:
         while True:
-            # Time alone can confirm or clear a fault: re-evaluate at least every confirm_s/4.
+            # Readings confirm and clear faults; the tick keeps reports and the
+            # recovery ladder moving when a poller is stuck.
             tick = max(1.0, min(self.cfg.diagnosis.confirm_s, self.cfg.diagnosis.clear_s) / 4)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):

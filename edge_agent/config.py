@@ -78,7 +78,9 @@ class ModemConfig:
     #: AT port. Use the stable /dev/serial/by-id/usb-<vendor>_<model>-if02-port0 link,
     #: not /dev/ttyUSBn: the numbers move when the modem re-enumerates after a reset.
     port: str
-    #: AT dialect in firmware_shims.modem: "generic" (3GPP), "quectel" or "simcom".
+    #: AT dialect in firmware_shims.modem.dialects: "generic" (3GPP), "quectel",
+    #: "quectel-eg21", "quectel-ec200", "quectel-eg800k", "simcom", "simcom-a7670",
+    #: "simcom-a7672".
     dialect: str = "generic"
     #: Baud rate (USB modems ignore it; UART-attached modules need it right).
     baud: int = 115200

@@ -16,6 +16,7 @@ body { font-family: "Times New Roman", "Liberation Serif", "DejaVu Serif", serif
 .top { display: flex; justify-content: space-between; font-weight: bold; }
 .form { font-style: italic; }
 h1 { font-size: 15pt; text-align: center; margin: 14px 0 2px; }
+h2 { font-size: 13pt; text-align: center; margin: 22px 0 2px; page-break-before: auto; }
 .sub { text-align: center; font-style: italic; margin: 0 0 12px; }
 table { border-collapse: collapse; width: 100%; font-size: 10pt; line-height: 1.2; }
 th, td { border: 1px solid #000; padding: 2px 4px; text-align: center; vertical-align: middle; }
@@ -42,6 +43,35 @@ def _head(lang: str) -> str:
         else:
             top.append(f'<th rowspan="2" scope="col">{escape(group)}</th>')
     return f"<tr>{''.join(top)}</tr>\n<tr>{''.join(bottom)}</tr>"
+
+
+def _evaluation(table: B2Table) -> str:
+    """The monthly evaluation as a second table ("" without one)."""
+    ev = table.evaluation
+    if ev is None:
+        return ""
+    head = "".join(f'<th scope="col">{escape(c)}</th>' for c in ev.columns())
+    rows = []
+    for r in ev.all_rows():
+        cells = "".join(
+            f'<td class="text unit">{escape(str(v))}</td>'
+            if i == 1
+            else f"<td>{escape(str(v))}</td>"
+            for i, v in enumerate(ev.cells(r))
+        )
+        css = ' class="total"' if r is ev.total else ""
+        rows.append(f"<tr{css}>{cells}</tr>")
+    body = "\n".join(rows)
+    return f"""<h2>{escape(ev.title())}</h2>
+<p class="sub">{escape(ev.period())}</p>
+<table class="evaluation">
+<thead><tr>{head}</tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+<p class="summary">{escape(ev.thresholds_note())}</p>
+"""
 
 
 def to_html(table: B2Table) -> bytes:
@@ -83,7 +113,7 @@ def to_html(table: B2Table) -> bytes:
 </tbody>
 </table>
 <p class="summary">{escape(table.summary)}</p>
-</body>
+{_evaluation(table)}</body>
 </html>
 """
     return doc.encode()

@@ -85,6 +85,23 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StatusTimeline:
+    """A cluster's status over a window (``Repository.status_timelines``).
+
+    ``initial`` is its status at the window's start (None: no transition yet,
+    never reported); ``changes`` the (time, status) of every transition inside
+    the window, in order; ``counted_from`` when it starts to count (install
+    date, else first listing or first report; None: at every moment).
+    """
+
+    device_id: str
+    commune_code: str
+    counted_from: float | None
+    initial: Status | None
+    changes: tuple[tuple[float, Status], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceRow:
     """A device as the collector knows it now (inventory and/or reports)."""
 
@@ -272,8 +289,15 @@ class Repository(Protocol):
         history, so any past moment works (within what was recorded): a device
         with no transition at or before ``t`` is ``never_reported`` (broken,
         cause unknown); ``in_repair`` is True when a ticket for it was started at
-        or before ``t`` and not closed by ``t``.
+        or before ``t`` and not closed by ``t``; ``exists`` is False when the
+        cluster did not count yet at ``t`` (its install date, else its first
+        inventory listing or first report, is later).
         """
+        ...
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        """One StatusTimeline per inventory device (inventory order) over (t0, t1]:
+        its status at ``t0`` and every transition after it up to ``t1``."""
         ...
 
     # -- ingest ----------------------------------------------------------------------------

@@ -189,6 +189,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX login_throttle_name ON login_throttle(name);
     CREATE INDEX login_throttle_last ON login_throttle(last_at);
     """,
+    # 3: when each cluster was first listed in the inventory (it counts from then,
+    # or from its install date or first report). Rows already listed take the
+    # first inventory import the audit log remembers.
+    """
+    ALTER TABLE inventory ADD COLUMN listed_at REAL;
+    UPDATE inventory SET listed_at =
+        (SELECT min(at) FROM audit_log WHERE action = 'inventory.upsert');
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -9,6 +9,7 @@ snapshot and never block the writer).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sqlite3
 import statistics
@@ -36,6 +37,7 @@ from collector.store.base import (
     Role,
     Session,
     SignalPoint,
+    StatusTimeline,
     StoreError,
     ThrottleRule,
     Ticket,
@@ -54,6 +56,30 @@ _INVENTORY_COLS: Final = (
     "device_id, commune_code, commune_name, commune_kind, district, province, address, "
     "latitude, longitude, contractor, sim_iccid, sim_phone, install_date, position"
 )
+
+
+#: Install dates are days in Vietnam's one time zone: a cluster counts from 00:00 there.
+_INSTALL_TZ: Final = dt.timezone(dt.timedelta(hours=7))
+
+
+def _install_ts(day: str) -> float | None:
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(0), _INSTALL_TZ).timestamp()
+    except ValueError:
+        return None
+
+
+def counted_from(
+    install_date: str, listed_at: float | None, first_report: float | None
+) -> float | None:
+    """When a cluster starts to count: its install date, else the earlier of its
+    first inventory listing and its first report; None when nothing says (it
+    then counts at every moment)."""
+    installed = _install_ts(install_date) if install_date else None
+    if installed is not None:
+        return installed
+    known = [t for t in (listed_at, first_report) if t is not None]
+    return min(known) if known else None
 
 
 def _cause(v: str | None) -> B2Cause | None:
@@ -234,9 +260,11 @@ class SQLiteRepository:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise Conflict(f"inventory lists device {dup!r} twice")
+        now = time.time()
         async with self._tx() as db:
-            async with db.execute("SELECT device_id FROM inventory") as cur:
-                existing = {r[0] for r in await cur.fetchall()}
+            async with db.execute("SELECT device_id, listed_at FROM inventory") as cur:
+                listed = {r[0]: r[1] for r in await cur.fetchall()}
+            existing = set(listed)
             rows = [
                 (
                     d.device_id,
@@ -253,11 +281,14 @@ class SQLiteRepository:
                     d.sim_phone,
                     d.install_date,
                     d.position,
+                    # First listed: kept across re-imports (a cluster counts from then).
+                    listed.get(d.device_id) or now,
                 )
                 for d in devices
             ]
             await db.executemany(
-                f"INSERT OR REPLACE INTO inventory ({_INVENTORY_COLS}) VALUES ({_qmarks(14)})",
+                f"INSERT OR REPLACE INTO inventory ({_INVENTORY_COLS}, listed_at)"
+                f" VALUES ({_qmarks(15)})",
                 rows,
             )
             removed = existing - set(ids) if remove_missing else set()
@@ -305,6 +336,7 @@ class SQLiteRepository:
                 (t, t),
             ) as cur:
                 repairing = {r[0] for r in await cur.fetchall()}
+            starts = await self._counted_from(db)
             async with db.execute(
                 """
                 SELECT i.device_id,
@@ -318,6 +350,8 @@ class SQLiteRepository:
         out: list[DeviceStatus] = []
         for d in inventory:
             found = states.get(d.device_id)
+            start = starts.get(d.device_id)
+            exists = start is None or start <= t
             if found is None:
                 out.append(
                     DeviceStatus(
@@ -327,6 +361,7 @@ class SQLiteRepository:
                         cause=B2Cause.UNKNOWN,
                         in_repair=d.device_id in repairing,
                         never_reported=True,
+                        exists=exists,
                     )
                 )
                 continue
@@ -342,9 +377,56 @@ class SQLiteRepository:
                     online=state.online,
                     since=state.status_since,
                     last_seen=last if last is not None else tr_ts,
+                    exists=exists,
                 )
             )
         return out
+
+    async def _counted_from(self, db: aiosqlite.Connection) -> dict[str, float | None]:
+        """Per inventory device, when it starts to count (``counted_from``)."""
+        async with db.execute(
+            "SELECT i.device_id, i.install_date, i.listed_at,"
+            " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
+            " FROM inventory i"
+        ) as cur:
+            return {r[0]: counted_from(r[1], r[2], r[3]) for r in await cur.fetchall()}
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT device_id, commune_code FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [(r[0], r[1]) for r in await cur.fetchall()]
+            starts = await self._counted_from(db)
+            async with db.execute(
+                """
+                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since
+                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
+                                                   ORDER BY ts DESC, seq DESC) AS rn
+                      FROM transitions WHERE ts <= ?)
+                WHERE rn = 1
+                """,
+                (t0,),
+            ) as cur:
+                initial = {r[0]: _state_of(r, 1).status for r in await cur.fetchall()}
+            changes: dict[str, list[tuple[float, Status]]] = {}
+            async with db.execute(
+                "SELECT device_id, ts, online, has_diag, diag_broken, diag_cause, status_since"
+                " FROM transitions WHERE ts > ? AND ts <= ? ORDER BY device_id, ts, seq",
+                (t0, t1),
+            ) as cur:
+                async for r in cur:
+                    changes.setdefault(r[0], []).append((float(r[1]), _state_of(r, 2).status))
+        return [
+            StatusTimeline(
+                device_id=device,
+                commune_code=commune,
+                counted_from=starts.get(device),
+                initial=initial.get(device),
+                changes=tuple(changes.get(device, ())),
+            )
+            for device, commune in inventory
+        ]
 
     # -- ingest ----------------------------------------------------------------------------
 

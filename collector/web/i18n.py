@@ -48,6 +48,8 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "worst": ("Xã có tỷ lệ hỏng cao nhất", "Worst communes"),
     "overdue": ("Sửa chữa quá hạn", "Overdue repairs"),
     "none": ("Không có", "None"),
+    "trend_no_data": ("Không có dữ liệu", "No data"),
+    "evaluation": ("Đánh giá, xếp loại tháng này", "This month's evaluation"),
     "cluster": ("Cụm loa", "Cluster"),
     "clusters": ("Các cụm loa", "Clusters"),
     "status": ("Trạng thái", "Status"),

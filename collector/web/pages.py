@@ -20,8 +20,9 @@ from collector import repairs
 from collector.api import bad, body, scope, summarize, text
 from collector.auth import Permission, hash_password, require
 from collector.b2.api import settings_of
+from collector.b2.availability import Evaluation
 from collector.b2.dates import AsOfError, parse_as_of
-from collector.b2.service import b2_table
+from collector.b2.service import b2_table, monthly_evaluation
 from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
 from collector.keys import CONFIG, REPO
@@ -139,6 +140,31 @@ def table(head: list[str], rows: list[Html], *, css: str = "", empty: str = "") 
     )
 
 
+def evaluation_section(ev: Evaluation | None) -> Html:
+    """The month's availability and ranking of communes ("đánh giá, xếp loại")."""
+    if ev is None:
+        return Html("")
+    rows = [
+        html(
+            "<tr{css}>{cells}</tr>",
+            css=attrs(class_="total" if r is ev.total else None, data_grade=r.grade),
+            cells=join(
+                html('<td class="{c}">{v}</td>', c="text" if i in (1, 5, 6) else "n", v=v)
+                for i, v in enumerate(ev.cells(r))
+            ),
+        )
+        for r in ev.all_rows()
+    ]
+    return html(
+        '<section id="evaluation" data-live-region><h2>{t}</h2><p class="note">{p}</p>'
+        '{table}<p class="note">{th}</p></section>',
+        t=ev.title(),
+        p=ev.period(),
+        table=table(ev.columns(), rows, css="evaluation"),
+        th=ev.thresholds_note(),
+    )
+
+
 async def _labels(request: web.Request, lang: str) -> dict[str, str]:
     return views.commune_labels(await request.app[REPO].list_inventory(), lang)
 
@@ -178,6 +204,13 @@ async def overview(request: web.Request) -> web.Response:
     causes = [(c.label(ctx.lang), int(s["by_cause"][c.value])) for c in B2Cause]
     ends = views.month_ends(dt.datetime.fromtimestamp(ctx.now, ctx.tz))
     months = await views.trend(repo, ends, allowed)
+    evaluation = await monthly_evaluation(
+        repo,
+        [d for d in await repo.list_inventory() if allowed is None or d.commune_code in allowed],
+        as_of=ends[-1],
+        settings=settings_of(request),
+        lang=ctx.lang,
+    )
     tickets = await repo.list_tickets(communes=allowed, states=views.ACTIVE_STATES, limit=100000)
     late = repairs.overdue(
         tickets, now=ctx.now, after_s=request.app[CONFIG].repairs.overdue_after_s
@@ -228,7 +261,9 @@ async def overview(request: web.Request) -> web.Response:
 <section id="communes" data-live-region><h2>{per_commune}</h2>{communes}</section>
 <section id="trend" data-live-region><h2>{trend_t}</h2><p class="note">{trend_note}</p>
 <div class="scroll chart-box">{trend}</div></section>
+{evaluation}
 <section id="overdue" data-live-region><h2>{overdue_t}</h2>{overdue}</section>""",
+        evaluation=evaluation_section(evaluation),
         headline=headline(tr, s),
         by_cause=tr("by_cause"),
         cause_chart=cause_table(tr, causes),
@@ -250,7 +285,12 @@ async def overview(request: web.Request) -> web.Response:
         ),
         trend_t=tr("trend"),
         trend_note=tr("trend_note"),
-        trend=charts.trend_bars(months, title=tr("trend"), labels=(tr("working"), tr("broken"))),
+        trend=charts.trend_bars(
+            months,
+            title=tr("trend"),
+            labels=(tr("working"), tr("broken")),
+            no_data=tr("trend_no_data"),
+        ),
         overdue_t=tr("overdue"),
         overdue=_overdue_table(ctx, late, labels),
     )
@@ -736,7 +776,9 @@ async def b2(request: web.Request) -> web.Response:
 <section class="summary"><h2>{summary_t}</h2>
 <p id="b2-summary">{summary}</p>
 <button type="button" data-copy="#b2-summary" data-done="{copied}">{copy}</button></section>
+{evaluation}
 <section class="downloads">{downloads}</section>""",
+        evaluation=evaluation_section(table_.evaluation),
         as_of_t=tr("as_of_date"),
         day=day,
         day_vn=table_.day.strftime("%d/%m/%Y"),
