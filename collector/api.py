@@ -20,7 +20,7 @@ from aiohttp import web
 from collector import auth, metrics, repairs
 from collector.auth import PRINCIPAL, Permission, Principal, require
 from collector.config import CollectorConfig
-from collector.keys import CONFIG, REPO, STATS, THROTTLE
+from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS, THROTTLE
 from collector.model import DeviceStatus, Status
 from collector.openapi import openapi_document
 from collector.store.base import (
@@ -300,6 +300,8 @@ async def metrics_view(request: web.Request) -> web.Response:
     text_out = metrics.render(
         request.app[STATS], ((s, c, n) for (s, c), n in sorted(counts.items()))
     )
+    for source in request.app.get(METRIC_SOURCES, []):
+        text_out += await source()
     return web.Response(text=text_out, content_type="text/plain", charset="utf-8")
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.alerts.settings import AlertsSettings
 from collector.b2.settings import ReportSettings
 from fleet_protocol.config_schema import ConfigFieldError, build
 
@@ -136,6 +137,8 @@ class CollectorConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     #: The B2 report's time zone, offline note, unit name and language.
     report: ReportSettings = field(default_factory=ReportSettings)
+    #: Alert rules' engine, channels and the monthly report's delivery.
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
     #: Run the MQTT ingest in this process (off for API-only instances).
     ingest_enabled: bool = True
 
@@ -168,6 +171,7 @@ class CollectorConfig:
             (self.repairs.sweep_interval_s > 0, "[repairs] sweep_interval_s: must be > 0"),
             (self.http.session_ttl_s > 0, "[http] session_ttl_s: must be > 0"),
             *((False, problem) for problem in self.report.problems()),
+            *((False, problem) for problem in self.alerts.problems()),
         ]
         for ok, message in checks:
             if not ok:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from collector.auth import LoginThrottle
@@ -13,3 +15,5 @@ CONFIG = web.AppKey("config", CollectorConfig)
 REPO = web.AppKey("repo", Repository)
 STATS = web.AppKey("stats", IngestStats)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+#: Extra text for /metrics, appended after the ingest and fleet lines (e.g. alert deliveries).
+METRIC_SOURCES = web.AppKey("metric_sources", list[Callable[[], Awaitable[str]]])
