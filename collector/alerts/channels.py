@@ -49,6 +49,7 @@ from collector.alerts.settings import (
     WebhookSettings,
     ZaloSettings,
 )
+from collector.alerts.render import TELEGRAM_MAX, ZALO_MAX, shorten
 from collector.store.alerts import Delivery
 
 SIGNATURE_HEADER = "X-Loa-Signature"
@@ -256,7 +257,11 @@ class TelegramSender:
         where = f"telegram chat {delivery.address}"
         url = f"{self.settings.base_url.rstrip('/')}/bot{self._token}/sendMessage"
         body = json.dumps(
-            {"chat_id": delivery.address, "text": delivery.body, "disable_web_page_preview": True},
+            {
+                "chat_id": delivery.address,
+                "text": shorten(delivery.body, TELEGRAM_MAX, delivery.lang),
+                "disable_web_page_preview": True,
+            },
             ensure_ascii=False,
         ).encode()
         status, raw, headers = await _post(
@@ -296,7 +301,10 @@ class ZaloSender:
         where = f"zalo user {delivery.address}"
         url = f"{self.settings.base_url.rstrip('/')}/v3.0/oa/message/cs"
         body = json.dumps(
-            {"recipient": {"user_id": delivery.address}, "message": {"text": delivery.body[:2000]}},
+            {
+                "recipient": {"user_id": delivery.address},
+                "message": {"text": shorten(delivery.body, ZALO_MAX, delivery.lang)},
+            },
             ensure_ascii=False,
         ).encode()
         status, raw, headers = await _post(

@@ -17,8 +17,9 @@ from collector.alerts.evaluate import Item, Notice, NoticeKind
 from collector.alerts.rules import RuleKind
 from fleet_protocol import B2Cause
 
-#: Zalo's text limit is 2000 characters; Telegram's 4096. Longer lists are cut.
-MAX_TEXT: Final = 1900
+#: Zalo's text limit is 2000 characters, Telegram's 4096: longer lists are cut there.
+ZALO_MAX: Final = 2000
+TELEGRAM_MAX: Final = 4096
 
 _T: Final[dict[str, tuple[str, str]]] = {
     "alert": ("Cảnh báo", "Alert"),
@@ -192,9 +193,19 @@ def render(
         see = url(public_url, "/repairs")
     tail = ["", f"{t('see', lang)} {see}", t("footer", lang)]
     body = "\n".join(lines)
-    budget = MAX_TEXT - len("\n".join(tail)) - 40
-    if len(body) > budget:
-        cut = body[:budget].rsplit("\n•", 1)[0]
-        left = body[len(cut) :].count("\n•")
-        body = cut + "\n" + t("more", lang, n=left)
     return Message(subject=subject, text=body + "\n" + "\n".join(tail))
+
+
+def shorten(text: str, limit: int, lang: str) -> str:
+    """``text`` within ``limit`` characters: whole list items dropped from the end of the
+    list, "... and N more" instead, the links and footer after the list kept."""
+    if len(text) <= limit:
+        return text
+    head, sep, tail = text.rpartition("\n\n")
+    if not sep or len(tail) > limit // 3:
+        head, tail = text, ""
+    budget = limit - len(tail) - 60
+    cut = head[:budget].rsplit("\n•", 1)[0]
+    left = head[len(cut) :].count("\n•") + head[len(cut) :].startswith("•")
+    out = cut + "\n" + t("more", lang, n=max(left, 1))
+    return (out + "\n\n" + tail if tail else out)[:limit]

@@ -254,8 +254,9 @@ class SQLiteAlertStore:
         """Every user (with or without settings), then every contractor contact."""
         async with self.repo._read() as db:
             async with db.execute(
-                f"SELECT u.name, u.role, u.communes, u.disabled, c.key, {_CONTACT_COLS}"
-                " FROM users u LEFT JOIN alert_contacts c ON c.key = 'user:' || u.name"
+                "SELECT u.name, u.role, u.communes, u.disabled, c.key, "
+                + ", ".join("c." + col for col in _CONTACT_COLS.split(", "))
+                + " FROM users u LEFT JOIN alert_contacts c ON c.key = 'user:' || u.name"
                 " ORDER BY u.name"
             ) as cur:
                 users = list(await cur.fetchall())
