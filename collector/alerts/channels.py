@@ -43,13 +43,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import aiosmtplib
 
+from collector.alerts.render import TELEGRAM_MAX, ZALO_MAX, shorten
 from collector.alerts.settings import (
     EmailSettings,
     TelegramSettings,
     WebhookSettings,
     ZaloSettings,
 )
-from collector.alerts.render import TELEGRAM_MAX, ZALO_MAX, shorten
 from collector.store.alerts import Delivery
 
 SIGNATURE_HEADER = "X-Loa-Signature"

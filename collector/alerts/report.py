@@ -41,6 +41,8 @@ def period_end(period: str, tz: dt.tzinfo) -> dt.datetime:
     """End of the last day of ``period`` ("2026-11" -> 30/11/2026 24:00 local); ValueError."""
     try:
         year, month = (int(p) for p in period.split("-"))
+        if not 1 <= month <= 12 or not 2000 <= year <= 2100:
+            raise ValueError(period)
         first_next = dt.date(year + month // 12, month % 12 + 1, 1)
     except ValueError:
         raise ValueError(f"period {period[:20]!r}: expected YYYY-MM") from None

@@ -250,13 +250,13 @@ async def test_offline_inhibits_stream_and_network_alerts(world: World) -> None:
         "dev-b01",
         lambda d, s, ts: state(d, s, ts, commune=None, faults=(FaultCode.STREAM_LOST,)),
         ts=t + 10,
-    )  # noqa: E501
+    )
     # dev-b02 loses the stream and then its link: only the offline alert, no stream alert.
     await w.send(
         "dev-b02",
         lambda d, s, ts: state(d, s, ts, commune=None, faults=(FaultCode.STREAM_LOST,)),
         ts=t + 10,
-    )  # noqa: E501
+    )
     await w.send("dev-b02", lambda d, s, ts: presence(d, s, False, ts), ts=t + 20)
     for step in (400, 700, 660, 800):
         await w.evaluate_and_deliver(t + step)
@@ -323,7 +323,7 @@ async def test_overdue_ticket_reaches_its_contractor(world: World) -> None:
         "dev-b02",
         lambda d, s, ts: state(d, s, ts, commune=None, faults=(FaultCode.SIM_ABSENT,)),
         ts=t + 10,
-    )  # noqa: E501
+    )
     ticket = await w.repo.open_ticket("dev-b02", actor="officer2", at=t + 20, note="", cause=None)
     await w.repo.start_ticket(
         ticket.id, actor="officer2", at=t + 30, contractor="Bắc Việt", technician="An", note=""

@@ -252,7 +252,8 @@ def test_rules_validate_and_round_trip() -> None:
         ({"name": "x", "kind": "commune_broken"}, "more_than"),
         ({"name": "x", "kind": "cluster_broken", "causes": ["fire"]}, "causes"),
         ({"name": "x", "kind": "cluster_broken", "after_s": -1}, "after_s"),
-        ({"name": "x", "kind": "cluster_broken", "recipients": {"roles": ["king"]}}, "recipients.roles"),
+        ({"name": "x", "kind": "cluster_broken", "recipients": {"roles": ["king"]}},
+         "recipients.roles"),
         ({"name": "x", "kind": "cluster_broken", "inhibits": ["x"]}, "inhibits"),
         ({"name": "x", "kind": "cluster_broken", "extra": 1}, "extra"),
     ]  # fmt: skip
