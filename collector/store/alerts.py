@@ -136,7 +136,6 @@ class AlertStore(Protocol):
         limit: int = 200,
     ) -> list[Delivery]: ...
     async def delivery_counts(self) -> list[tuple[str, str, int]]: ...
-    async def next_due(self) -> float | None: ...
     async def enqueue_report(
         self,
         notification: NotificationDraft,
@@ -529,14 +528,6 @@ class SQLiteAlertStore:
             " ORDER BY state, channel"
         )
         return [(r[0], r[1], int(r[2])) for r in rows]
-
-    async def next_due(self) -> float | None:
-        """When the next pending delivery is due (None: nothing pending)."""
-        rows = await self.repo._all(
-            "SELECT min(CASE WHEN state = 'pending' THEN not_before ELSE lease_until END)"
-            " FROM deliveries WHERE state IN ('pending', 'sending')"
-        )
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     # -- the monthly report ------------------------------------------------------------------
 
