@@ -23,7 +23,7 @@ from aiohttp import web
 
 from collector import auth, metrics, repairs, schemas
 from collector.auth import PRINCIPAL, Permission, Principal, require
-from collector.keys import CONFIG, REPO, STATS
+from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.model import DeviceStatus, Status
 from collector.params import ApiError, bad, json_object, optional_time
 from collector.store.base import (
@@ -207,6 +207,8 @@ async def metrics_view(request: web.Request, p: None, b: None) -> web.Response:
     text_out = metrics.render(
         request.app[STATS], ((s, c, n) for (s, c), n in sorted(counts.items()))
     )
+    for source in request.app.get(METRIC_SOURCES, []):
+        text_out += await source()
     return web.Response(text=text_out, content_type="text/plain", charset="utf-8")
 
 

@@ -1,7 +1,8 @@
 """The collector's aiohttp application: ``create_app(config)``.
 
 Everything with a lifetime lives in ``cleanup_ctx``: the database, the MQTT
-ingest task and the periodic sweeps (silent devices, raw retention, repairs).
+ingest task, the periodic sweeps (silent devices, raw retention, repairs) and
+the alerts' evaluation, delivery and monthly-report tasks (``collector.alerts``).
 Tests and ``loa-collector serve`` build the app with this same factory.
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 from aiohttp import web
 
 from collector import api, auth, repairs, routes
+from collector.alerts import service as alerts
+from collector.alerts import web as alerts_web
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor, run_ingest
-from collector.keys import CONFIG, REPO, STATS
+from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.metrics import IngestStats
 from collector.store.base import StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -114,6 +117,9 @@ def create_app(config: CollectorConfig) -> web.Application:
     app[STATS] = IngestStats()
     app.cleanup_ctx.append(_db_ctx)
     app.cleanup_ctx.append(_tasks_ctx)
+    app[METRIC_SOURCES] = []
+    app.cleanup_ctx.append(alerts.alerts_ctx)
     routes.add_routes(app)
     setup_dashboard(app)
+    alerts_web.add_routes(app)
     return app

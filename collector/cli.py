@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from collector import provision
+from collector.alerts import cli as alerts_cli
 from collector.auth import hash_password, new_secret, secret_hash
-from collector.b2.cli import register as _register_b2
+from collector.b2.cli import register as _b2_register
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.base import Conflict, NotFound, Role, StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -202,12 +203,17 @@ def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
     u.set_defaults(func=_users_unlock)
 
 
+def _register_b2(sub: Any, parent: argparse.ArgumentParser) -> None:
+    _b2_register(sub, parent, report_commands=[alerts_cli.register_report_send])
+
+
 #: Subcommand registrars, in help order. Add yours here.
 SUBCOMMANDS: list[Register] = [
     _register_serve,
     _register_users,
     _register_db,
     _register_b2,
+    alerts_cli.register,
     provision.register,
 ]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.alerts.settings import AlertsSettings
 from collector.b2.settings import ReportSettings
 from fleet_protocol.config_schema import ConfigFieldError, build
 
@@ -201,6 +202,8 @@ class CollectorConfig:
     login: LoginConfig = field(default_factory=LoginConfig)
     #: The B2 report's time zone, offline note, unit name and language.
     report: ReportSettings = field(default_factory=ReportSettings)
+    #: Alert rules' engine, channels and the monthly report's delivery.
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
     #: Run the MQTT ingest in this process (off for API-only instances).
     ingest_enabled: bool = True
 
@@ -246,6 +249,7 @@ class CollectorConfig:
                 "[login] forget_after_s: must exceed max_delay_s",
             ),
             *((False, problem) for problem in self.report.problems()),
+            *((False, problem) for problem in self.alerts.problems()),
         ]
         for ok, message in checks:
             if not ok:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from collector.config import CollectorConfig
@@ -11,3 +13,5 @@ from collector.store.base import Repository
 CONFIG = web.AppKey("config", CollectorConfig)
 REPO = web.AppKey("repo", Repository)
 STATS = web.AppKey("stats", IngestStats)
+#: Extra text for /metrics, appended after the ingest and fleet lines (e.g. alert deliveries).
+METRIC_SOURCES = web.AppKey("metric_sources", list[Callable[[], Awaitable[str]]])

@@ -154,7 +154,7 @@ def run_inventory(args: argparse.Namespace) -> int:
 # --- report ---------------------------------------------------------------------------------
 
 
-def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
+def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> Any:
     p = sub.add_parser("report", help="reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
     b2 = rsub.add_parser("b2", parents=[parent], help="the B2 table as of a date (default: now)")
@@ -182,16 +182,25 @@ def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
     b2.add_argument("-o", "--output", help="file to write (default: standard output)")
     _db_argument(b2)
     b2.set_defaults(func=run_report)
+    return rsub
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(
+    sub: Any,
+    parent: argparse.ArgumentParser,
+    *,
+    report_commands: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (),
+) -> None:
     """Add ``inventory`` and ``report`` to ``loa-collector``'s subcommands.
 
     ``parent`` carries the shared ``--config`` option; each leaf command gets
-    ``func(args) -> int`` (0 ok, 1 with a message on stderr).
+    ``func(args) -> int`` (0 ok, 1 with a message on stderr). ``report_commands``
+    add more ``report ...`` commands (``report send`` of collector.alerts.cli).
     """
     _configure_inventory(sub, parent)
-    _configure_report(sub, parent)
+    rsub = _configure_report(sub, parent)
+    for add in report_commands:
+        add(rsub, parent)
 
 
 def run_report(args: argparse.Namespace) -> int:

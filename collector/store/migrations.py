@@ -197,6 +197,102 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE inventory SET listed_at =
         (SELECT min(at) FROM audit_log WHERE action = 'inventory.upsert');
     """,
+    # 4: alerts -- rules, group state, notifications and their delivery outbox,
+    # recipients' channels, the monthly report's runs and its sending log.
+    """
+    CREATE TABLE alert_rules (
+        name       TEXT PRIMARY KEY,
+        data       TEXT NOT NULL,          -- the rule as JSON (collector.alerts.rules)
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+
+    -- What was last notified per (rule, group): collector.alerts.evaluate.GroupState.
+    CREATE TABLE alert_groups (
+        rule          TEXT NOT NULL,
+        grp           TEXT NOT NULL,
+        members       TEXT NOT NULL DEFAULT '{}',
+        pending_since REAL,
+        last_sent_at  REAL,
+        seq           INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rule, grp)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE notifications (
+        id         INTEGER PRIMARY KEY,
+        key        TEXT NOT NULL UNIQUE,
+        rule       TEXT NOT NULL,
+        grp        TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        critical   INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        data       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX notifications_created ON notifications(created_at);
+
+    -- The outbox: one row per (notification, recipient, channel). A worker claims
+    -- due rows (state 'sending' with a lease), and a lease that expires is taken
+    -- again, so a dead instance's claims are retried. 'sent' rows are final.
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id),
+        recipient       TEXT NOT NULL,
+        channel         TEXT NOT NULL,
+        address         TEXT NOT NULL,
+        idem_key        TEXT NOT NULL UNIQUE,
+        lang            TEXT NOT NULL DEFAULT 'vi',
+        subject         TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        payload         TEXT NOT NULL DEFAULT '{}',
+        attachment      BLOB,
+        attachment_name TEXT NOT NULL DEFAULT '',
+        state           TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        not_before      REAL NOT NULL,
+        lease_until     REAL,
+        claimed_by      TEXT,
+        last_error      TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        sent_at         REAL,
+        UNIQUE (notification_id, recipient, channel)
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, not_before);
+
+    -- Recipients' own settings (key "user:<name>") and contractors' contacts
+    -- (key "contractor:<name>", the name as tickets and the inventory write it).
+    CREATE TABLE alert_contacts (
+        key            TEXT PRIMARY KEY,
+        email          TEXT NOT NULL DEFAULT '',
+        telegram       TEXT NOT NULL DEFAULT '',
+        zalo           TEXT NOT NULL DEFAULT '',
+        webhook_url    TEXT NOT NULL DEFAULT '',
+        webhook_secret TEXT NOT NULL DEFAULT '',
+        communes       TEXT NOT NULL DEFAULT '[]',
+        quiet_start    TEXT NOT NULL DEFAULT '',
+        quiet_end      TEXT NOT NULL DEFAULT '',
+        lang           TEXT NOT NULL DEFAULT '',
+        updated_at     REAL NOT NULL
+    );
+
+    -- One row per scheduled monthly report: whoever inserts it sends it.
+    CREATE TABLE report_runs (
+        period     TEXT PRIMARY KEY,
+        claimed_by TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    );
+
+    CREATE TABLE report_log (
+        id               INTEGER PRIMARY KEY,
+        at               REAL NOT NULL,
+        period           TEXT NOT NULL,
+        as_of            TEXT NOT NULL,
+        trigger          TEXT NOT NULL,
+        actor            TEXT NOT NULL,
+        notification_key TEXT NOT NULL,
+        recipients       TEXT NOT NULL DEFAULT '[]',
+        summary          TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -23,6 +23,8 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "b2": ("Báo cáo B2", "B2 report"),
     "repairs": ("Sửa chữa", "Repairs"),
     "users": ("Người dùng", "Users"),
+    "alerts": ("Cảnh báo", "Alerts"),
+    "my_alerts": ("Nhận cảnh báo", "My alerts"),
     "logout": ("Đăng xuất", "Log out"),
     "login": ("Đăng nhập", "Log in"),
     "login_title": ("Đăng nhập hệ thống giám sát", "Sign in to the fleet monitor"),

@@ -73,8 +73,10 @@ def page(ctx: Ctx, *, title: str, body: Html, active: str = "", status: int = 20
     """A complete HTML page: header, navigation, ``body`` in ``<main>``, live updates."""
     tr = ctx.tr
     nav_items = [("overview", "/"), ("b2", "/b2"), ("repairs", "/repairs")]
+    nav_items.append(("my_alerts", "/me/alerts"))
     if ctx.principal.may(Permission.USERS_ADMIN):
         nav_items.append(("users", "/users"))
+        nav_items.append(("alerts", "/alerts"))
     nav = join(
         html(
             '<a href="{href}"{a}>{label}</a>',
