@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from edge_agent import reports
+from edge_agent.clock import Stamper
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlRequestError, ControlServer
 from edge_agent.diagnosis import History, diagnose, horizon
@@ -70,8 +71,13 @@ class Agent:
         notifier: Notifier | None = None,
         shutdown_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        stamper: Stamper | None = None,
     ) -> None:
         self.cfg = cfg
+        #: Stamps every message with boot id, seconds since boot and clock sync
+        #: status (edge_agent.clock). By default only on the system clock: a
+        #: simulated clock is the truth by construction.
+        self.stamper = stamper if stamper is not None or clock is not time.time else Stamper()
         self.notifier = notifier or Notifier(None)
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
@@ -162,8 +168,10 @@ class Agent:
 
     async def _store(self, kind: Kind, build: Callable[[int], Message], priority: Priority) -> None:
         assert self.outbox is not None
+        stamper = self.stamper
+        stamped = build if stamper is None else lambda seq: stamper(build(seq))
         try:
-            item = await self.outbox.put(kind, build, priority)
+            item = await self.outbox.put(kind, stamped, priority)
         except Exception as exc:
             self.store_failures += 1
             if self.store_failures == 1:
@@ -362,6 +370,8 @@ class Agent:
         assert ob is not None
         return {
             "depth": ob.depth,
+            "handed": ob.handed_count,
+            "collector_confirms": bool(self.uplink and self.uplink.confirming),
             "bytes": ob.bytes,
             "max_bytes": ob.max_bytes,
             "oldest": ob.oldest,
@@ -477,7 +487,9 @@ class Agent:
         )
         try:
             self._build_probes()
-            self.uplink = Uplink(cfg, self.outbox, self.on_command, clock=self.clock)
+            self.uplink = Uplink(
+                cfg, self.outbox, self.on_command, clock=self.clock, stamper=self.stamper
+            )
             self.ladder = RecoveryLadder(
                 cfg.recovery,
                 soft_reset=self._soft_reset if self.modem is not None else None,

@@ -163,6 +163,16 @@ class OutboxConfig:
     max_bytes: int = 8 * 1024 * 1024
     #: Messages handed to the uplink per batch (published with up to this many in flight).
     batch: int = 20
+    #: A message the broker acknowledged but the collector has not confirmed is
+    #: sent again once the collector has gone on confirming others for this
+    #: long (it was lost, e.g. by a broker crash); everything unconfirmed is
+    #: sent again after a reconnect anyway.
+    resend_after_s: float = 300.0
+    #: A collector that showed it confirms (a retained ack) but has confirmed
+    #: nothing for this long while the link was up is taken for one that does
+    #: not: broker acknowledgements count as delivery again until a live ack
+    #: arrives (an older collector must not make the agent hold messages forever).
+    confirm_fallback_s: float = 3 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +354,10 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("outbox.max_bytes", "must be at least 65536")
     if not 1 <= cfg.outbox.batch <= 100:
         raise ConfigError("outbox.batch", "must be 1..100")
+    if cfg.outbox.resend_after_s < 1:
+        raise ConfigError("outbox.resend_after_s", "must be at least 1 s")
+    if cfg.outbox.confirm_fallback_s < cfg.outbox.resend_after_s:
+        raise ConfigError("outbox.confirm_fallback_s", "must not be shorter than resend_after_s")
     d = cfg.diagnosis
     for name in ("confirm_s", "clear_s", "weak_signal_confirm_s", "flap_window_s"):
         if getattr(d, name) < 0:
