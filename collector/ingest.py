@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import random
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -158,6 +161,31 @@ class Confirmations:
 
 #: Ranges per Ack message: keeps one Ack far below the agent's packet limits.
 _ACK_RANGES = 1000
+
+
+_libc_trim: Any = None
+_last_trim = 0.0
+
+
+def release_freed_memory(min_interval_s: float = 10.0) -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), at most that often.
+
+    After a burst of large messages CPython has freed them, but glibc keeps the
+    heap pages unless asked; without this the resident size stays at the
+    flood's peak for good. Only when ingest is idle, so a steady stream pays nothing.
+    """
+    global _libc_trim, _last_trim
+    now = time.monotonic()
+    if now - _last_trim < min_interval_s:
+        return
+    _last_trim = now
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False
+    if _libc_trim:
+        _libc_trim(0)
 
 
 def _reject_kind(exc: BaseException) -> str:
@@ -323,14 +351,41 @@ class Ingestor:
         return result
 
 
-class _Queue(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's incoming queue, kept reachable so a batch can be drained without waiting."""
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """One message as queued: validated on arrival, so a rejected one keeps no payload."""
+
+    mid: int
+    qos: int
+    prepared: IncomingMessage | None
+
+
+class _Queue(asyncio.Queue[Any]):
+    """aiomqtt's incoming queue, kept reachable so a batch can be drained without waiting.
+
+    Every message is validated (``Ingestor.prepare``) the moment paho hands it
+    over, and only the result is queued: the broker may have thousands of
+    messages in flight to us (the receive maximum), and a flood of large bad
+    ones would otherwise sit in memory as raw payloads until their batch came
+    up -- the 160-250 MiB a 50,000-message flood used to cost.
+    """
 
     instances: list[_Queue]
+    ingestor: Ingestor
 
     def __init__(self, maxsize: int = 0) -> None:
         super().__init__(maxsize)
         type(self).instances.append(self)
+
+    def put_nowait(self, item: Any) -> None:
+        if isinstance(item, aiomqtt.Message):
+            payload = item.payload if isinstance(item.payload, bytes | bytearray) else b""
+            ing = self.ingestor
+            prepared = ing.prepare(
+                item.topic.value, bytes(payload), received_at=ing.clock(), retained=item.retain
+            )
+            item = _Received(item.mid, item.qos, prepared)
+        super().put_nowait(item)
 
 
 class _BufferedSocket:
@@ -416,7 +471,9 @@ async def run_ingest(
     filters = subscriptions(cfg.mqtt.shared_group or None)
     while True:
         # A fresh subclass per connection, so its instance list holds this client's queue.
-        queue_cls: type[_Queue] = type("_ConnQueue", (_Queue,), {"instances": []})
+        queue_cls: type[_Queue] = type(
+            "_ConnQueue", (_Queue,), {"instances": [], "ingestor": ingestor}
+        )
         client = _client(cfg, queue_cls)
         try:
             async with client:
@@ -528,30 +585,23 @@ async def _consume(
 ) -> None:
     """Take whatever is queued (at least one message), store it, then acknowledge it."""
     paho = client._client
-    messages = client.messages
     while True:
-        first = await anext(messages)
-        raw = [first]
+        raw: list[_Received] = [await queue.get()]
         while len(raw) < batch_size:
             try:
                 raw.append(queue.get_nowait())
             except asyncio.QueueEmpty:
                 break
-        now = ingestor.clock()
-        batch: list[IncomingMessage] = []
-        for m in raw:
-            payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
-            prepared = ingestor.prepare(
-                m.topic.value, bytes(payload), received_at=now, retained=m.retain
-            )
-            if prepared is not None:
-                batch.append(prepared)
+        batch = [r.prepared for r in raw if r.prepared is not None]
         if batch:
             await _write_until_stored(ingestor, batch)
         ingestor.stats.sample()
         # PUBACKs go out in the order the messages came in (MQTT 4.6), rejected
         # ones included: they are counted, and redelivery would not fix them.
-        for m in raw:
-            if m.qos > 0:
-                paho.ack(m.mid, m.qos)
-        del raw, batch, first
+        for r in raw:
+            if r.qos > 0:
+                paho.ack(r.mid, r.qos)
+        ingestor.stats.handled += len(raw)
+        del raw, batch
+        if queue.empty():
+            release_freed_memory()

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 class IngestStats:
     """What the ingest of this process has seen since it started."""
 
+    #: Messages taken from the broker (validated on arrival).
     received: int = 0
+    #: Messages whose handling is complete: stored, dropped as duplicates or
+    #: rejected, and acknowledged to the broker.
+    handled: int = 0
     stored: int = 0
     duplicates: int = 0
     #: Rejected messages by ProtocolError kind (json, schema, mismatch, oversize, ...).
@@ -63,6 +67,9 @@ def render(stats: IngestStats, devices: Iterable[tuple[str, str, int]]) -> str:
         "# HELP loa_ingest_received_total Wire messages received by this process.",
         "# TYPE loa_ingest_received_total counter",
         f"loa_ingest_received_total {stats.received}",
+        "# HELP loa_ingest_handled_total Messages stored, dropped or rejected, and acknowledged.",
+        "# TYPE loa_ingest_handled_total counter",
+        f"loa_ingest_handled_total {stats.handled}",
         "# HELP loa_ingest_stored_total Messages stored (new, valid).",
         "# TYPE loa_ingest_stored_total counter",
         f"loa_ingest_stored_total {stats.stored}",

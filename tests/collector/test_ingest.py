@@ -85,7 +85,7 @@ async def test_duplicates_dropped_out_of_order_kept(
         await publish(broker, "dev-002", *msgs, msgs[1], *backlog, backlog[1])
 
         async def done() -> bool:
-            return ingestor.stats.received >= 8
+            return ingestor.stats.handled >= 8
 
         await wait_for(done, what="8 messages received")
         assert await repo.stored_seqs("dev-002") == [1, 2, 3, 5, 6, 7]
@@ -126,7 +126,7 @@ async def test_hostile_input_rejected_counted_and_still_serving(
         await publish(broker, dev, *hostile, *hostile, weird, state(dev, 11, commune=odd[:64]))
 
         async def all_seen() -> bool:
-            return ingestor.stats.received >= 2 * len(hostile) + 2
+            return ingestor.stats.handled >= 2 * len(hostile) + 2
 
         await wait_for(all_seen, what="all messages received")
         rejected = ingestor.stats.rejected
