@@ -1,6 +1,7 @@
 """Collector memory under a hostile flood: RSS before, during and after.
 
     .venv/bin/python bench/ingest_flood.py [--messages 50000] [--runs 3] [--qos 1]
+        [--collector-src /work/main]
 
 Starts a real Mosquitto (deploy/'s config) and the real collector
 (``loa-collector serve``) as a child process, lets it settle, then one device
@@ -12,7 +13,8 @@ size (VmRSS from /proc) is sampled before, during (peak) and after (once
 ingest has taken everything and a few seconds passed). The broker's own
 per-client queue cap (``max_queued_bytes``) may drop part of such a flood
 before the collector sees it; "received" says how much arrived. Prints each run and
-the median, and the machine.
+the median, and the machine. ``--collector-src`` runs the collector from
+another checkout (e.g. one before the fix) for a side-by-side figure.
 """
 
 from __future__ import annotations
@@ -48,9 +50,14 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+NESTED = True
+
+
 def hostile(i: int) -> tuple[str, bytes]:
     t = topic(DEVICE, Kind.STATE)
     kind = i % 6
+    if kind == 2 and not NESTED:
+        kind = 0
     if kind == 0:
         return t, b'{"v":1,"device":"dev-flood","seq":' + str(i).encode() + b',"ts":'
     if kind == 1:
@@ -98,7 +105,9 @@ def metric(port: int, name: str, token: str) -> float:
     return total
 
 
-def start_collector(root: Path, broker: Broker) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_collector(
+    root: Path, broker: Broker, src: Path
+) -> tuple[subprocess.Popen[bytes], int, str]:
     """Migrate a database, add an admin token, start ``loa-collector serve``."""
     http_port = free_port()
     cfg = root / "collector.toml"
@@ -118,14 +127,18 @@ port = {http_port}
 secure_cookies = false
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(src)}
     run = [sys.executable, "-m", "collector.cli"]
     conf = ["--config", str(cfg)]
-    subprocess.run([*run, "db", "migrate", *conf], check=True, env=env, capture_output=True)
+    # cwd too: ``python -m`` puts the working directory first on sys.path.
+    subprocess.run(
+        [*run, "db", "migrate", *conf], check=True, env=env, capture_output=True, cwd=src
+    )
     subprocess.run(
         [*run, "users", "add", "bench", "--role", "admin", "--password-stdin", *conf],
         check=True,
         env=env,
+        cwd=src,
         capture_output=True,
         input=b"bench-pass-1234567\n",
     )
@@ -133,21 +146,22 @@ secure_cookies = false
         [*run, "users", "token", "bench", *conf],
         check=True,
         env=env,
+        cwd=src,
         capture_output=True,
         text=True,
     ).stdout.split()[-1]
     with (root / "collector.log").open("wb") as log:
-        proc = subprocess.Popen([*run, "serve", *conf], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen([*run, "serve", *conf], env=env, stdout=log, stderr=log, cwd=src)
     return proc, http_port, tok
 
 
-async def one_run(n: int, qos: int) -> tuple[float, float, float, float]:
+async def one_run(n: int, qos: int, src: Path) -> tuple[float, float, float, float]:
     with tempfile.TemporaryDirectory(prefix="loa-flood-") as tmp:
         root = Path(tmp)
         broker = Broker(root / "broker")
         broker.add_user(DEVICE)
         broker.start()
-        proc, http_port, tok = start_collector(root, broker)
+        proc, http_port, tok = start_collector(root, broker, src)
         try:
             for _ in range(200):
                 with contextlib.suppress(OSError):
@@ -171,7 +185,10 @@ async def one_run(n: int, qos: int) -> tuple[float, float, float, float]:
             # per-client byte cap may drop part of a flood this large): no progress for 3 s.
             last, still = -1.0, 0
             while still < 15:
-                seen = metric(http_port, "loa_ingest_handled_total", tok)
+                # (handled = taken in whole; older collectors count received only)
+                seen = metric(http_port, "loa_ingest_handled_total", tok) or metric(
+                    http_port, "loa_ingest_received_total", tok
+                )
                 still = still + 1 if seen == last else 0
                 last = seen
                 await asyncio.sleep(0.2)
@@ -192,12 +209,21 @@ async def main() -> None:
     ap.add_argument("--messages", type=int, default=50000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--collector-src", type=Path, default=ROOT, help="checkout to run it from")
+    ap.add_argument(
+        "--no-nested",
+        action="store_true",
+        help="leave out the deeply nested messages (a collector before the fix dies on them)",
+    )
     args = ap.parse_args()
+    global NESTED
+    NESTED = not args.no_nested
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     print(f"python {platform.python_version()}; {args.messages} hostile messages at QoS {args.qos}")
+    print(f"collector from {args.collector_src}; nested messages: {NESTED}")
     rows = []
     for i in range(args.runs):
-        before, peak, after, received = await one_run(args.messages, args.qos)
+        before, peak, after, received = await one_run(args.messages, args.qos, args.collector_src)
         rows.append((before, peak, after))
         print(
             f"run {i + 1}: RSS before {before:.1f} MiB, during (peak) {peak:.1f} MiB, "

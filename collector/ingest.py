@@ -500,6 +500,7 @@ async def run_ingest(
                             ingestor.confirmations,
                             cfg.ingest.ack_interval_s,
                             cfg.mqtt.timeout_s,
+                            ingestor.stats,
                         ),
                         name="ingest.confirm",
                     )
@@ -557,7 +558,11 @@ async def _retry_store(ingestor: Ingestor, batch: list[IncomingMessage]) -> None
 
 
 async def _publish_confirmations(
-    client: aiomqtt.Client, confirmations: Confirmations, interval_s: float, timeout_s: float
+    client: aiomqtt.Client,
+    confirmations: Confirmations,
+    interval_s: float,
+    timeout_s: float,
+    stats: IngestStats,
 ) -> None:
     """Publish pending confirmations every ``interval_s`` (sooner when the set fills up).
 
@@ -578,6 +583,7 @@ async def _publish_confirmations(
                     for a in acks
                 )
             )
+            stats.confirmations += len(acks)
 
 
 async def _consume(

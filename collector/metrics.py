@@ -32,6 +32,8 @@ class IngestStats:
     dating: Counter[str] = field(default_factory=Counter)
     #: Duplicates (device, seq) that arrived with other content than stored.
     replay_conflict: int = 0
+    #: Store confirmations (Ack messages) published to devices.
+    confirmations: int = 0
     batches: int = 0
     connected: bool = False
     connects: int = 0
@@ -96,6 +98,9 @@ def render(stats: IngestStats, devices: Iterable[tuple[str, str, int]]) -> str:
         "# HELP loa_ingest_replay_conflict_total Seqs seen again with different content.",
         "# TYPE loa_ingest_replay_conflict_total counter",
         f"loa_ingest_replay_conflict_total {stats.replay_conflict}",
+        "# HELP loa_ingest_confirmations_total Store confirmations (acks) sent to devices.",
+        "# TYPE loa_ingest_confirmations_total counter",
+        f"loa_ingest_confirmations_total {stats.confirmations}",
         "# HELP loa_ingest_task_running 1 while the supervised ingest task runs.",
         "# TYPE loa_ingest_task_running gauge",
         f"loa_ingest_task_running {int(stats.task_running)}",
