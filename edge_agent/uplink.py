@@ -397,7 +397,10 @@ class Uplink:
             if self.bad_acks == 1 or self.bad_acks % 100 == 0:
                 log.warning("uplink: rejected ack (%d so far): %s", self.bad_acks, exc)
             return
-        self.confirmed += await self.outbox.confirm(ack.seqs())
+        ranges = ack.seqs()
+        self.confirmed += await self.outbox.confirm(ranges)
+        if self.stamper is not None:
+            self.stamper.confirmed(ranges)
         if retained and self._distrust_retained:
             return  # proof of a collector that confirmed once, not of one that does now
         self._last_ack = time.monotonic()

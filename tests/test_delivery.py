@@ -204,3 +204,83 @@ async def test_broker_kill9_while_the_collector_is_down_loses_nothing(
         assert_exactly_once(fleet, tmp_path / "collector.db")
         # What the broker lost came again from the agents.
         assert sum(a.uplink.resent for a in fleet) >= handed
+
+
+async def test_an_agent_does_not_hold_messages_forever_for_a_collector_that_stopped_confirming(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiomqtt
+
+    from fleet_protocol import PROTOCOL_VERSION, Ack, encode, topic
+    from tests.support.mosquitto import COLLECTOR_USER
+
+    dev = "dev-104"
+    # A newer collector once confirmed this device (its retained ack is still on
+    # the broker); then an older one, which never confirms, took its place.
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=COLLECTOR_USER,
+        password=broker.password(COLLECTOR_USER),
+        identifier="collector-before",
+    ) as c:
+        ack = Ack(v=PROTOCOL_VERSION, device=dev, stored=[1])
+        await c.publish(topic(dev, Kind.ACK), encode(ack), qos=1, retain=True)
+    d = tmp_path / dev
+    d.mkdir()
+    cfg = load_config(
+        write_config(
+            d,
+            broker,
+            dev,
+            outbox={
+                "path": str(d / "outbox.sqlite"),
+                "resend_after_s": 1.0,
+                "confirm_fallback_s": 3.0,
+            },
+        )
+    )
+    box = await Outbox.open(cfg.outbox.path, device=dev, max_bytes=cfg.outbox.max_bytes)
+    agent = StreamingAgent(dev, box, Uplink(cfg, box, _no_command))
+    agent.task = asyncio.create_task(agent.uplink.run())
+    caplog.set_level("INFO", logger="edge_agent.uplink")
+    try:
+
+        async def confirming() -> bool:
+            return agent.uplink.confirming
+
+        await wait_for(confirming, what="the retained ack taken as proof of confirmations")
+        for _ in range(5):
+            await agent.emit()
+
+        async def held() -> bool:
+            return box.handed_count == 5
+
+        await wait_for(held, what="messages held for a confirmation")
+
+        # No confirmation comes: after confirm_fallback_s of connected time the agent
+        # takes PUBACKs as delivery again and lets the held messages go.
+        async def fell_back() -> bool:
+            return not agent.uplink.confirming and box.depth == 0
+
+        await wait_for(fell_back, timeout=20, what="the fallback to PUBACK deletion")
+        assert any("no store confirmation" in r.getMessage() for r in caplog.records)
+        # The stale retained ack no longer counts (it comes again at every reconnect),
+        # so new messages go on PUBACK from now on.
+        for _ in range(3):
+            await agent.emit()
+
+        async def sent() -> bool:
+            return box.depth == 0 and agent.uplink.published >= 8
+
+        await wait_for(sent, what="new messages deleted on PUBACK")
+        assert not agent.uplink.confirming
+        # A live ack (a confirming collector is back) switches confirmations on again.
+        cfg_c = make_config(broker, tmp_path, ingest={"ack_interval_s": 0.2})
+        async with ingest_running(cfg_c, repo):
+            await agent.emit()
+            await wait_for(confirming, what="confirmations back on after a live ack")
+    finally:
+        agent.uplink.stop()
+        await asyncio.wait_for(agent.task, 10)
+        await box.aclose()
