@@ -58,6 +58,9 @@ AGENT_ENV: dict[str, str] = {}
 HEARTBEAT_S = 600.0  # the defaults this bench measures (edge_agent.config.ReportsConfig)
 FULL_REPORT_S = 21600.0
 ACK_INTERVAL_S = IngestConfig().ack_interval_s  # the collector's default
+#: ``--clock``: "trust" measures a synchronised controller (the normal case) even
+#: where this machine's kernel says otherwise; "kernel" asks the kernel.
+CLOCK_SYNC = ["trust"]
 
 
 @dataclass
@@ -151,7 +154,7 @@ async def device(
             "broker": {"url": f"mqtt://127.0.0.1:{port}", "password_file": str(root / "pw")},
             "modem": {"port": str(modem.link), "dialect": "quectel"},
             "amp": {"transport": "tcp", "address": f"{amp.tcp[0]}:{amp.tcp[1]}"},
-            "system": {"disk_path": str(root)},
+            "system": {"disk_path": str(root), "clock_sync": CLOCK_SYNC[0]},
             "reports": reports,
             "outbox": {"path": str(root / "outbox.sqlite")},
             "control": {"socket": str(root / "control.sock")},
@@ -313,6 +316,7 @@ def _broker(root: Path) -> Iterator[Broker]:
 async def main_async(args: argparse.Namespace) -> None:
     print(f"machine: {_machine()}")
     print(f"devices per phase: {args.devices} (agents run side by side; medians over devices)")
+    print(f"agents' clock_sync: {CLOCK_SYNC[0]}")
     if AGENT_ENV:
         print(f"agent environment: {AGENT_ENV}")
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp, _broker(Path(tmp)) as broker:
@@ -361,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outages", type=int, default=3)
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
+        "--clock",
+        choices=["trust", "kernel"],
+        default="trust",
+        help="agents' [system] clock_sync (kernel: unsynchronised here, every message stamped)",
+    )
+    p.add_argument(
         "--phases",
         nargs="+",
         default=["day", "steady", "reconnect"],
@@ -368,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     AGENT_ENV.update(item.split("=", 1) for item in args.env)
+    CLOCK_SYNC[0] = args.clock
     asyncio.run(main_async(args))
     return 0
 

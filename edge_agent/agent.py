@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from edge_agent import reports
-from edge_agent.clock import Stamper
+from edge_agent.clock import Stamper, kernel_clock_synced
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlRequestError, ControlServer
 from edge_agent.diagnosis import History, diagnose, horizon
@@ -77,7 +77,10 @@ class Agent:
         #: Stamps every message with boot id, seconds since boot and clock sync
         #: status (edge_agent.clock). By default only on the system clock: a
         #: simulated clock is the truth by construction.
-        self.stamper = stamper if stamper is not None or clock is not time.time else Stamper()
+        if stamper is None and clock is time.time:
+            trust = cfg.system.clock_sync == "trust"
+            stamper = Stamper(synced=(lambda: True) if trust else kernel_clock_synced)
+        self.stamper = stamper
         self.notifier = notifier or Notifier(None)
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock

@@ -136,6 +136,11 @@ class SystemConfig:
     disk_path: Path = Path("/")
     #: Seconds allowed for one reading; must be shorter than poll_s.
     timeout_s: float = 5.0
+    #: Whether the wall clock can be trusted: "kernel" asks the kernel
+    #: (adjtimex: synchronised once NTP, e.g. systemd-timesyncd, disciplines
+    #: it) and marks messages made before that; "trust" never marks them
+    #: (a controller with a battery-backed RTC and no time daemon).
+    clock_sync: str = "kernel"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,6 +359,8 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("outbox.max_bytes", "must be at least 65536")
     if not 1 <= cfg.outbox.batch <= 100:
         raise ConfigError("outbox.batch", "must be 1..100")
+    if cfg.system.clock_sync not in ("kernel", "trust"):
+        raise ConfigError("system.clock_sync", f"{cfg.system.clock_sync!r}: use kernel or trust")
     if cfg.outbox.resend_after_s < 1:
         raise ConfigError("outbox.resend_after_s", "must be at least 1 s")
     if cfg.outbox.confirm_fallback_s < cfg.outbox.resend_after_s:
