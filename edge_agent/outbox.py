@@ -42,7 +42,7 @@ import enum
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,27 +266,17 @@ class Outbox:
             payload = encode(build(seq))
             now = time.time()
             item = Pending(seq, topic(self.device, kind), payload, retain, priority, now)
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
+            async with self._transaction(f"store seq {seq}"):
+                await self._db.execute(
+                    "UPDATE meta SET value=? WHERE key='next_seq'", (self._next_seq,)
+                )
+                fits = await self._make_room(len(payload), priority)
+                if fits:
                     await self._db.execute(
-                        "UPDATE meta SET value=? WHERE key='next_seq'", (self._next_seq,)
+                        "INSERT INTO outbox (seq, topic, payload, retain, priority, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (seq, item.topic, payload, int(retain), int(priority), now),
                     )
-                    fits = await self._make_room(len(payload), priority)
-                    if fits:
-                        await self._db.execute(
-                            "INSERT INTO outbox (seq, topic, payload, retain, priority, created)"
-                            " VALUES (?, ?, ?, ?, ?, ?)",
-                            (seq, item.topic, payload, int(retain), int(priority), now),
-                        )
-                    await self._db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                await self._resync()
-                raise OutboxError(f"outbox {self.path}: cannot store seq {seq}: {exc}") from exc
             if not fits:
                 self.refused += 1
                 return None
@@ -354,6 +344,24 @@ class Outbox:
         )
         return True
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT under the caller's lock; on a SQLite error the
+        transaction is rolled back, the cached counters reloaded, and OutboxError
+        names ``what`` failed."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                await self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            await self._resync()
+            raise OutboxError(f"outbox {self.path}: cannot {what}: {exc}") from exc
+
     async def _resync(self) -> None:
         """Reload the cached counters after a failed transaction."""
         with contextlib.suppress(sqlite3.Error):
@@ -412,34 +420,24 @@ class Outbox:
     async def _delete(self, spans: list[tuple[int, int]], what: str) -> int:
         async with self._lock:
             deleted = 0
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for i in range(0, len(spans), 200):
-                        part = spans[i : i + 200]
-                        where = " OR ".join("seq BETWEEN ? AND ?" for _ in part)
-                        params = [x for span in part for x in span]
-                        async with self._db.execute(
-                            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
-                            f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}",
-                            params,
-                        ) as cur:
-                            row = await cur.fetchone()
-                        assert row is not None
-                        if int(row[0]):
-                            await self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
-                        deleted += int(row[0])
-                        self._depth -= int(row[0])
-                        self._bytes -= int(row[1])
-                        self._handed -= int(row[2])
-                    await self._db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                await self._resync()
-                raise OutboxError(f"outbox {self.path}: cannot {what}: {exc}") from exc
+            async with self._transaction(what):
+                for i in range(0, len(spans), 200):
+                    part = spans[i : i + 200]
+                    where = " OR ".join("seq BETWEEN ? AND ?" for _ in part)
+                    params = [x for span in part for x in span]
+                    async with self._db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
+                        f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}",
+                        params,
+                    ) as cur:
+                        row = await cur.fetchone()
+                    assert row is not None
+                    if int(row[0]):
+                        await self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
+                    deleted += int(row[0])
+                    self._depth -= int(row[0])
+                    self._bytes -= int(row[1])
+                    self._handed -= int(row[2])
             if deleted:
                 await self._refresh_oldest()
             return deleted

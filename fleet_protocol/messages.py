@@ -339,6 +339,20 @@ def _field_of(error_text: str) -> tuple[str, str]:
     return path, error_text[: m.start()]
 
 
+def _decode_with(decoder: msgspec.json.Decoder[Any], payload: Any) -> Any:
+    """Decode with ``decoder``; schema, JSON and version failures as ProtocolError."""
+    try:
+        msg = decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        field, reason = _field_of(str(exc))
+        raise ProtocolError(field, reason, kind="schema") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError("$", f"malformed JSON: {exc}", kind="json") from None
+    if msg.v != PROTOCOL_VERSION:
+        raise ProtocolError("v", f"unsupported protocol version {msg.v}", kind="version")
+    return msg
+
+
 def decode(
     kind: Kind, payload: bytes | bytearray | memoryview | str, *, topic_device: str | None = None
 ) -> Message:
@@ -356,15 +370,7 @@ def decode(
     decoder = _DECODERS.get(kind)
     if decoder is None:
         raise ProtocolError("topic", f"unknown message kind {kind!r}", kind="topic")
-    try:
-        msg: Message = decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        field, reason = _field_of(str(exc))
-        raise ProtocolError(field, reason, kind="schema") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError("$", f"malformed JSON: {exc}", kind="json") from None
-    if msg.v != PROTOCOL_VERSION:
-        raise ProtocolError("v", f"unsupported protocol version {msg.v}", kind="version")
+    msg: Message = _decode_with(decoder, payload)
     if topic_device is not None and msg.device != topic_device:
         raise ProtocolError(
             "device",
@@ -377,15 +383,7 @@ def decode(
 def decode_ack(payload: bytes | bytearray | memoryview, *, topic_device: str | None = None) -> Ack:
     """Decode and validate a store confirmation; raises ProtocolError like ``decode``."""
     _check_size_and_depth(payload)
-    try:
-        ack = _ACK_DECODER.decode(payload)
-    except msgspec.ValidationError as exc:
-        field, reason = _field_of(str(exc))
-        raise ProtocolError(field, reason, kind="schema") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError("$", f"malformed JSON: {exc}", kind="json") from None
-    if ack.v != PROTOCOL_VERSION:
-        raise ProtocolError("v", f"unsupported protocol version {ack.v}", kind="version")
+    ack: Ack = _decode_with(_ACK_DECODER, payload)
     if topic_device is not None and ack.device != topic_device:
         raise ProtocolError(
             "device",

@@ -35,16 +35,6 @@ pytestmark = pytest.mark.integration
 DEVICES = ("dev-101", "dev-102", "dev-103")
 
 
-@pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[SQLiteRepository]:
-    r = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
-    await r.migrate()
-    try:
-        yield r
-    finally:
-        await r.close()
-
-
 @dataclass
 class StreamingAgent:
     device: str

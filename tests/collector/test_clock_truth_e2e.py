@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.integration
 
 DEV = "dev-201"
 THREE_YEARS = 3 * 365 * 86400.0
-
-
-@pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[SQLiteRepository]:
-    r = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
-    await r.migrate()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 def stored_rows(db: Path) -> list[tuple[int, str, float, float, float | None, int]]:
