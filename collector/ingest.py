@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import random
 import ssl
@@ -161,31 +159,6 @@ class Confirmations:
 
 #: Ranges per Ack message: keeps one Ack far below the agent's packet limits.
 _ACK_RANGES = 1000
-
-
-_libc_trim: Any = None
-_last_trim = 0.0
-
-
-def release_freed_memory(min_interval_s: float = 10.0) -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), at most that often.
-
-    After a burst of large messages CPython has freed them, but glibc keeps the
-    heap pages unless asked; without this the resident size stays at the
-    flood's peak for good. Only when ingest is idle, so a steady stream pays nothing.
-    """
-    global _libc_trim, _last_trim
-    now = time.monotonic()
-    if now - _last_trim < min_interval_s:
-        return
-    _last_trim = now
-    if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False
-    if _libc_trim:
-        _libc_trim(0)
 
 
 def _reject_kind(exc: BaseException) -> str:
@@ -591,8 +564,11 @@ async def _consume(
 ) -> None:
     """Take whatever is queued (at least one message), store it, then acknowledge it."""
     paho = client._client
+    # Through aiomqtt's iterator, not queue.get(): it also ends (MqttError) when
+    # the link drops, which a bare get() would wait through forever.
+    messages: Any = client.messages
     while True:
-        raw: list[_Received] = [await queue.get()]
+        raw: list[_Received] = [await anext(messages)]
         while len(raw) < batch_size:
             try:
                 raw.append(queue.get_nowait())
@@ -609,5 +585,3 @@ async def _consume(
                 paho.ack(r.mid, r.qos)
         ingestor.stats.handled += len(raw)
         del raw, batch
-        if queue.empty():
-            release_freed_memory()
