@@ -180,10 +180,19 @@ async def healthz(request: web.Request, p: None, b: None) -> web.Response:
     except StoreError:
         db_ok = False
     ingest = request.app[CONFIG].ingest_enabled
-    ok = db_ok and (stats.connected or not ingest)
-    return _json(
-        {"ok": ok, "db": db_ok, "broker_connected": stats.connected}, status=200 if ok else 503
-    )
+    ok = db_ok and (not ingest or (stats.connected and stats.task_running))
+    body = {
+        "ok": ok,
+        "db": db_ok,
+        "broker_connected": stats.connected,
+        "ingest": {
+            "enabled": ingest,
+            "running": stats.task_running,
+            "restarts": stats.task_restarts,
+            "last_error": stats.task_last_error,
+        },
+    }
+    return _json(body, status=200 if ok else 503)
 
 
 async def metrics_view(request: web.Request, p: None, b: None) -> web.Response:

@@ -91,6 +91,13 @@ class IngestConfig:
     max_future_skew_s: float = 300.0
     #: Devices whose rejections are logged individually before going quiet.
     max_logged_devices: int = 10000
+    #: Store confirmations are collected per device and published this often
+    #: (seconds): one Ack covers everything a device had stored in the window,
+    #: which is what keeps them inside the SIM's data budget (at 1800 s a
+    #: stable device gets 48 a day, one per three heartbeats). Agents hold
+    #: messages until confirmed; a longer interval costs them a little outbox
+    #: space, never safety.
+    ack_interval_s: float = 1800.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +229,10 @@ class CollectorConfig:
             (1 <= self.ingest.batch_size <= 10000, "[ingest] batch_size: must be 1..10000"),
             (self.ingest.late_after_s > 0, "[ingest] late_after_s: must be > 0"),
             (self.ingest.max_future_skew_s >= 0, "[ingest] max_future_skew_s: must be >= 0"),
+            (
+                0 < self.ingest.ack_interval_s <= 3600,
+                "[ingest] ack_interval_s: must be > 0 and at most 3600",
+            ),
             (
                 self.fleet.heartbeat_grace_s > self.ingest.late_after_s,
                 "[fleet] heartbeat_grace_s: must exceed [ingest] late_after_s",

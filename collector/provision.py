@@ -84,6 +84,13 @@ DEVICE_ACL = (
     "pattern write loa/v1/%u/presence",
     "pattern write loa/v1/%u/cmd/reply",
     "pattern read loa/v1/%u/cmd",
+    "pattern read loa/v1/%u/ack",
+)
+#: The collector's lines: it reads everything and writes commands and store confirmations.
+COLLECTOR_ACL = (
+    "topic read loa/v1/#",
+    "topic write loa/v1/+/cmd",
+    "topic write loa/v1/+/ack",
 )
 
 Auth = Literal["password", "cert"]
@@ -170,28 +177,54 @@ def set_password_entry(passwd: Path, user: str, hashed: str | None) -> bool:
         return True
 
 
+#: Lines an ACL written before store confirmations lacks: added in place, after
+#: the line named (the broker applies ``topic`` lines to the ``user`` above them).
+_ACL_UPGRADES = (
+    ("pattern read loa/v1/%u/ack", "pattern read loa/v1/%u/cmd"),
+    ("topic write loa/v1/+/ack", "topic write loa/v1/+/cmd"),
+)
+
+
 def ensure_device_acl(acl: Path) -> bool:
     """Make sure the broker ACL confines devices to their own topics.
 
     The production ACL grants topics by pattern on the username (``%u``), so a
     new device needs no line of its own: this installs the production ACL if
-    there is none, and refuses an ACL that lacks one of the device patterns
-    (someone edited it by hand). Returns True if the file was created.
+    there is none, adds the store-confirmation lines (``ack``) to an ACL from
+    before them, and refuses an ACL that lacks one of the other device
+    patterns (someone edited it by hand). Returns True if the file was
+    created or changed (the broker must reload it).
     """
     if not acl.exists():
         _rewrite_keeping_owner(acl, PRODUCTION_ACL.read_bytes())
         return True
     try:
-        present = {" ".join(line.split()) for line in acl.read_text(encoding="utf-8").splitlines()}
+        lines = acl.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ProvisionError(f"{acl}: cannot read: {exc.strerror}") from exc
-    missing = [line for line in DEVICE_ACL if line not in present]
+    present = {" ".join(line.split()) for line in lines}
+    upgraded = {new for new, _after in _ACL_UPGRADES}
+    missing = [line for line in DEVICE_ACL if line not in present and line not in upgraded]
     if missing:
         raise ProvisionError(
             f"{acl}: lacks {missing[0]!r}; devices would not get their topics "
             f"(compare with {PRODUCTION_ACL})"
         )
-    return False
+    changed = False
+    for new, after in _ACL_UPGRADES:
+        if new in present:
+            continue
+        at = [i for i, line in enumerate(lines) if " ".join(line.split()) == after]
+        if not at:
+            raise ProvisionError(
+                f"{acl}: lacks {new!r} and {after!r} to put it after "
+                f"(compare with {PRODUCTION_ACL})"
+            )
+        lines.insert(at[0] + 1, new)
+        changed = True
+    if changed:
+        _rewrite_keeping_owner(acl, ("\n".join(lines) + "\n").encode("utf-8"))
+    return changed
 
 
 # --- agent.toml ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from edge_agent import reports
+from edge_agent.clock import Stamper, kernel_clock_synced
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlRequestError, ControlServer
 from edge_agent.diagnosis import History, LinkSample, diagnose, retain
@@ -70,8 +71,16 @@ class Agent:
         notifier: Notifier | None = None,
         shutdown_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        stamper: Stamper | None = None,
     ) -> None:
         self.cfg = cfg
+        #: Stamps every message with boot id, seconds since boot and clock sync
+        #: status (edge_agent.clock). By default only on the system clock: a
+        #: simulated clock is the truth by construction.
+        if stamper is None and clock is time.time:
+            trust = cfg.system.clock_sync == "trust"
+            stamper = Stamper(synced=(lambda: True) if trust else kernel_clock_synced)
+        self.stamper = stamper
         self.notifier = notifier or Notifier(None)
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
@@ -170,8 +179,10 @@ class Agent:
 
     async def _store(self, kind: Kind, build: Callable[[int], Message], priority: Priority) -> None:
         assert self.outbox is not None
+        stamper = self.stamper
+        stamped = build if stamper is None else lambda seq: stamper(build(seq))
         try:
-            item = await self.outbox.put(kind, build, priority)
+            item = await self.outbox.put(kind, stamped, priority)
         except Exception as exc:
             self.store_failures += 1
             if self.store_failures == 1:
@@ -372,6 +383,8 @@ class Agent:
         assert ob is not None
         return {
             "depth": ob.depth,
+            "handed": ob.handed_count,
+            "collector_confirms": bool(self.uplink and self.uplink.confirming),
             "bytes": ob.bytes,
             "max_bytes": ob.max_bytes,
             "oldest": ob.oldest,
@@ -487,7 +500,9 @@ class Agent:
         )
         try:
             self._build_probes()
-            self.uplink = Uplink(cfg, self.outbox, self.on_command, clock=self.clock)
+            self.uplink = Uplink(
+                cfg, self.outbox, self.on_command, clock=self.clock, stamper=self.stamper
+            )
             self.ladder = RecoveryLadder(
                 cfg.recovery,
                 soft_reset=self._soft_reset if self.modem is not None else None,

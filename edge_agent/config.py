@@ -138,6 +138,11 @@ class SystemConfig:
     disk_path: Path = Path("/")
     #: Seconds allowed for one reading; must be shorter than poll_s.
     timeout_s: float = 5.0
+    #: Whether the wall clock can be trusted: "kernel" asks the kernel
+    #: (adjtimex: synchronised once NTP, e.g. systemd-timesyncd, disciplines
+    #: it) and marks messages made before that; "trust" never marks them
+    #: (a controller with a battery-backed RTC and no time daemon).
+    clock_sync: str = "kernel"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +170,16 @@ class OutboxConfig:
     max_bytes: int = 8 * 1024 * 1024
     #: Messages handed to the uplink per batch (published with up to this many in flight).
     batch: int = 20
+    #: A message the broker acknowledged but the collector has not confirmed is
+    #: sent again once the collector has gone on confirming others for this
+    #: long (it was lost, e.g. by a broker crash); everything unconfirmed is
+    #: sent again after a reconnect anyway.
+    resend_after_s: float = 300.0
+    #: A collector that showed it confirms (a retained ack) but has confirmed
+    #: nothing for this long while the link was up is taken for one that does
+    #: not: broker acknowledgements count as delivery again until a live ack
+    #: arrives (an older collector must not make the agent hold messages forever).
+    confirm_fallback_s: float = 3 * 86400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,6 +361,12 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("outbox.max_bytes", "must be at least 65536")
     if not 1 <= cfg.outbox.batch <= 100:
         raise ConfigError("outbox.batch", "must be 1..100")
+    if cfg.system.clock_sync not in ("kernel", "trust"):
+        raise ConfigError("system.clock_sync", f"{cfg.system.clock_sync!r}: use kernel or trust")
+    if cfg.outbox.resend_after_s < 1:
+        raise ConfigError("outbox.resend_after_s", "must be at least 1 s")
+    if cfg.outbox.confirm_fallback_s < cfg.outbox.resend_after_s:
+        raise ConfigError("outbox.confirm_fallback_s", "must not be shorter than resend_after_s")
     d = cfg.diagnosis
     for name in ("confirm_s", "clear_s", "weak_signal_confirm_s", "flap_window_s"):
         if getattr(d, name) < 0:

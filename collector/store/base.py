@@ -72,6 +72,16 @@ class IncomingMessage:
     #: For state reports: a compact heartbeat, whose missing sections mean
     #: "unchanged since the last full report" (its fault list is authoritative).
     heartbeat: bool = False
+    #: The clock's provenance as the device stamped it (``collector.clocktruth``):
+    #: its own ts, its boot, seconds since that boot, and False when the device
+    #: said its clock was not synchronised. ``ts`` above is the caller's choice
+    #: before the store applies the boot offsets and install dates it holds.
+    device_ts: float | None = None
+    boot_id: str | None = None
+    mono: float | None = None
+    clock_synced: bool | None = None
+    #: Content digest; a stored (device, seq) arriving with another digest is a replay conflict.
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,11 @@ class BatchResult:
     duplicates: int
     #: Devices whose status changed in this batch.
     changed_devices: tuple[str, ...] = ()
+    #: Duplicates whose content differs from what is stored: (device, seq).
+    conflicts: tuple[tuple[str, int], ...] = ()
+    #: New messages by how their time was decided (``clocktruth.Dating`` values),
+    #: plus "restamped": stored messages re-dated because their boot's offset became known.
+    dating: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,9 +317,20 @@ class Repository(Protocol):
 
     # -- ingest ----------------------------------------------------------------------------
     async def write_batch(
-        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+        self,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float = 300.0,
     ) -> BatchResult:
         """Store a batch of validated messages in one transaction.
+
+        Event times follow ``collector.clocktruth`` for messages that carry
+        ``device_ts``: boot offsets learned from synchronised messages re-date
+        unsynchronised ones (also ones stored earlier), times before the
+        install date or ``max_future_s`` ahead become the receive time.
+        Duplicates whose content differs from the stored message are reported
+        in ``BatchResult.conflicts``.
 
         Duplicates by (device, seq) -- also against messages stored earlier or by
         another instance -- are dropped and counted. Status transitions are

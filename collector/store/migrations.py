@@ -293,6 +293,26 @@ MIGRATIONS: tuple[str, ...] = (
         summary          TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 5: end-to-end delivery and clock truth (issue 11): a content digest per
+    # message (replays with other content), the clock's provenance per message,
+    # and each boot's learned wall-clock offset.
+    """
+    ALTER TABLE messages ADD COLUMN digest BLOB;
+    ALTER TABLE messages ADD COLUMN boot_id TEXT;
+    ALTER TABLE messages ADD COLUMN mono REAL;
+    -- 1 while ts is the receive time standing in for an unknown true time.
+    ALTER TABLE messages ADD COLUMN time_estimated INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_estimated ON messages(device_id, boot_id) WHERE time_estimated = 1;
+
+    -- wall clock = mono + offset for every message of that boot.
+    CREATE TABLE boot_clocks (
+        device_id  TEXT NOT NULL,
+        boot_id    TEXT NOT NULL,
+        offset     REAL NOT NULL,
+        learned_at REAL NOT NULL,
+        PRIMARY KEY (device_id, boot_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

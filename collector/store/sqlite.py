@@ -9,7 +9,9 @@ snapshot and never block the writer).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import statistics
@@ -23,6 +25,7 @@ from typing import Any, Final
 import aiosqlite
 import msgspec
 
+from collector.clocktruth import date_message, install_floor, learned_offset
 from collector.fleet import INITIAL, FleetState, Observation, ObsKind, Transition, fold
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from collector.store.base import (
@@ -132,6 +135,24 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
 
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """The content digest stored per message (replay conflicts compare it)."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMessage:
+    """``m`` at event time ``ts``; a report's promptness follows its new time."""
+    if ts == m.ts:
+        return m
+    obs = m.observation
+    if obs is not None:
+        prompt = obs.prompt
+        if obs.kind is ObsKind.REPORT:
+            prompt = m.received_at - ts <= late_after_s
+        obs = dataclasses.replace(obs, ts=ts, prompt=prompt)
+    return dataclasses.replace(m, ts=ts, observation=obs)
 
 
 #: State-report sections a compact heartbeat may leave out (unchanged).
@@ -431,37 +452,48 @@ class SQLiteRepository:
     # -- ingest ----------------------------------------------------------------------------
 
     async def write_batch(
-        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+        self,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float = 300.0,
     ) -> BatchResult:
-        del late_after_s  # promptness is decided by the caller and carried in observations
         if not messages:
             return BatchResult(0, 0)
-        rows = [
-            (
-                m.device_id,
-                m.seq,
-                m.kind,
-                m.ts,
-                m.received_at,
-                None if m.observation is None else str(m.observation.kind),
-                1 if m.observation is None or m.observation.prompt else 0,
-                1 if m.observation is not None and m.observation.broken else 0,
-                None
-                if m.observation is None or m.observation.cause is None
-                else str(m.observation.cause),
-                *(m.signal or (None, None, None, None, None)),
-                m.payload,
-            )
-            for m in messages
-        ]
         async with self._tx() as db:
+            dated, dating, learned = await self._date(
+                db, messages, late_after_s=late_after_s, max_future_s=max_future_s
+            )
+            rows = [
+                (
+                    m.device_id,
+                    m.seq,
+                    m.kind,
+                    m.ts,
+                    m.received_at,
+                    None if m.observation is None else str(m.observation.kind),
+                    1 if m.observation is None or m.observation.prompt else 0,
+                    1 if m.observation is not None and m.observation.broken else 0,
+                    None
+                    if m.observation is None or m.observation.cause is None
+                    else str(m.observation.cause),
+                    *(m.signal or (None, None, None, None, None)),
+                    m.payload,
+                    m.digest if m.digest is not None else payload_digest(m.payload),
+                    m.boot_id,
+                    m.mono,
+                    int(est),
+                )
+                for m, est in dated
+            ]
             async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
                 row = await cur.fetchone()
             high = int(row[0]) if row else 0
             await db.executemany(
                 "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"
-                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload,"
+                " digest, boot_id, mono, time_estimated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             async with db.execute(
@@ -469,12 +501,193 @@ class SQLiteRepository:
             ) as cur:
                 fresh = {(r[0], r[1]) for r in await cur.fetchall()}
             new: list[IncomingMessage] = []
-            for m in messages:
+            dups: list[IncomingMessage] = []
+            for m, _est in dated:
                 if (m.device_id, m.seq) in fresh:
                     fresh.discard((m.device_id, m.seq))
                     new.append(m)
-            changed = await self._apply(db, new)
-        return BatchResult(len(new), len(messages) - len(new), tuple(changed))
+                else:
+                    dups.append(m)
+            conflicts = await self._replay_conflicts(db, dups)
+            refold_from, restamped = await self._restamp(
+                db, learned, late_after_s=late_after_s, max_future_s=max_future_s
+            )
+            if restamped:
+                dating["restamped"] = restamped
+            changed = await self._apply(db, new, refold_from)
+        return BatchResult(
+            len(new),
+            len(messages) - len(new),
+            tuple(changed),
+            conflicts=conflicts,
+            dating=tuple(sorted(dating.items())),
+        )
+
+    # -- clock truth (collector.clocktruth holds the rules) ------------------------------
+
+    async def _floors(self, db: aiosqlite.Connection, devices: Sequence[str]) -> dict[str, float]:
+        floors: dict[str, float] = {}
+        for chunk in _chunks(devices):
+            async with db.execute(
+                "SELECT device_id, install_date FROM inventory WHERE install_date != ''"
+                f" AND device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    floor = install_floor(r[1])
+                    if floor is not None:
+                        floors[r[0]] = floor
+        return floors
+
+    async def _date(
+        self,
+        db: aiosqlite.Connection,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float,
+    ) -> tuple[list[tuple[IncomingMessage, bool]], dict[str, int], dict[tuple[str, str], float]]:
+        """Date every message (boot offsets, install dates); learn the batch's new offsets."""
+        devices = sorted({m.device_id for m in messages})
+        floors = await self._floors(db, devices)
+        boots = sorted({(m.device_id, m.boot_id) for m in messages if m.boot_id is not None})
+        offsets: dict[tuple[str, str], float] = {}
+        for dev, boot in boots:
+            async with db.execute(
+                "SELECT offset FROM boot_clocks WHERE device_id = ? AND boot_id = ?", (dev, boot)
+            ) as cur:
+                r = await cur.fetchone()
+            if r is not None:
+                offsets[(dev, boot)] = float(r[0])
+        learned: dict[tuple[str, str], float] = {}
+        # Synchronised messages first: they may teach the offset that dates the others.
+        for m in messages:
+            if m.device_ts is None or m.boot_id is None or (m.device_id, m.boot_id) in offsets:
+                continue
+            dated = date_message(
+                ts=m.device_ts,
+                received_at=m.received_at,
+                clock_synced=m.clock_synced,
+                mono=m.mono,
+                offset=None,
+                floor=floors.get(m.device_id),
+                max_future_s=max_future_s,
+            )
+            off = learned_offset(
+                ts=m.device_ts,
+                clock_synced=m.clock_synced,
+                boot_id=m.boot_id,
+                mono=m.mono,
+                dated=dated,
+            )
+            if off is not None:
+                offsets[(m.device_id, m.boot_id)] = learned[(m.device_id, m.boot_id)] = off
+        if learned:
+            now = time.time()
+            await db.executemany(
+                "INSERT OR IGNORE INTO boot_clocks (device_id, boot_id, offset, learned_at)"
+                " VALUES (?,?,?,?)",
+                [(d, b, off, now) for (d, b), off in learned.items()],
+            )
+        out: list[tuple[IncomingMessage, bool]] = []
+        dating: dict[str, int] = defaultdict(int)
+        for m in messages:
+            if m.device_ts is None:
+                out.append((m, False))
+                continue
+            dated = date_message(
+                ts=m.device_ts,
+                received_at=m.received_at,
+                clock_synced=m.clock_synced,
+                mono=m.mono,
+                offset=None if m.boot_id is None else offsets.get((m.device_id, m.boot_id)),
+                floor=floors.get(m.device_id),
+                max_future_s=max_future_s,
+            )
+            dating[str(dated.how)] += 1
+            out.append((_redated(m, dated.ts, late_after_s), dated.how.estimated))
+        return out, dating, learned
+
+    async def _restamp(
+        self,
+        db: aiosqlite.Connection,
+        learned: dict[tuple[str, str], float],
+        *,
+        late_after_s: float,
+        max_future_s: float,
+    ) -> tuple[dict[str, tuple[float, int]], int]:
+        """Re-date the stored estimated messages of boots whose offset was just learned.
+
+        Returns, per device, the earliest observation key touched (old or new
+        time), from which its history must be re-derived, and how many were re-dated.
+        """
+        refold_from: dict[str, tuple[float, int]] = {}
+        count = 0
+        floors = await self._floors(db, sorted({d for d, _ in learned}))
+        for (device, boot), offset in learned.items():
+            async with db.execute(
+                "SELECT seq, ts, received_at, mono, obs_kind FROM messages WHERE device_id = ?"
+                " AND boot_id = ? AND time_estimated = 1 AND mono IS NOT NULL",
+                (device, boot),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            updates: list[tuple[Any, ...]] = []
+            for seq, old_ts, received_at, mono, obs_kind in rows:
+                dated = date_message(
+                    ts=float(mono) + offset,
+                    received_at=float(received_at),
+                    clock_synced=None,
+                    mono=None,
+                    offset=None,
+                    floor=floors.get(device),
+                    max_future_s=max_future_s,
+                )
+                if dated.how.estimated:
+                    continue
+                late = obs_kind == ObsKind.REPORT and received_at - dated.ts > late_after_s
+                prompt = 0 if late else 1
+                updates.append((dated.ts, prompt, device, seq))
+                key = min((float(old_ts), int(seq)), (dated.ts, int(seq)))
+                refold_from[device] = min(refold_from.get(device, key), key)
+            if updates:
+                await db.executemany(
+                    "UPDATE messages SET ts = ?, prompt = ?, time_estimated = 0"
+                    " WHERE device_id = ? AND seq = ?",
+                    updates,
+                )
+                await db.executemany(
+                    "UPDATE events SET ts = ? WHERE device_id = ? AND seq = ?",
+                    [(ts, d, s) for ts, _p, d, s in updates],
+                )
+                count += len(updates)
+        return refold_from, count
+
+    async def _replay_conflicts(
+        self, db: aiosqlite.Connection, dups: Sequence[IncomingMessage]
+    ) -> tuple[tuple[str, int], ...]:
+        """Duplicates whose content differs from the stored message of that (device, seq)."""
+        by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
+        for m in dups:
+            by_device[m.device_id].append(m)
+        out: list[tuple[str, int]] = []
+        for device, msgs in sorted(by_device.items()):
+            stored: dict[int, bytes] = {}
+            for chunk in _chunks(sorted({m.seq for m in msgs})):
+                async with db.execute(
+                    "SELECT seq, digest, payload FROM messages WHERE device_id = ?"
+                    f" AND seq IN ({_qmarks(len(chunk))})",
+                    (device, *chunk),
+                ) as cur:
+                    for seq, digest, payload in await cur.fetchall():
+                        # Rows stored before digests existed: hash the kept payload.
+                        stored[int(seq)] = (
+                            bytes(digest) if digest is not None else payload_digest(payload or b"")
+                        )
+            for m in msgs:
+                digest = m.digest if m.digest is not None else payload_digest(m.payload)
+                if m.seq in stored and stored[m.seq] != digest:
+                    out.append((device, m.seq))
+        return tuple(out)
 
     async def _merged_report(
         self,
@@ -514,8 +727,18 @@ class SQLiteRepository:
                 new[section] = old[section]
         return msgspec.json.encode(new)
 
-    async def _apply(self, db: aiosqlite.Connection, new: Sequence[IncomingMessage]) -> list[str]:
-        """Fold the new messages of a batch into devices, transitions, events and faults."""
+    async def _apply(
+        self,
+        db: aiosqlite.Connection,
+        new: Sequence[IncomingMessage],
+        refold_from: dict[str, tuple[float, int]] | None = None,
+    ) -> list[str]:
+        """Fold the new messages of a batch into devices, transitions, events and faults.
+
+        ``refold_from`` forces a device's history to be re-derived from that key
+        (its stored messages were re-dated).
+        """
+        refold_from = refold_from or {}
         by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
         for m in new:
             by_device[m.device_id].append(m)
@@ -544,10 +767,14 @@ class SQLiteRepository:
             obs_key: tuple[float, int] | None = (
                 None if cur_row is None or cur_row[6] is None else (cur_row[6], cur_row[7])
             )
-            if obs:
-                if obs_key is not None and obs[0].key < obs_key:
-                    # Late arrivals: re-derive this device's history from the earliest.
-                    state, trs = await self._refold(db, device, obs[0].key)
+            redo = refold_from.get(device)
+            if obs or (redo is not None and obs_key is not None):
+                first = min(obs[0].key, redo) if obs and redo else (obs[0].key if obs else redo)
+                assert first is not None
+                if obs_key is not None and (first < obs_key or redo is not None):
+                    # Late arrivals or re-dated ones: re-derive this device's history
+                    # from the earliest.
+                    state, trs = await self._refold(db, device, first)
                 else:
                     state, trs = fold(state, obs)
                 if trs:
@@ -567,8 +794,8 @@ class SQLiteRepository:
                     )
                     for tr in trs
                 )
-                last_obs = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
-                obs_key = last_obs
+                if obs:
+                    obs_key = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
             newest = max(msgs, key=lambda m: (m.ts, m.seq))
             last_ts, last_seq = (newest.ts, newest.seq)
             if (
@@ -797,6 +1024,7 @@ class SQLiteRepository:
             cur = await db.execute("DELETE FROM messages WHERE received_at < ?", (older_than,))
             n = cur.rowcount
             await cur.close()
+            await db.execute("DELETE FROM boot_clocks WHERE learned_at < ?", (older_than,))
         return int(n)
 
     # -- fleet views -----------------------------------------------------------------------

@@ -453,3 +453,23 @@ async def test_deprovision_cuts_the_device_off(
         await refused_after_reload(make)
     # Nothing left to revoke: said so, exit status 2.
     assert await asyncio.to_thread(cli.main, [*argv, "--no-reload"]) == 2
+
+
+def test_an_acl_from_before_store_confirmations_is_upgraded_in_place(tmp_path: Path) -> None:
+    from collector.broker_config import PRODUCTION_ACL
+    from collector.provision import ensure_device_acl
+
+    acl = tmp_path / "acl"
+    old = "\n".join(
+        line for line in PRODUCTION_ACL.read_text().splitlines() if not line.endswith("/ack")
+    )
+    acl.write_text(old + "\n")
+    assert ensure_device_acl(acl) is True
+    text = acl.read_text()
+    lines = text.splitlines()
+    # Each new line sits right after its sibling: the collector's stays in its user section.
+    assert lines[lines.index("pattern read loa/v1/%u/cmd") + 1] == "pattern read loa/v1/%u/ack"
+    assert lines[lines.index("topic write loa/v1/+/cmd") + 1] == "topic write loa/v1/+/ack"
+    assert lines.index("user loa_collector") < lines.index("topic write loa/v1/+/ack")
+    assert ensure_device_acl(acl) is False  # already current: untouched
+    assert acl.read_text() == text
