@@ -189,7 +189,9 @@ async def test_monthly_report_arrives_on_schedule_on_the_fleet_clock(
             t["broken"]["in_repair"],
             t["broken"]["not_repaired"],
         ]
-        assert t["total"] == 5 and t["broken"]["in_repair"] == 1
+        # Four clusters reported before the period; the fifth never reported and was
+        # listed only now, so it does not count in last month's B2 (issue 16).
+        assert t["total"] == 4 and t["broken"]["in_repair"] == 1
         assert api["summary"] in body  # the summary sentence is the body
         assert "https://loa.test/b2?as_of=" in body
         log = await app[cli_key()].store.report_log()
