@@ -7,7 +7,6 @@ Every handler validates its inputs and answers 4xx with ``{"error": ...,
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import time
@@ -19,6 +18,7 @@ from aiohttp import web
 
 from collector import auth, metrics, repairs
 from collector.auth import PRINCIPAL, Permission, Principal, require
+from collector.b2.dates import AsOfError, parse_as_of
 from collector.config import CollectorConfig
 from collector.keys import CONFIG, REPO, STATS, THROTTLE
 from collector.model import DeviceStatus, Status
@@ -75,7 +75,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def q_time(request: web.Request, name: str) -> float | None:
-    """A time query parameter: UNIX seconds or ISO 8601 (a date means its end, local time)."""
+    """A time query parameter: UNIX seconds, or what ``as_of`` takes everywhere.
+
+    A date (``2023-07-31`` or ``31/7/2023``) means the end of that day and a
+    naive date-time is local time, both in the configured ``[report]
+    time_zone`` (``collector.b2.dates.parse_as_of``, as the B2 report and the
+    pages read it).
+    """
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
@@ -83,28 +89,15 @@ def q_time(request: web.Request, name: str) -> float | None:
         value = float(raw)
     except ValueError:
         try:
-            if len(raw) == 10:  # a date: "as of 31/7" means the end of that day
-                day = dt.date.fromisoformat(raw)
-                local = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=_tz())
-                return local.timestamp()
-            parsed = dt.datetime.fromisoformat(raw)
-        except ValueError:
-            raise bad(name, "expected UNIX seconds or an ISO 8601 date/time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=_tz())
-        return parsed.timestamp()
+            return parse_as_of(raw, request.app[CONFIG].report.tz()).timestamp()
+        except AsOfError:
+            raise bad(
+                name,
+                "expected UNIX seconds, a date (YYYY-MM-DD or dd/mm/yyyy) or an ISO 8601 date-time",
+            ) from None
     if not math.isfinite(value) or not 0 <= value <= 4102444800:
         raise bad(name, "time out of range")
     return value
-
-
-def _tz() -> dt.tzinfo:
-    try:
-        from zoneinfo import ZoneInfo
-
-        return ZoneInfo("Asia/Ho_Chi_Minh")
-    except Exception:  # no tzdata on this host: Vietnam has no DST
-        return dt.timezone(dt.timedelta(hours=7))
 
 
 def q_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -193,6 +186,30 @@ def text(
     if any(ord(c) < 32 and c not in "\n\t" for c in value):
         raise bad(name, "contains control characters")
     return value
+
+
+#: How far ahead of the collector's clock a recorded ``at`` may be (clock skew).
+AT_MAX_AHEAD_S = 60.0
+
+
+def when(data: dict[str, Any], principal: Principal) -> float:
+    """When a repair step happened: now, or the body's ``at`` (Unix seconds).
+
+    ``at`` records work done earlier (a crew's paper log, the demo's simulated
+    clock). It moves repair figures in the B2 report, so only a role with
+    every permission (admin) may set it, and never into the future.
+    """
+    now = time.time()
+    at = data.get("at")
+    if at is None:
+        return now
+    if not principal.may(Permission.REPAIR_BACKDATE):
+        raise ApiError(403, "at", "recording a past time needs the admin role")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise bad("at", "expected Unix seconds")
+    if not 946684800 <= at <= now + AT_MAX_AHEAD_S:
+        raise bad("at", "must be between 2000-01-01 and now")
+    return float(at)
 
 
 def scope(request: web.Request) -> frozenset[str] | None:
@@ -566,20 +583,34 @@ def forbidden_scope() -> web.HTTPException:
 
 
 async def repair_create(request: web.Request) -> web.Response:
+    """Open a ticket; with ``contractor`` it is started in the same call (already assigned)."""
     require(request, Permission.REPAIR_OPEN)
     data = await body(request)
     device_id = text(data, "device_id", required=True, max_len=63)
     if not valid_device_id(device_id):
         raise bad("device_id", "not a valid device id")
     note = text(data, "note")
+    contractor = text(data, "contractor", max_len=200)
+    technician = text(data, "technician", max_len=200)
+    if technician and not contractor:
+        raise bad("contractor", "is required with technician")
     repo = request.app[REPO]
     try:
         device = await repo.get_device(device_id)
     except NotFound:
         raise ApiError(404, "device_id", "not found") from None
     principal = require(request, Permission.REPAIR_OPEN, device.commune_code)
-    ticket = await repo.open_ticket(
-        device_id, actor=principal.name, at=time.time(), note=note, cause=device.cause
+    if contractor:
+        require(request, Permission.REPAIR_WORK, device.commune_code)
+    ticket = await repairs.open_ticket(
+        repo,
+        device_id,
+        actor=principal.name,
+        at=when(data, principal),
+        note=note,
+        contractor=contractor,
+        technician=technician,
+        start_note=text(data, "start_note"),
     )
     return _json(ticket_json(ticket), status=201)
 
@@ -606,7 +637,7 @@ async def repair_start(request: web.Request) -> web.Response:
     updated = await request.app[REPO].start_ticket(
         ticket.id,
         actor=principal.name,
-        at=time.time(),
+        at=when(data, principal),
         contractor=text(data, "contractor", required=True, max_len=200),
         technician=text(data, "technician", max_len=200),
         note=text(data, "note"),
@@ -618,22 +649,39 @@ async def repair_comment(request: web.Request) -> web.Response:
     ticket, principal = await _ticket_in_scope(request, Permission.REPAIR_WORK)
     data = await body(request)
     updated = await request.app[REPO].comment_ticket(
-        ticket.id, actor=principal.name, at=time.time(), note=text(data, "note", required=True)
+        ticket.id,
+        actor=principal.name,
+        at=when(data, principal),
+        note=text(data, "note", required=True),
+    )
+    return _json(ticket_json(updated))
+
+
+async def _close(
+    request: web.Request, permission: Permission, state: TicketState, *, note_required: bool
+) -> web.Response:
+    ticket, principal = await _ticket_in_scope(request, permission)
+    data = await body(request)
+    updated = await request.app[REPO].close_ticket(
+        ticket.id,
+        actor=principal.name,
+        at=when(data, principal),
+        state=state,
+        note=text(data, "note", required=note_required),
     )
     return _json(ticket_json(updated))
 
 
 async def repair_cancel(request: web.Request) -> web.Response:
-    ticket, principal = await _ticket_in_scope(request, Permission.REPAIR_CANCEL)
-    data = await body(request)
-    updated = await request.app[REPO].close_ticket(
-        ticket.id,
-        actor=principal.name,
-        at=time.time(),
-        state=TicketState.CANCELLED,
-        note=text(data, "note", required=True),
+    """Cancel the ticket (officers and admins; a note saying why)."""
+    return await _close(
+        request, Permission.REPAIR_CANCEL, TicketState.CANCELLED, note_required=True
     )
-    return _json(ticket_json(updated))
+
+
+async def repair_resolve(request: web.Request) -> web.Response:
+    """The repair is done: close the ticket as resolved (the technician's word)."""
+    return await _close(request, Permission.REPAIR_WORK, TicketState.RESOLVED, note_required=False)
 
 
 def add_routes(app: web.Application) -> None:
@@ -658,6 +706,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/repairs/{ticket_id}/start", repair_start)
     r.add_post("/api/v1/repairs/{ticket_id}/comment", repair_comment)
     r.add_post("/api/v1/repairs/{ticket_id}/cancel", repair_cancel)
+    r.add_post("/api/v1/repairs/{ticket_id}/resolve", repair_resolve)
 
 
 __all__ = ["ApiError", "CollectorConfig", "add_routes", "error_middleware"]

@@ -36,6 +36,7 @@ from fleet_protocol import (
     Reply,
     StateReport,
     decode,
+    mqtt_compat,
     parse_topic,
     subscriptions,
 )
@@ -199,10 +200,7 @@ class _BufferedSocket:
 
 
 def _buffer_reads(client: aiomqtt.Client) -> None:
-    paho = client._client
-    sock = paho._sock
-    if sock is not None and not isinstance(sock, _BufferedSocket):
-        paho._sock = _BufferedSocket(sock)
+    mqtt_compat.wrap_socket(client, _BufferedSocket, _BufferedSocket)
 
 
 def _client(cfg: CollectorConfig, queue_cls: type[_Queue]) -> aiomqtt.Client:
@@ -229,7 +227,7 @@ def _client(cfg: CollectorConfig, queue_cls: type[_Queue]) -> aiomqtt.Client:
     )
     # Before connecting: messages the broker queued for our session arrive right
     # after CONNACK and must not be acknowledged before they are stored.
-    client._client.manual_ack_set(True)
+    mqtt_compat.manual_acks(client)
     return client
 
 
@@ -302,7 +300,6 @@ async def _consume(
     client: aiomqtt.Client, queue: _Queue, ingestor: Ingestor, batch_size: int
 ) -> None:
     """Take whatever is queued (at least one message), store it, then acknowledge it."""
-    paho = client._client
     messages = client.messages
     while True:
         first = await anext(messages)
@@ -328,4 +325,4 @@ async def _consume(
         # ones included: they are counted, and redelivery would not fix them.
         for m in raw:
             if m.qos > 0:
-                paho.ack(m.mid, m.qos)
+                mqtt_compat.ack(client, m.mid, m.qos)

@@ -77,6 +77,10 @@ def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
 
 _S = {"type": "string"}
 _N = {"type": "number"}
+_AT = {
+    "type": "number",
+    "description": "when the step happened (Unix seconds; admin only; default now)",
+}
 _TICKET_ID = _p("ticket_id", {"type": "integer", "minimum": 1})
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -157,7 +161,15 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Open a repair ticket",
             _ok("created", "Ticket"),
-            body=_obj(["device_id"], device_id=_DEVICE, note=_S),
+            body=_obj(
+                ["device_id"],
+                device_id=_DEVICE,
+                note=_S,
+                contractor=_S,
+                technician=_S,
+                start_note=_S,
+                at=_AT,
+            ),
             code="201",
         ),
     },
@@ -192,7 +204,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "Start the repair (đang sửa chữa)",
             _ok("started", "Ticket"),
             params=[_TICKET_ID],
-            body=_obj(["contractor"], contractor=_S, technician=_S, note=_S),
+            body=_obj(["contractor"], contractor=_S, technician=_S, note=_S, at=_AT),
         )
     },
     "/api/v1/repairs/{ticket_id}/comment": {
@@ -200,7 +212,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "Add progress",
             _ok("commented", "Ticket"),
             params=[_TICKET_ID],
-            body=_obj(["note"], note=_S),
+            body=_obj(["note"], note=_S, at=_AT),
         )
     },
     "/api/v1/repairs/{ticket_id}/cancel": {
@@ -208,7 +220,15 @@ PATHS: dict[str, dict[str, Any]] = {
             "Cancel the ticket",
             _ok("cancelled", "Ticket"),
             params=[_TICKET_ID],
-            body=_obj(["note"], note=_S),
+            body=_obj(["note"], note=_S, at=_AT),
+        )
+    },
+    "/api/v1/repairs/{ticket_id}/resolve": {
+        "post": _op(
+            "Resolve the ticket: the repair is done",
+            _ok("resolved", "Ticket"),
+            params=[_TICKET_ID],
+            body=_obj([], note=_S, at=_AT),
         )
     },
 }
