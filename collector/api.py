@@ -476,11 +476,44 @@ async def repair_stats_view(
     }
 
 
+#: How far ahead of the collector's clock a recorded ``at`` may be (clock skew).
+AT_MAX_AHEAD_S = 60.0
+
+
+def when(at: float | None, principal: Principal) -> float:
+    """When a repair step happened: now, or the body's ``at`` (Unix seconds).
+
+    ``at`` records work done earlier (a crew's paper log, the demo's simulated
+    clock). It moves repair figures in the B2 report, so only a role with
+    every permission (admin) may set it, and never into the future.
+    """
+    now = time.time()
+    if at is None:
+        return now
+    if not principal.may(Permission.REPAIR_BACKDATE):
+        raise ApiError(403, "at", "recording a past time needs the admin role")
+    if at > now + AT_MAX_AHEAD_S:
+        raise bad("at", "must not be in the future")
+    return at
+
+
 async def repair_create(request: web.Request, p: None, b: schemas.RepairOpenBody) -> dict[str, Any]:
+    """Open a ticket; with ``contractor`` it is started in the same call (already assigned)."""
     principal = require(request, Permission.REPAIR_OPEN)
+    if b.technician and not b.contractor:
+        raise bad("contractor", "is required with technician")
     device = await device_in_scope(request, b.device_id, Permission.REPAIR_OPEN)
-    ticket = await request.app[REPO].open_ticket(
-        device.device_id, actor=principal.name, at=time.time(), note=b.note, cause=device.cause
+    if b.contractor:
+        require(request, Permission.REPAIR_WORK, device.commune_code)
+    ticket = await repairs.open_ticket(
+        request.app[REPO],
+        device.device_id,
+        actor=principal.name,
+        at=when(b.at, principal),
+        note=b.note,
+        contractor=b.contractor,
+        technician=b.technician,
+        start_note=b.start_note,
     )
     return ticket_json(ticket)
 
@@ -507,7 +540,7 @@ async def repair_start(
     updated = await request.app[REPO].start_ticket(
         ticket.id,
         actor=principal.name,
-        at=time.time(),
+        at=when(b.at, principal),
         contractor=b.contractor,
         technician=b.technician,
         note=b.note,
@@ -520,7 +553,7 @@ async def repair_comment(
 ) -> dict[str, Any]:
     ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
     updated = await request.app[REPO].comment_ticket(
-        ticket.id, actor=principal.name, at=time.time(), note=b.note
+        ticket.id, actor=principal.name, at=when(b.at, principal), note=b.note
     )
     return ticket_json(updated)
 
@@ -532,8 +565,23 @@ async def repair_cancel(
     updated = await request.app[REPO].close_ticket(
         ticket.id,
         actor=principal.name,
-        at=time.time(),
+        at=when(b.at, principal),
         state=TicketState.CANCELLED,
+        note=b.note,
+    )
+    return ticket_json(updated)
+
+
+async def repair_resolve(
+    request: web.Request, p: schemas.TicketParams, b: schemas.ResolveBody
+) -> dict[str, Any]:
+    """The repair is done: close the ticket as resolved (the technician's word)."""
+    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
+    updated = await request.app[REPO].close_ticket(
+        ticket.id,
+        actor=principal.name,
+        at=when(b.at, principal),
+        state=TicketState.RESOLVED,
         note=b.note,
     )
     return ticket_json(updated)

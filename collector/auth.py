@@ -54,6 +54,8 @@ class Permission(enum.StrEnum):
     REPAIR_OPEN = "repair.open"
     REPAIR_WORK = "repair.work"  # start, comment
     REPAIR_CANCEL = "repair.cancel"
+    #: Record a repair step at a past time (``at``): admin only, it moves B2 figures.
+    REPAIR_BACKDATE = "repair.backdate"
     INVENTORY_WRITE = "inventory.write"
     USERS_ADMIN = "users.admin"
     METRICS = "metrics"  # fleet-wide counts: admins (and the metrics token) only

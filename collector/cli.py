@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from collector import provision
+from collector import broker_config, provision, repairs_cli, users
 from collector.alerts import cli as alerts_cli
 from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.cli import register as _b2_register
@@ -128,12 +128,12 @@ def _users_add(args: argparse.Namespace) -> int:
     cfg = load(args)
     role = Role(args.role)
     communes = frozenset(args.commune or ())
-    if role is Role.COMMUNE_OFFICER and not communes:
-        raise CliError("--role commune_officer needs at least one --commune CODE")
-    if role in (Role.ADMIN, Role.DISTRICT_VIEWER) and communes:
-        raise CliError(f"--commune does not apply to --role {role}")
-    if not args.name or len(args.name) > 128 or not args.name.isprintable():
-        raise CliError("NAME: 1..128 printable characters")
+    try:
+        users.check_scope(role, communes)
+        users.check_name(args.name)
+    except users.UserRuleError as exc:
+        option = {"communes": "--commune", "name": "NAME"}.get(exc.field, exc.field)
+        raise CliError(f"{option}: {exc.message}") from None
     password_hash = hash_password(_read_password(args))
 
     async def go() -> int:
@@ -215,6 +215,8 @@ SUBCOMMANDS: list[Register] = [
     _register_b2,
     alerts_cli.register,
     provision.register,
+    broker_config.register,
+    repairs_cli.register,
 ]
 
 

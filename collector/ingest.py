@@ -57,6 +57,7 @@ from fleet_protocol import (
     StateReport,
     decode,
     encode,
+    mqtt_compat,
     parse_topic,
     peek_seq,
     seq_ranges,
@@ -404,10 +405,7 @@ class _BufferedSocket:
 
 
 def _buffer_reads(client: aiomqtt.Client) -> None:
-    paho = client._client
-    sock = paho._sock
-    if sock is not None and not isinstance(sock, _BufferedSocket):
-        paho._sock = _BufferedSocket(sock)
+    mqtt_compat.wrap_socket(client, _BufferedSocket, _BufferedSocket)
 
 
 def _client(cfg: CollectorConfig, queue_cls: type[_Queue]) -> aiomqtt.Client:
@@ -434,7 +432,7 @@ def _client(cfg: CollectorConfig, queue_cls: type[_Queue]) -> aiomqtt.Client:
     )
     # Before connecting: messages the broker queued for our session arrive right
     # after CONNACK and must not be acknowledged before they are stored.
-    client._client.manual_ack_set(True)
+    mqtt_compat.manual_acks(client)
     return client
 
 
@@ -571,7 +569,6 @@ async def _consume(
     client: aiomqtt.Client, queue: _Queue, ingestor: Ingestor, batch_size: int
 ) -> None:
     """Take whatever is queued (at least one message), store it, then acknowledge it."""
-    paho = client._client
     # Through aiomqtt's iterator, not queue.get(): it also ends (MqttError) when
     # the link drops, which a bare get() would wait through forever.
     messages: Any = client.messages
@@ -606,6 +603,6 @@ async def _consume(
         # ones included: they are counted, and redelivery would not fix them.
         for r in raw:
             if r.qos > 0:
-                paho.ack(r.mid, r.qos)
+                mqtt_compat.ack(client, r.mid, r.qos)
         ingestor.stats.handled += len(raw)
         del raw, batch

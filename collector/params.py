@@ -27,6 +27,8 @@ from urllib.parse import unquote
 import msgspec
 from aiohttp import web
 
+from collector.b2.dates import parse_as_of
+
 #: Deepest JSON nesting accepted in a request body (objects and arrays).
 MAX_DEPTH: Final = 32
 
@@ -283,29 +285,17 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 # -- times -------------------------------------------------------------------------------------
 
-_DMY_RE: Final = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
-
 
 def parse_time(raw: str, tz: dt.tzinfo) -> dt.datetime:
-    """An aware datetime from a value matching ``TIME_PATTERN``.
-
-    A date is the end of that day in ``tz``; a naive date-time is in ``tz``.
+    """An aware datetime from a value matching ``TIME_PATTERN``: UNIX seconds, or
+    what ``as_of`` takes everywhere (``collector.b2.dates.parse_as_of``, the one
+    date parser of the API, the pages, the CLI and the alerts): a date is the
+    end of that day in ``tz``, a naive date-time is in ``tz``.
     """
     value = raw.strip()
-    if _DMY_RE.fullmatch(value):
-        day, month, year = (int(x) for x in value.split("/"))
-        return _end_of_day(dt.date(year, month, day), tz)
-    if len(value) == 10 and "-" in value:
-        return _end_of_day(dt.date.fromisoformat(value), tz)
-    if "-" not in value:
+    if value and "-" not in value and "/" not in value:
         return dt.datetime.fromtimestamp(float(value), tz)
-    moment = dt.datetime.fromisoformat(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
-
-
-def _end_of_day(day: dt.date, tz: dt.tzinfo) -> dt.datetime:
-    midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
-    return midnight - dt.timedelta(microseconds=1)
+    return parse_as_of(value, tz)
 
 
 def optional_time(raw: str | None, tz: dt.tzinfo) -> float | None:

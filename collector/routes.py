@@ -262,6 +262,7 @@ ROUTES: Final[Sequence[Route]] = (
                 ("start", "repair_start"),
                 ("comment", "repair_comment"),
                 ("cancel", "repair_cancel"),
+                ("resolve", "repair_resolve"),
             )
         },
         errors={
@@ -303,6 +304,9 @@ ROUTES: Final[Sequence[Route]] = (
     ),
     _ticket_action("comment", api.repair_comment, "Add progress", schemas.NoteBody),
     _ticket_action("cancel", api.repair_cancel, "Cancel the ticket", schemas.NoteBody),
+    _ticket_action(
+        "resolve", api.repair_resolve, "Resolve the ticket: the repair is done", schemas.ResolveBody
+    ),
     Route(
         method="GET",
         path="/api/v1/reports/b2",

@@ -140,19 +140,45 @@ class LoginBody(Body):
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
+#: When a repair step happened, for work recorded afterwards (a crew's paper log,
+#: the demo's simulated clock). It moves repair figures in the B2, so only the
+#: admin role may send it, and never into the future.
+At = Annotated[
+    float,
+    msgspec.Meta(
+        ge=946684800,
+        le=4102444800,
+        description="when the step happened (Unix seconds; admin only; default now)",
+    ),
+]
+
+
 class RepairOpenBody(Body):
+    """With ``contractor`` the ticket is started in the same call (already assigned)."""
+
     device_id: DeviceId
     note: Text = ""
+    contractor: OptLine200 = ""
+    technician: OptLine200 = ""
+    start_note: Text = ""
+    at: At | None = None
 
 
 class RepairStartBody(Body):
     contractor: Line200
     technician: OptLine200 = ""
     note: Text = ""
+    at: At | None = None
 
 
 class NoteBody(Body):
     note: RequiredText
+    at: At | None = None
+
+
+class ResolveBody(Body):
+    note: Text = ""
+    at: At | None = None
 
 
 # -- responses -------------------------------------------------------------------------------

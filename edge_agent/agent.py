@@ -14,6 +14,12 @@ Data flows one way. Pollers only store readings and wake ``diagnosis``;
 fault raised/cleared events and, on a meaningful change, a state report in the
 outbox; the uplink only sends what the outbox holds.
 
+What it talks to is given to the constructor: ``probes`` (default: built from
+the config's ``[modem]``, ``[amp]``, ``[system]`` and ``[stream]``), the
+``uplink`` factory (default ``Uplink``) and the ``clock`` that stamps every
+message. The fleet simulator passes simulated hardware, a switchable link and
+its own clock this way, and runs the agent's code unchanged.
+
 The agent never imports aiohttp or any collector-side library: its memory
 floor matters on a 512 MB controller (``tests/edge_agent/test_footprint.py``).
 """
@@ -25,9 +31,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -59,18 +65,95 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 Reading = ModemReading | AmpReading | SystemReading | StreamReading
+Role = Literal["modem", "amp", "system", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSlot:
+    """One probe the agent polls: its role, the probe (``read()``/``aclose()``), how often."""
+
+    role: Role
+    #: ``firmware_shims.modem.probe.ModemProbe`` for "modem" (soft reset, AT op),
+    #: ``firmware_shims.amp.probe.AmpProbe`` for "amp" (Modbus op); any probe otherwise.
+    probe: Any
+    interval_s: float
+
+
+class UplinkFactory(Protocol):
+    """Builds the agent's uplink once the outbox is open (``Uplink`` itself is one)."""
+
+    def __call__(
+        self,
+        cfg: AgentConfig,
+        outbox: Outbox,
+        on_command: Callable[[Command], Awaitable[None]],
+        *,
+        clock: Callable[[], float],
+        stamper: Stamper | None,
+    ) -> Uplink: ...
+
+
+def build_probes(cfg: AgentConfig) -> list[ProbeSlot]:
+    """The probes ``cfg`` configures, on the real ports (nothing is opened yet)."""
+    slots: list[ProbeSlot] = []
+    if cfg.modem is not None:
+        from firmware_shims.modem.port import AtPort
+        from firmware_shims.modem.probe import ModemProbe
+
+        port = AtPort(cfg.modem.port, baudrate=cfg.modem.baud)
+        modem = ModemProbe(port, cfg.modem.dialect, timeout=cfg.modem.timeout_s)
+        slots.append(ProbeSlot("modem", modem, cfg.modem.poll_s))
+    if cfg.amp is not None:
+        from firmware_shims.amp.probe import AmpProbe, ModbusBus
+        from firmware_shims.amp.profile import load_profile
+
+        a = cfg.amp
+        profile = load_profile(a.profile)
+        if a.transport == "tcp":
+            host, _, port_s = a.address.rpartition(":")
+            bus = ModbusBus.tcp(host, int(port_s), timeout_s=a.timeout_s)
+        else:
+            link = profile.link
+            bus = ModbusBus.rtu(
+                a.port,
+                baudrate=a.baud,
+                parity=a.parity,
+                bytesize=link.bytesize,
+                stopbits=link.stopbits,
+                timeout_s=a.timeout_s,
+                frame_gap_s=link.frame_gap_s,
+            )
+        slots.append(ProbeSlot("amp", AmpProbe(profile, bus, unit=a.unit, owns_bus=True), a.poll_s))
+    slots.append(ProbeSlot("system", SystemProbe(cfg.system.disk_path), cfg.system.poll_s))
+    if cfg.stream is not None:
+        s = cfg.stream
+        probe = StreamProbe(
+            url=s.url,
+            min_bytes=s.min_bytes,
+            timeout_s=s.timeout_s,
+            player_state_file=s.player_state_file,
+            player_state_max_age_s=s.player_state_max_age_s,
+        )
+        slots.append(ProbeSlot("stream", probe, s.poll_s))
+    return slots
 
 
 class Agent:
-    """One agent process. Build with the config; ``await run(stop)``."""
+    """One agent process. Build with the config; ``await run(stop)``.
+
+    ``probes`` (default ``build_probes(cfg)`` when ``run`` starts), ``uplink``
+    and ``clock`` are what the agent talks to and reads the time from.
+    """
 
     def __init__(
         self,
         cfg: AgentConfig,
         *,
+        probes: Sequence[ProbeSlot] | None = None,
+        uplink: UplinkFactory = Uplink,
+        clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         shutdown_timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
         stamper: Stamper | None = None,
     ) -> None:
         self.cfg = cfg
@@ -84,6 +167,8 @@ class Agent:
         self.notifier = notifier or Notifier(None)
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
+        self._probes = None if probes is None else tuple(probes)
+        self._uplink_factory = uplink
         self.started = clock()
         self.device = cfg.device.id
         self.faults: list[Fault] = []
@@ -113,47 +198,12 @@ class Agent:
     # --- building ------------------------------------------------------------------
 
     def _build_probes(self) -> None:
-        cfg = self.cfg
-        if cfg.modem is not None:
-            from firmware_shims.modem.port import AtPort
-            from firmware_shims.modem.probe import ModemProbe
-
-            port = AtPort(cfg.modem.port, baudrate=cfg.modem.baud)
-            self.modem = ModemProbe(port, cfg.modem.dialect, timeout=cfg.modem.timeout_s)
-            self._add_poller(self.modem, cfg.modem.poll_s, "modem")
-        if cfg.amp is not None:
-            from firmware_shims.amp.probe import AmpProbe, ModbusBus
-            from firmware_shims.amp.profile import load_profile
-
-            a = cfg.amp
-            profile = load_profile(a.profile)
-            if a.transport == "tcp":
-                host, _, port_s = a.address.rpartition(":")
-                bus = ModbusBus.tcp(host, int(port_s), timeout_s=a.timeout_s)
-            else:
-                link = profile.link
-                bus = ModbusBus.rtu(
-                    a.port,
-                    baudrate=a.baud,
-                    parity=a.parity,
-                    bytesize=link.bytesize,
-                    stopbits=link.stopbits,
-                    timeout_s=a.timeout_s,
-                    frame_gap_s=link.frame_gap_s,
-                )
-            self.amp = AmpProbe(profile, bus, unit=a.unit, owns_bus=True)
-            self._add_poller(self.amp, a.poll_s, "amp")
-        self._add_poller(SystemProbe(cfg.system.disk_path), cfg.system.poll_s, "system")
-        if cfg.stream is not None:
-            s = cfg.stream
-            probe = StreamProbe(
-                url=s.url,
-                min_bytes=s.min_bytes,
-                timeout_s=s.timeout_s,
-                player_state_file=s.player_state_file,
-                player_state_max_age_s=s.player_state_max_age_s,
-            )
-            self._add_poller(probe, s.poll_s, "stream")
+        for slot in self._probes if self._probes is not None else build_probes(self.cfg):
+            if slot.role == "modem":
+                self.modem = slot.probe
+            elif slot.role == "amp":
+                self.amp = slot.probe
+            self._add_poller(slot.probe, slot.interval_s, slot.role)
 
     def _add_poller(self, probe: Any, interval: float, role: str) -> None:
         def on_reading(reading: Reading) -> None:
@@ -500,7 +550,7 @@ class Agent:
         )
         try:
             self._build_probes()
-            self.uplink = Uplink(
+            self.uplink = self._uplink_factory(
                 cfg, self.outbox, self.on_command, clock=self.clock, stamper=self.stamper
             )
             self.ladder = RecoveryLadder(
@@ -579,4 +629,4 @@ class Agent:
             await self.outbox.aclose()
 
 
-__all__ = ["AGENT_VERSION", "Agent"]
+__all__ = ["AGENT_VERSION", "Agent", "ProbeSlot", "UplinkFactory", "build_probes"]

@@ -36,7 +36,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -56,6 +55,9 @@ from fleet_protocol import (
     encode,
     topic,
 )
+from fleet_protocol.mqtt_compat import close_half_open as _close_socket
+from fleet_protocol.mqtt_compat import consume_disconnect as _consume_disconnect
+from fleet_protocol.mqtt_compat import fail_fast_before_connack as _fail_fast_before_connack
 
 log = logging.getLogger(__name__)
 
@@ -79,51 +81,6 @@ def tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def _close_socket(client: aiomqtt.Client | None) -> None:
-    """Close the socket a failed connect attempt may leave open (aiomqtt does not)."""
-    paho = getattr(client, "_client", None)
-    if paho is None:
-        return
-    with contextlib.suppress(Exception):
-        if paho.socket() is not None:
-            paho._sock_close()  # paho has no public close for a half-open socket
-
-
-def _consume_disconnect(client: aiomqtt.Client) -> None:
-    """Read the link-loss exception aiomqtt leaves on its private "disconnected" future.
-
-    aiomqtt sets it when the link drops and its ``__aexit__`` returns early
-    without reading it, so asyncio would log "Future exception was never
-    retrieved" at every link loss; the uplink has already handled the loss.
-    """
-    fut = getattr(client, "_disconnected", None)
-    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
-        fut.exception()
-
-
-def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
-    """End a connect attempt as soon as the link closes before CONNACK.
-
-    aiomqtt ignores a disconnect before CONNACK and waits out its whole timeout;
-    a TLS terminator or load balancer in front of a broker that is down accepts
-    the TCP connection and closes it, which would cost ``connect_timeout_s`` per
-    attempt instead of the few seconds the reconnect goal allows.
-    """
-    paho = getattr(client, "_client", None)
-    connected = getattr(client, "_connected", None)
-    if paho is None or not isinstance(connected, asyncio.Future):
-        return
-    aiomqtt_handler = paho.on_disconnect
-
-    def on_disconnect(*args: Any) -> None:
-        fut = getattr(client, "_connected", None)
-        if isinstance(fut, asyncio.Future) and not fut.done():
-            fut.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
-        aiomqtt_handler(*args)
-
-    paho.on_disconnect = on_disconnect
-
-
 def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
     """Seconds before the next attempt: uniform(0, base ** min(10, attempt)), capped."""
     return min(cap, rng() * base ** min(10, attempt))
@@ -142,8 +99,12 @@ class Uplink:
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
         stamper: Stamper | None = None,
+        client_factory: Callable[..., aiomqtt.Client] = aiomqtt.Client,
     ) -> None:
         self.cfg = cfg
+        #: Makes each connection attempt's client from ``aiomqtt.Client``'s arguments
+        #: (the fleet simulator's switchable data link wraps it).
+        self.client_factory = client_factory
         #: The device clock that stamps presence messages (the agent's clock).
         self.clock = clock
         self.stamper = stamper
@@ -192,7 +153,7 @@ class Uplink:
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
         b = self.cfg.broker
-        client = aiomqtt.Client(
+        client = self.client_factory(
             b.host,
             b.port,
             username=self.cfg.username,

@@ -8,8 +8,13 @@ was wrong. Unknown keys are refused, so a typo never becomes a default
 silently. Pure: reading the file is the caller's job.
 
 Supported hints: ``bool``, ``int``, ``float`` (finite), ``str``, ``Path``,
-``Literal[...]``, ``tuple[T, ...]``, ``T | None`` (``""`` means None) and
-nested dataclasses (TOML tables).
+``Literal[...]``, ``tuple[T, ...]``, ``T | None`` (``""`` means None),
+nested dataclasses (TOML tables) and ``Any`` (the value as parsed, for a
+field with its own syntax: a duration "6h" or a number, a name or a table of
+weights), which the caller then reads with its own parser.
+
+It is the one typed loader of the project's TOML: the agent's and the
+collector's configs, the amplifier profiles and the fleet scenarios.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    if tp is Any:
+        return value
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]

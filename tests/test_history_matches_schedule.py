@@ -28,12 +28,12 @@ from collector.inventory import parse_inventory
 from collector.model import Status
 from collector.store.sqlite import SQLiteRepository
 from edge_agent.diagnosis import AMP_FLAG_FAULTS
-from firmware_shims.fleet import inventory_csv
-from firmware_shims.fleet.cluster import BrokerTarget
-from firmware_shims.fleet.runner import Fleet
-from firmware_shims.fleet.scenario import LINK_CUTTING, bundled, parse_scenario
-from firmware_shims.fleet.timeline import OUTAGE, Episode
 from fleet_protocol import B2Cause, FaultCode, Severity, fault_info
+from fleet_sim import inventory_csv
+from fleet_sim.cluster import BrokerTarget
+from fleet_sim.runner import Fleet
+from fleet_sim.scenario import LINK_CUTTING, bundled, parse_scenario
+from fleet_sim.timeline import OUTAGE, Episode
 from tests.collector.conftest import ingest_running, make_config, wait_for
 from tests.support.mosquitto import Broker
 

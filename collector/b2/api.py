@@ -48,7 +48,8 @@ def settings_of(request: web.Request) -> ReportSettings:
     return request.app[CONFIG].report
 
 
-def _as_of(raw: str | None, settings: ReportSettings) -> dt.datetime:
+def as_of_param(raw: str | None, settings: ReportSettings) -> dt.datetime:
+    """The ``as_of`` parameter (already pattern-checked) in ``[report]``'s time zone; none: now."""
     tz = settings.tz()
     return dt.datetime.now(tz) if raw is None else parse_time(raw, tz)
 
@@ -67,7 +68,7 @@ async def b2_view(
         settings = replace(settings, unit_name=p.unit)
     table = await b2_table(
         request.app[REPO],
-        as_of=_as_of(p.as_of, settings),
+        as_of=as_of_param(p.as_of, settings),
         settings=settings,
         scope=p.scope,
         lang=p.lang or settings.lang,
@@ -92,7 +93,7 @@ async def b2_view(
 async def b2_summary_view(request: web.Request, p: B2SummaryParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
     settings = settings_of(request)
-    as_of = _as_of(p.as_of, settings)
+    as_of = as_of_param(p.as_of, settings)
     lang = p.lang or settings.lang
     repo = request.app[REPO]
     communes = _communes(request)

@@ -34,8 +34,8 @@ from collector.metrics import IngestStats
 from collector.model import InventoryDevice
 from collector.store.base import Role
 from collector.store.sqlite import SQLiteRepository
-from firmware_shims.fleet.timeline import FleetClock
 from fleet_protocol import FaultCode, Kind, encode, topic
+from fleet_sim.timeline import FleetClock
 from tests.collector.conftest import make_config, presence, state
 from tests.support.receivers import SmtpReceiver, smtp_receiver
 

@@ -309,7 +309,7 @@ async def test_30000_deep_json_is_a_400(api: Api, path: str) -> None:
     ("path", "payload", "field"),
     [
         ("/api/v1/repairs", {"device_id": "dev-11", "cause": "power"}, "cause"),
-        ("/api/v1/repairs", {"device_id": "dev-11", "contractor": "VNPT"}, "contractor"),
+        ("/api/v1/repairs", {"device_id": "dev-11", "contract": "VNPT"}, "contract"),
         (LOGIN, {"name": "viewer", "password": "x", "remember": True}, "remember"),
         ("/api/v1/repairs/1/start", {"contractor": "A", "tech": "B"}, "tech"),
     ],

@@ -52,3 +52,25 @@ def test_bad_values_name_the_field(data: dict[str, Any], field_name: str, reason
         build(Outer, data)
     assert info.value.field == field_name
     assert reason in info.value.reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    name: str
+    span: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rows:
+    rows: tuple[Row, ...] = ()
+
+
+def test_any_passes_the_value_through_and_lists_of_tables_name_their_index() -> None:
+    got = build(Rows, {"rows": [{"name": "a", "span": ["6h", 3]}, {"name": "b"}]})
+    assert got.rows == (Row(name="a", span=["6h", 3]), Row(name="b"))
+    with pytest.raises(ConfigFieldError) as err:
+        build(Rows, {"rows": [{"name": "a"}, {"name": 7}]})
+    assert err.value.field == "rows[1].name"
+    with pytest.raises(ConfigFieldError) as err:
+        build(Rows, {"rows": [{"name": "a", "colour": "red"}]})
+    assert err.value.field == "rows[0].colour"

@@ -5,10 +5,13 @@ has started a repair) and "chưa sửa chữa". In a simulated fleet nobody repa
 anything, so ``plan_repairs`` derives what the people would have done from the
 scenario's schedule: a ticket opens a day into every breakdown, a contractor
 starts most of them within days, and a ticket resolves soon after the
-breakdown ends. ``RepairCrew`` writes those steps into the collector's store
-as the simulated clock passes them, at their simulated times, so backfilled
-history has realistic repair figures (the collector's own automatic open and
-resolve are switched off in the demo, since they work on wall-clock time).
+breakdown ends. ``RepairCrew`` sends those steps to the collector's REST API
+(``/api/v1/repairs``) as the simulated clock passes them, at their simulated
+times (``at``, which only an admin's token may set), so backfilled history
+has realistic repair figures (the collector's own automatic open and resolve
+are switched off in the demo, since they work on wall-clock time). Going
+through the API rather than the database keeps a single writer on the
+collector's SQLite file: no "database is locked" while the backfill streams in.
 """
 
 from __future__ import annotations
@@ -20,13 +23,11 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-from firmware_shims.fleet.timeline import Episode
+import aiohttp
 
-if TYPE_CHECKING:  # the collector's store is imported only when the crew runs
-    from collector.store.base import Repository
+from fleet_sim.timeline import Episode
 
 log = logging.getLogger(__name__)
 
@@ -106,81 +107,109 @@ def plan_repairs(
     return steps
 
 
+class CollectorUnavailable(Exception):
+    """The collector did not answer (down, restarting, 5xx); the step is tried again later."""
+
+
 class RepairCrew:
-    """Applies planned steps to the collector's database as the fleet's clock passes them."""
+    """Sends planned steps to the collector's REST API as the fleet's clock passes them.
+
+    ``base_url`` is the collector (``http://127.0.0.1:8080``) and ``token`` an
+    admin's API token (``loa-collector users token``): past times need it. A
+    step the collector refuses with 409 or 404 (a person acted on the dashboard
+    meanwhile: theirs stands) is skipped and counted; a collector that does not
+    answer keeps the step for the next round, logged once.
+    """
 
     def __init__(
         self,
-        db_path: Path,
+        base_url: str,
+        token: str,
         steps: list[RepairStep],
         clock: Callable[[], float],
         *,
-        actor: str = "demo-crew",
+        timeout_s: float = 30.0,
     ) -> None:
-        self.db_path = db_path
+        self.base_url = base_url.rstrip("/")
+        self.token = token
         self.steps = steps
         self.clock = clock
-        self.actor = actor
+        self.timeout_s = timeout_s
         self.applied = 0
         self.skipped = 0
         self._next = 0
         self._tickets: dict[str, int] = {}
+        self._unavailable: str | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """An HTTP session carrying the crew's token (the caller closes it)."""
+        return aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
 
     async def run(self, stop: asyncio.Event, *, period_s: float = 1.0) -> None:
         """Apply due steps every ``period_s`` until ``stop`` is set."""
-        from collector.store.sqlite import SQLiteRepository
-
-        repo = await SQLiteRepository.open(self.db_path, synchronous="normal")
-        try:
+        async with self.session() as http:
             while not stop.is_set():
-                await self.apply_due(repo)
+                try:
+                    await self.apply_due(http)
+                except CollectorUnavailable as exc:
+                    if self._unavailable is None:
+                        log.warning("repair crew: %s; retrying", exc)
+                    self._unavailable = str(exc)
+                else:
+                    if self._unavailable is not None:
+                        log.info("repair crew: the collector answers again")
+                    self._unavailable = None
                 try:
                     async with asyncio.timeout(period_s):
                         await stop.wait()
                 except TimeoutError:
                     pass
-        finally:
-            await repo.close()
 
-    async def apply_due(self, repo: Repository) -> int:
+    async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body``; the answer's JSON, None when refused (409/404)."""
+        url = f"{self.base_url}/api/v1/repairs{path}"
+        try:
+            async with http.post(url, json=body) as resp:
+                if resp.status in (404, 409):
+                    log.info("repair crew: %s refused: %s", path, await resp.text())
+                    return None
+                if resp.status >= 500:
+                    raise CollectorUnavailable(f"{url}: HTTP {resp.status}")
+                if resp.status >= 400:
+                    # Our own request is wrong: a bug, not the weather.
+                    raise RuntimeError(f"{url}: HTTP {resp.status}: {await resp.text()}")
+                return await resp.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CollectorUnavailable(f"{url}: {exc or type(exc).__name__}") from exc
+
+    async def apply_due(self, http: aiohttp.ClientSession) -> int:
         """Apply every step whose time has come; returns how many were applied."""
-        from collector.store.base import Conflict, NotFound, TicketState
-
         now = self.clock()
         done = 0
         while self._next < len(self.steps) and self.steps[self._next].at <= now:
             step = self.steps[self._next]
-            self._next += 1
-            try:
-                if step.kind == "open":
-                    ticket = await repo.open_ticket(
-                        step.device, actor=self.actor, at=step.at, note=step.note, cause=None
-                    )
-                    self._tickets[step.device] = ticket.id
-                elif step.device not in self._tickets:
-                    self.skipped += 1
-                    continue
-                elif step.kind == "start":
-                    await repo.start_ticket(
-                        self._tickets[step.device],
-                        actor=self.actor,
-                        at=step.at,
-                        contractor=step.contractor,
-                        technician=step.technician,
-                        note=step.note,
-                    )
-                else:
-                    await repo.close_ticket(
-                        self._tickets.pop(step.device),
-                        actor=self.actor,
-                        at=step.at,
-                        state=TicketState.RESOLVED,
-                        note=step.note,
-                    )
-            except (Conflict, NotFound) as exc:
-                # A person acted on the dashboard meanwhile: theirs stands.
+            base = {"at": step.at, "note": step.note}
+            if step.kind == "open":
+                result = await self._post(http, "", {"device_id": step.device, **base})
+                if result is not None:
+                    self._tickets[step.device] = int(result["id"])
+            elif step.device not in self._tickets:
+                result = None
+            elif step.kind == "start":
+                result = await self._post(
+                    http,
+                    f"/{self._tickets[step.device]}/start",
+                    {"contractor": step.contractor, "technician": step.technician, **base},
+                )
+            else:
+                result = await self._post(http, f"/{self._tickets[step.device]}/resolve", base)
+                del self._tickets[step.device]
+            self._next += 1  # only once the collector answered
+            if result is None:
                 self.skipped += 1
-                log.info("repair crew: skipped %s %s: %s", step.kind, step.device, exc)
                 continue
             done += 1
         self.applied += done

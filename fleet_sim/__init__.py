@@ -7,8 +7,8 @@
 
 Each cluster runs ``edge_agent``'s ``Agent`` (probes, diagnosis, SQLite
 outbox, MQTT uplink, recovery ladder) against in-process simulated hardware
-(``firmware_shims.fleet.cluster``). A scenario (TOML, ``docs/scenarios.md``;
-bundled ones in ``firmware_shims/scenarios``: ``lam-thao``, ``phu-tho``,
+(``fleet_sim.cluster``). A scenario (TOML, ``docs/scenarios.md``;
+bundled ones in ``fleet_sim/scenarios``: ``lam-thao``, ``phu-tho``,
 ``stress``) gives:
 
 ``[scenario]``
@@ -63,8 +63,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from firmware_shims.fleet.scenario import Scenario, ScenarioError, load_scenario
-from firmware_shims.fleet.timeline import build_schedule
+from fleet_sim.scenario import Scenario, ScenarioError, load_scenario
+from fleet_sim.timeline import build_schedule
 
 log = logging.getLogger("loa.fleet")
 
@@ -84,7 +84,7 @@ INVENTORY_COLUMNS = (
 
 def inventory_csv(scenario: Scenario) -> bytes:
     """The scenario's clusters as an inventory CSV (UTF-8, English header keys), in order."""
-    from firmware_shims.fleet.cluster import sim_identity
+    from fleet_sim.cluster import sim_identity
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
@@ -142,7 +142,7 @@ def summary(scenario: Scenario) -> str:
     reporting = sum(1 for c in scenario.clusters if not c.silent)
     dialects = Counter(c.dialect for c in scenario.clusters)
     profiles = Counter(c.amp_profile for c in scenario.clusters)
-    from firmware_shims.fleet.runner import CPU_PER_READ_S, backfill_reads_per_s
+    from fleet_sim.runner import CPU_PER_READ_S, backfill_reads_per_s
 
     load = backfill_reads_per_s(scenario, reporting)
     lines = [
@@ -186,8 +186,8 @@ def _passwords(args: argparse.Namespace) -> dict[str, str] | str | None:
 
 
 async def run_fleet(args: argparse.Namespace, scenario: Scenario) -> int:
-    from firmware_shims.fleet.cluster import BrokerTarget
-    from firmware_shims.fleet.runner import Fleet
+    from fleet_sim.cluster import BrokerTarget
+    from fleet_sim.runner import Fleet
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -289,7 +289,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("fleet", help="run many simulated clusters with the real agent")
     add_arguments(p)
     p.set_defaults(func=_fleet)
-    from firmware_shims.fleet import demo
+    from fleet_sim import demo
 
     demo.add_parser(subparsers)
 

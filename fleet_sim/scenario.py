@@ -5,7 +5,7 @@ the package docstring) into a frozen ``Scenario`` or raises ``ScenarioError``
 naming the dotted field that was wrong (``faults[2].fault: 'modem.burnt' is not
 a fault; known: ...``). Unknown keys are refused, so a typo never becomes a
 silent default. ``bundled(name)`` is the path of a scenario shipped in
-``firmware_shims/scenarios/`` (``lam-thao``, ``phu-tho``, ``stress``).
+``fleet_sim/scenarios/`` (``lam-thao``, ``phu-tho``, ``stress``).
 
 Times in a scenario are durations (``"90s"``, ``"15m"``, ``"6h"``, ``"2d"``,
 ``"1d12h"`` or a number of seconds) or moments: a duration relative to the
@@ -21,9 +21,9 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from firmware_shims.amp.engine import FAULTS as AMP_FAULTS
 from firmware_shims.amp.profile import ProfileError, load_profile
@@ -32,7 +32,7 @@ from firmware_shims.modem.sim import FAULTS as MODEM_FAULTS
 from fleet_protocol import valid_device_id
 from fleet_protocol.config_schema import ConfigFieldError, build
 
-SCENARIO_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
 
 #: Faults of the controller and the stream, besides the engines' own.
 OTHER_FAULTS: Final = (
@@ -265,71 +265,94 @@ def parse_moment(value: object, field: str) -> tuple[float, bool]:
     return parse_duration(value, field, signed=True), False
 
 
-_S = TypeVar("_S")
+# --- the file as written: read by the shared typed-config builder --------------------
+#
+# These mirror the TOML tables key for key; ``fleet_protocol.config_schema.build``
+# checks each type and refuses unknown keys, naming the dotted field
+# (``communes[0].colour``). ``Any`` fields have their own syntax (durations,
+# moments, weights, targets) and are read by the parsers below.
 
 
-def _settings(cls: type[_S], data: object, where: str, minimums: Mapping[str, float]) -> _S:
-    """A settings table read by the shared typed-config builder, then its minimums checked."""
-    if not isinstance(data, dict):
-        raise ScenarioError(where, f"expected a table, got {type(data).__name__}")
-    try:
-        settings = build(cls, data, where)
-    except ConfigFieldError as exc:
-        raise ScenarioError(exc.field, exc.reason) from None
+@dataclass(frozen=True, kw_only=True)
+class _MetaToml:
+    name: str = "loa-fleet scenario"
+    district: str = ""
+    province: str = ""
+    prefix: str = ""
+    seed: int = 0
+    stream_url: str = "http://stream.example/{commune}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DefaultsToml:
+    dialects: Any = "generic"
+    amp_profiles: Any = "generic"
+    contractor: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _CommuneToml:
+    code: str
+    name: str
+    kind: str = "xã"
+    slug: str
+    clusters: int
+    never_reporting: int = 0
+    dialects: Any = None
+    amp_profiles: Any = None
+    contractor: Any = None
+    district: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TargetsToml:
+    """``cluster = "..."``, ``clusters = [...]`` or ``commune`` (+ ``count``)."""
+
+    cluster: Any = None
+    clusters: Any = None
+    commune: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FaultToml(_TargetsToml):
+    fault: str
+    count: Any = None
+    start: Any = 0
+    duration: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RandomToml:
+    fault: str
+    mtbf: Any = None
+    duration: Any = None
+    communes: tuple[str, ...] = ()
+    phase: str = "all"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _OutageToml(_TargetsToml):
+    start: Any = 0
+    duration: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ScenarioToml:
+    scenario: _MetaToml = field(default_factory=_MetaToml)
+    time: TimeSettings = field(default_factory=TimeSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    defaults: _DefaultsToml = field(default_factory=_DefaultsToml)
+    communes: tuple[_CommuneToml, ...] = ()
+    faults: tuple[_FaultToml, ...] = ()
+    random_faults: tuple[_RandomToml, ...] = ()
+    outages: tuple[_OutageToml, ...] = ()
+
+
+def _minimums(settings: object, where: str, minimums: Mapping[str, float]) -> None:
     for name, minimum in minimums.items():
         value = getattr(settings, name)
         if value < minimum:
             raise ScenarioError(f"{where}.{name}", f"{value} is below the minimum {minimum}")
-    return settings
-
-
-class _Table:
-    """A TOML table being read: typed getters naming the field; refuses unknown keys."""
-
-    def __init__(self, data: object, where: str, known: tuple[str, ...]) -> None:
-        if not isinstance(data, dict):
-            raise ScenarioError(where, f"expected a table, got {type(data).__name__}")
-        for key in data:
-            if key not in known:
-                raise ScenarioError(
-                    f"{where}.{key}" if where else key,
-                    f"unknown key (known: {', '.join(sorted(known))})",
-                )
-        self.data: dict[str, Any] = data
-        self.where = where
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def text(self, name: str, default: str | None = None) -> str:
-        v = self.data.get(name, default)
-        if v is None:
-            raise ScenarioError(self.key(name), "required but missing")
-        if not isinstance(v, str):
-            raise ScenarioError(self.key(name), f"expected a string, got {v!r}")
-        return v
-
-    def integer(self, name: str, default: int | None = None, *, minimum: int = 0) -> int:
-        v = self.data.get(name, default)
-        if v is None:
-            raise ScenarioError(self.key(name), "required but missing")
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ScenarioError(self.key(name), f"expected an integer, got {v!r}")
-        if v < minimum:
-            raise ScenarioError(self.key(name), f"{v} is below the minimum {minimum}")
-        return v
-
-    def duration(self, name: str, default: object) -> float:
-        return parse_duration(self.data.get(name, default), self.key(name))
-
-    def items(self, name: str) -> list[Any]:
-        v = self.data.get(name, [])
-        if not isinstance(v, list):
-            raise ScenarioError(self.key(name), f"expected a list, got {type(v).__name__}")
-        return v
 
 
 def _weights(
@@ -401,58 +424,81 @@ def _clusters(prefix: str, communes: tuple[Commune, ...], seed: int) -> tuple[Cl
 
 
 def _targets(
-    t: _Table, scenario_clusters: tuple[ClusterSpec, ...], communes: set[str]
+    t: _TargetsToml,
+    where: str,
+    scenario_clusters: tuple[ClusterSpec, ...],
+    communes: set[str],
+    count: Any = None,
 ) -> tuple[str, ...]:
     """Device ids from ``clusters = [...]``, ``cluster = "..."`` or ``commune`` (+ ``count``)."""
     by_id = {c.device_id: c for c in scenario_clusters}
-    ways = [k for k in ("cluster", "clusters", "commune") if t.has(k)]
+    ways = [k for k in ("cluster", "clusters", "commune") if getattr(t, k) is not None]
     if len(ways) != 1:
-        raise ScenarioError(t.where, "give exactly one of cluster, clusters or commune")
-    if ways[0] in ("cluster", "clusters"):
-        raw = [t.data["cluster"]] if ways[0] == "cluster" else t.items("clusters")
+        raise ScenarioError(where, "give exactly one of cluster, clusters or commune")
+    way = ways[0]
+    key = f"{where}.{way}"
+    if way in ("cluster", "clusters"):
+        raw = [t.cluster] if way == "cluster" else t.clusters
+        if not isinstance(raw, list):
+            raise ScenarioError(key, f"expected a list, got {type(raw).__name__}")
         if not raw:
-            raise ScenarioError(t.key(ways[0]), "is empty")
+            raise ScenarioError(key, "is empty")
         for i, d in enumerate(raw):
             if not isinstance(d, str) or d not in by_id:
-                where = t.key(ways[0]) + ("" if ways[0] == "cluster" else f"[{i}]")
-                raise ScenarioError(where, f"{d!r} is not a cluster of this scenario")
+                raise ScenarioError(
+                    key + ("" if way == "cluster" else f"[{i}]"),
+                    f"{d!r} is not a cluster of this scenario",
+                )
         return tuple(raw)
-    code = t.text("commune")
+    code = t.commune
+    if not isinstance(code, str):
+        raise ScenarioError(key, f"expected a string, got {code!r}")
     if code not in communes:
-        raise ScenarioError(t.key("commune"), f"{code!r} is not a commune code of this scenario")
+        raise ScenarioError(key, f"{code!r} is not a commune code of this scenario")
     members = [c.device_id for c in scenario_clusters if c.commune == code and not c.silent]
-    count = t.integer("count", len(members), minimum=1) if t.has("count") else len(members)
+    if count is None:
+        return tuple(members)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ScenarioError(f"{where}.count", f"expected an integer, got {count!r}")
+    if count < 1:
+        raise ScenarioError(f"{where}.count", f"{count} is below the minimum 1")
     if count > len(members):
         raise ScenarioError(
-            t.key("count"), f"{count} is more than the {len(members)} reporting clusters of {code}"
+            f"{where}.count",
+            f"{count} is more than the {len(members)} reporting clusters of {code}",
         )
     return tuple(members[:count])
 
 
+def _optional_text(value: Any, where: str, default: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ScenarioError(where, f"expected a string, got {value!r}")
+    return value
+
+
 def parse_scenario(data: dict[str, Any]) -> Scenario:
     """Build and validate a Scenario from parsed TOML; ScenarioError names the field."""
-    top = _Table(
-        data,
-        "",
-        ("scenario", "time", "agent", "defaults", "communes", "faults", "random_faults", "outages"),
-    )
-    meta = _Table(
-        top.data.get("scenario", {}),
-        "scenario",
-        ("name", "district", "province", "prefix", "seed", "stream_url"),
-    )
-    prefix = meta.text("prefix", "")
+    if not isinstance(data, dict):
+        raise ScenarioError("$", f"expected a table, got {type(data).__name__}")
+    try:
+        raw = build(_ScenarioToml, data)
+    except ConfigFieldError as exc:
+        raise ScenarioError(exc.field or "$", exc.reason) from None
+    meta = raw.scenario
+    prefix = meta.prefix
     if prefix and not _SLUG_RE.match(prefix):
         raise ScenarioError("scenario.prefix", f"{prefix!r} must match [a-z0-9][a-z0-9-]*")
-    stream_url = meta.text("stream_url", "http://stream.example/{commune}")
+    stream_url = meta.stream_url
     try:
         stream_url.format(commune="x")
     except (KeyError, IndexError, ValueError) as exc:
         raise ScenarioError("scenario.stream_url", f"bad placeholder: {exc}") from None
 
-    time_settings = _settings(
-        TimeSettings,
-        top.data.get("time", {}),
+    time_settings = raw.time
+    _minimums(
+        time_settings,
         "time",
         {"backfill_days": 0.0, "acceleration": 1.0, "backfill_step_s": 1.0, "horizon_days": 0.0},
     )
@@ -465,9 +511,9 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     if time_settings.backfill_days > 0 and time_settings.acceleration <= 1:
         raise ScenarioError("time.acceleration", "backfilling needs an acceleration above 1")
 
-    agent = _settings(
-        AgentSettings,
-        top.data.get("agent", {}),
+    agent = raw.agent
+    _minimums(
+        agent,
         "agent",
         {
             **dict.fromkeys(
@@ -483,164 +529,142 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
     if agent.full_report_s < agent.heartbeat_s:
         raise ScenarioError("agent.full_report_s", "must not be shorter than agent.heartbeat_s")
 
-    defaults = _Table(
-        top.data.get("defaults", {}), "defaults", ("dialects", "amp_profiles", "contractor")
-    )
-    default_dialects = _weights(
-        defaults.data.get("dialects", "generic"), "defaults.dialects", DIALECT_NAMES
-    )
-    default_profiles = _weights(
-        defaults.data.get("amp_profiles", "generic"),
-        "defaults.amp_profiles",
-        (),
-        _check_profile,
-    )
-    default_contractor = defaults.text("contractor", "")
+    defaults = raw.defaults
+    default_dialects = _weights(defaults.dialects, "defaults.dialects", DIALECT_NAMES)
+    default_profiles = _weights(defaults.amp_profiles, "defaults.amp_profiles", (), _check_profile)
 
-    raw_communes = top.items("communes")
-    if not raw_communes:
+    if not raw.communes:
         raise ScenarioError("communes", "a scenario needs at least one [[communes]] entry")
     communes: list[Commune] = []
     seen_codes: set[str] = set()
     seen_slugs: set[str] = set()
-    for i, raw in enumerate(raw_communes):
-        ct = _Table(
-            raw,
-            f"communes[{i}]",
-            (
-                "code",
-                "name",
-                "kind",
-                "slug",
-                "clusters",
-                "never_reporting",
-                "dialects",
-                "amp_profiles",
-                "contractor",
-                "district",
-            ),
-        )
-        code = ct.text("code")
+    for i, ct in enumerate(raw.communes):
+        where = f"communes[{i}]"
+        code = ct.code
         if not code or len(code) > 32 or code in seen_codes:
-            raise ScenarioError(ct.key("code"), f"{code!r} is empty, too long or repeated")
-        name = ct.text("name")
-        if not name.strip():
-            raise ScenarioError(ct.key("name"), "is empty")
-        kind = ct.text("kind", "xã")
-        if kind not in COMMUNE_KINDS:
+            raise ScenarioError(f"{where}.code", f"{code!r} is empty, too long or repeated")
+        if not ct.name.strip():
+            raise ScenarioError(f"{where}.name", "is empty")
+        if ct.kind not in COMMUNE_KINDS:
             raise ScenarioError(
-                ct.key("kind"), f"{kind!r} is not one of {', '.join(COMMUNE_KINDS)}"
+                f"{where}.kind", f"{ct.kind!r} is not one of {', '.join(COMMUNE_KINDS)}"
             )
-        slug = ct.text("slug")
-        if not _SLUG_RE.match(slug) or slug in seen_slugs:
+        if not _SLUG_RE.match(ct.slug) or ct.slug in seen_slugs:
             raise ScenarioError(
-                ct.key("slug"), f"{slug!r} must match [a-z0-9][a-z0-9-]* and be unique"
+                f"{where}.slug", f"{ct.slug!r} must match [a-z0-9][a-z0-9-]* and be unique"
             )
-        clusters = ct.integer("clusters", minimum=1)
-        never = ct.integer("never_reporting", 0)
-        if never > clusters:
+        if ct.clusters < 1:
+            raise ScenarioError(f"{where}.clusters", f"{ct.clusters} is below the minimum 1")
+        if ct.never_reporting < 0:
             raise ScenarioError(
-                ct.key("never_reporting"), f"{never} is more than clusters ({clusters})"
+                f"{where}.never_reporting", f"{ct.never_reporting} is below the minimum 0"
+            )
+        if ct.never_reporting > ct.clusters:
+            raise ScenarioError(
+                f"{where}.never_reporting",
+                f"{ct.never_reporting} is more than clusters ({ct.clusters})",
             )
         communes.append(
             Commune(
                 code=code,
-                name=name,
-                kind=kind,
-                slug=slug,
-                clusters=clusters,
-                never_reporting=never,
+                name=ct.name,
+                kind=ct.kind,
+                slug=ct.slug,
+                clusters=ct.clusters,
+                never_reporting=ct.never_reporting,
                 dialects=(
-                    _weights(ct.data["dialects"], ct.key("dialects"), DIALECT_NAMES)
-                    if ct.has("dialects")
+                    _weights(ct.dialects, f"{where}.dialects", DIALECT_NAMES)
+                    if ct.dialects is not None
                     else default_dialects
                 ),
                 amp_profiles=(
-                    _weights(ct.data["amp_profiles"], ct.key("amp_profiles"), (), _check_profile)
-                    if ct.has("amp_profiles")
+                    _weights(ct.amp_profiles, f"{where}.amp_profiles", (), _check_profile)
+                    if ct.amp_profiles is not None
                     else default_profiles
                 ),
-                contractor=ct.text("contractor", default_contractor),
-                district=ct.text("district", meta.text("district", "")),
+                contractor=_optional_text(
+                    ct.contractor, f"{where}.contractor", defaults.contractor
+                ),
+                district=_optional_text(ct.district, f"{where}.district", meta.district),
             )
         )
         seen_codes.add(code)
-        seen_slugs.add(slug)
-    seed = meta.integer("seed", 0)
+        seen_slugs.add(ct.slug)
+    seed = meta.seed
+    if seed < 0:
+        raise ScenarioError("scenario.seed", f"{seed} is below the minimum 0")
     clusters_t = _clusters(prefix, tuple(communes), seed)
     for c in clusters_t:
         if not valid_device_id(c.device_id):
             raise ScenarioError("scenario.prefix", f"device id {c.device_id!r} is not valid")
 
     faults: list[FaultRule] = []
-    for i, raw in enumerate(top.items("faults")):
-        ft = _Table(
-            raw,
-            f"faults[{i}]",
-            ("fault", "cluster", "clusters", "commune", "count", "start", "duration"),
-        )
-        start, absolute = parse_moment(ft.data.get("start", 0), ft.key("start"))
+    for i, ft in enumerate(raw.faults):
+        where = f"faults[{i}]"
+        start, absolute = parse_moment(ft.start, f"{where}.start")
         faults.append(
             FaultRule(
-                fault=_fault_name(ft.data.get("fault"), ft.key("fault")),
-                targets=_targets(ft, clusters_t, seen_codes),
+                fault=_fault_name(ft.fault, f"{where}.fault"),
+                targets=_targets(ft, where, clusters_t, seen_codes, ft.count),
                 start=start,
                 absolute=absolute,
-                duration=ft.duration("duration", 0) if ft.has("duration") else None,
+                duration=parse_duration(ft.duration, f"{where}.duration")
+                if ft.duration is not None
+                else None,
             )
         )
 
     randoms: list[RandomRule] = []
-    for i, raw in enumerate(top.items("random_faults")):
-        rt = _Table(raw, f"random_faults[{i}]", ("fault", "mtbf", "duration", "communes", "phase"))
-        span = rt.data.get("duration")
+    for i, rt in enumerate(raw.random_faults):
+        where = f"random_faults[{i}]"
+        span = rt.duration
         if not isinstance(span, list) or len(span) != 2:
             raise ScenarioError(
-                rt.key("duration"), "expected [shortest, longest], e.g. ['6h', '5d']"
+                f"{where}.duration", "expected [shortest, longest], e.g. ['6h', '5d']"
             )
-        lo = parse_duration(span[0], rt.key("duration") + "[0]")
-        hi = parse_duration(span[1], rt.key("duration") + "[1]")
+        lo = parse_duration(span[0], f"{where}.duration[0]")
+        hi = parse_duration(span[1], f"{where}.duration[1]")
         if not 0 < lo <= hi:
-            raise ScenarioError(rt.key("duration"), "needs 0 < shortest <= longest")
-        mtbf = rt.duration("mtbf", None) if rt.has("mtbf") else None
+            raise ScenarioError(f"{where}.duration", "needs 0 < shortest <= longest")
+        mtbf = parse_duration(rt.mtbf, f"{where}.mtbf") if rt.mtbf is not None else None
         if mtbf is None or mtbf <= 0:
-            raise ScenarioError(rt.key("mtbf"), "required: mean time between episodes, e.g. '90d'")
-        scope = rt.items("communes")
-        for j, code in enumerate(scope):
+            raise ScenarioError(f"{where}.mtbf", "required: mean time between episodes, e.g. '90d'")
+        for j, code in enumerate(rt.communes):
             if code not in seen_codes:
-                raise ScenarioError(f"{rt.key('communes')}[{j}]", f"{code!r} is not a commune code")
-        phase = rt.text("phase", "all")
-        if phase not in PHASES:
-            raise ScenarioError(rt.key("phase"), f"{phase!r} is not one of {', '.join(PHASES)}")
+                raise ScenarioError(f"{where}.communes[{j}]", f"{code!r} is not a commune code")
+        if rt.phase not in PHASES:
+            raise ScenarioError(f"{where}.phase", f"{rt.phase!r} is not one of {', '.join(PHASES)}")
         randoms.append(
             RandomRule(
-                fault=_fault_name(rt.data.get("fault"), rt.key("fault")),
+                fault=_fault_name(rt.fault, f"{where}.fault"),
                 mtbf=mtbf,
                 duration=(lo, hi),
-                communes=tuple(scope),
-                phase=phase,
+                communes=rt.communes,
+                phase=rt.phase,
             )
         )
 
     outages: list[OutageRule] = []
-    for i, raw in enumerate(top.items("outages")):
-        ot = _Table(raw, f"outages[{i}]", ("cluster", "clusters", "commune", "start", "duration"))
-        start, absolute = parse_moment(ot.data.get("start", 0), ot.key("start"))
-        targets = _targets(ot, clusters_t, seen_codes)
+    for i, ot in enumerate(raw.outages):
+        where = f"outages[{i}]"
+        start, absolute = parse_moment(ot.start, f"{where}.start")
+        targets = _targets(ot, where, clusters_t, seen_codes)
         outages.append(
             OutageRule(
                 targets=targets,
                 start=start,
                 absolute=absolute,
-                duration=ot.duration("duration", 0) if ot.has("duration") else None,
-                label=str(ot.data.get("commune") or ot.data.get("cluster") or ", ".join(targets)),
+                duration=parse_duration(ot.duration, f"{where}.duration")
+                if ot.duration is not None
+                else None,
+                label=str(ot.commune or ot.cluster or ", ".join(targets)),
             )
         )
 
     return Scenario(
-        name=meta.text("name", "loa-fleet scenario"),
-        district=meta.text("district", ""),
-        province=meta.text("province", ""),
+        name=meta.name,
+        district=meta.district,
+        province=meta.province,
         prefix=prefix,
         seed=seed,
         stream_url=stream_url,

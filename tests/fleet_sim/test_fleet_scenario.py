@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from firmware_shims.fleet import inventory_csv, main, with_time
-from firmware_shims.fleet.scenario import (
+from fleet_sim import inventory_csv, main, with_time
+from fleet_sim.scenario import (
     SCENARIO_DIR,
     ScenarioError,
     load_scenario,
@@ -19,7 +19,7 @@ from firmware_shims.fleet.scenario import (
     parse_moment,
     parse_scenario,
 )
-from firmware_shims.fleet.timeline import FleetClock, build_schedule, changes
+from fleet_sim.timeline import FleetClock, build_schedule, changes
 
 DATA = Path(__file__).parent / "data"
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from firmware_shims.fleet.cluster import BrokerTarget, ClusterSim, Intervals
-from firmware_shims.fleet.scenario import Scenario
-from firmware_shims.fleet.timeline import Change, FleetClock, build_schedule, changes
+from fleet_sim.cluster import BrokerTarget, ClusterSim, Intervals
+from fleet_sim.scenario import Scenario
+from fleet_sim.timeline import Change, FleetClock, build_schedule, changes
 
 log = logging.getLogger("loa.fleet")
 
@@ -177,8 +177,7 @@ class Fleet:
         if not self.live:
             self.live = True
             for c in self.clusters.values():
-                if c.agent is not None:
-                    c.agent.set_intervals(self._live_iv)
+                c.set_intervals(self._live_iv)
             log.info(
                 "backfill done: history from %s to now; the fleet runs live",
                 _iso(self.clock.origin),

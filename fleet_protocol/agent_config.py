@@ -1,4 +1,8 @@
-"""The agent's configuration: frozen dataclasses loaded once from TOML.
+"""The agent's configuration schema: frozen dataclasses loaded once from TOML.
+
+It lives in ``fleet_protocol`` because both sides read it: the agent
+(``edge_agent.config`` adds the hardware checks) and the collector's
+provisioning, which validates every ``agent.toml`` it writes.
 
 ``load_config(path)`` returns an ``AgentConfig`` or raises ``ConfigError``
 naming the dotted key that was wrong (``modem.timeout_s: 40.0 s is longer than
@@ -14,14 +18,25 @@ from __future__ import annotations
 
 import logging
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from edge_agent.errors import ConfigError
-from fleet_protocol import valid_device_id
 from fleet_protocol.config_schema import ConfigFieldError, build
+from fleet_protocol.topics import valid_device_id
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; ``field`` is the dotted TOML key (``modem.baud``)."""
+
+    def __init__(self, field: str, reason: str, *, path: str | None = None) -> None:
+        self.field = field
+        self.reason = reason
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{field}: {reason}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,8 +301,13 @@ def _readable(key: str, path: Path | None) -> None:
         raise ConfigError(key, f"no such file: {path}")
 
 
-def validate(cfg: AgentConfig) -> AgentConfig:
-    """Check cross-field rules; raises ConfigError naming the field."""
+#: Checks what only the hardware layer knows (dialect names, amplifier profiles);
+#: raises ConfigError naming the field. ``firmware_shims.hardware.check_agent_hardware``.
+HardwareCheck = Callable[["AgentConfig"], None]
+
+
+def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> AgentConfig:
+    """Check cross-field rules (and ``hardware``'s); raises ConfigError naming the field."""
     if not valid_device_id(cfg.device.id):
         raise ConfigError("device.id", f"{cfg.device.id!r} must match [a-z0-9][a-z0-9-]{{2,62}}")
     b = cfg.broker
@@ -321,20 +341,9 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         _poll("modem", cfg.modem.poll_s, cfg.modem.timeout_s)
         if not cfg.modem.port:
             raise ConfigError("modem.port", "required (e.g. /dev/serial/by-id/usb-...-if02-port0)")
-    if cfg.modem is not None:
-        from firmware_shims.modem.dialects import get_dialect
-
-        try:
-            get_dialect(cfg.modem.dialect)
-        except (KeyError, ValueError) as exc:
-            raise ConfigError("modem.dialect", str(exc).strip("'\"")) from None
+    if hardware is not None:
+        hardware(cfg)
     if cfg.amp is not None:
-        from firmware_shims.amp.profile import ProfileError, load_profile
-
-        try:
-            load_profile(cfg.amp.profile)
-        except (ProfileError, OSError) as exc:
-            raise ConfigError("amp.profile", str(exc)) from None
         a = cfg.amp
         _poll("amp", a.poll_s, a.timeout_s)
         if a.transport == "rtu" and not a.port:
@@ -382,16 +391,16 @@ def validate(cfg: AgentConfig) -> AgentConfig:
     return cfg
 
 
-def parse_config(data: dict[str, Any]) -> AgentConfig:
+def parse_config(data: dict[str, Any], *, hardware: HardwareCheck | None = None) -> AgentConfig:
     """Build and validate an AgentConfig from parsed TOML."""
     try:
         cfg = build(AgentConfig, data)
     except ConfigFieldError as exc:
         raise ConfigError(exc.field or "$", exc.reason) from None
-    return validate(cfg)
+    return validate(cfg, hardware=hardware)
 
 
-def load_config(path: Path | str) -> AgentConfig:
+def load_config(path: Path | str, *, hardware: HardwareCheck | None = None) -> AgentConfig:
     """Load ``path``; raises ConfigError (with ``path`` set) naming the bad field."""
     p = Path(path)
     try:
@@ -401,7 +410,7 @@ def load_config(path: Path | str) -> AgentConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("$", f"not valid TOML: {exc}", path=str(p)) from None
     try:
-        return parse_config(data)
+        return parse_config(data, hardware=hardware)
     except ConfigError as exc:
         raise ConfigError(exc.field, exc.reason, path=str(p)) from None
 
@@ -410,9 +419,11 @@ __all__ = [
     "AgentConfig",
     "AmpConfig",
     "BrokerConfig",
+    "ConfigError",
     "ControlConfig",
     "DeviceConfig",
     "DiagnosisConfig",
+    "HardwareCheck",
     "ModemConfig",
     "OutboxConfig",
     "RecoveryConfig",

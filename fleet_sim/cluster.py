@@ -2,17 +2,17 @@
 
 ``ClusterSim`` owns a cluster's simulated modem (``ModemEngine``), amplifier
 (``AmpEngine``), controller and stream, and its data ``Link``; it runs the
-real ``edge_agent.agent.Agent`` code against them through ``FleetAgent``, a
-subclass that changes only what a simulation must:
+real ``edge_agent.agent.Agent`` against them, passing through the agent's
+constructor only what a simulation must change:
 
-- ``_build_probes``: the real ``ModemProbe`` over ``AtPort.for_engine`` and
+- ``probes``: the real ``ModemProbe`` over ``AtPort.for_engine`` and
   ``AmpProbe.in_process`` (no pty, no socket, no thread), plus a simulated
   controller and stream probe; every probe stamps readings with the fleet's
   simulated clock;
-- ``_store``: every message is stamped with the simulated clock (the device's
+- ``clock``: every message is stamped with the simulated clock (the device's
   clock) rather than the host's, so backfilled history carries past times;
-- ``_supervise``: the uplink is a ``FleetUplink`` whose presence messages carry
-  the simulated clock and which cannot connect while the link is down.
+- ``uplink``: the agent's own ``Uplink``, whose MQTT clients come from the
+  cluster's ``Link`` and cannot connect while the link is down.
 
 Diagnosis, the outbox (one SQLite file per cluster), the uplink's MQTT session,
 reports and the recovery ladder are the agent's own.
@@ -25,7 +25,6 @@ import contextlib
 import errno
 import logging
 import random
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,7 +34,8 @@ from typing import Any
 
 import aiomqtt
 
-from edge_agent.agent import Agent
+from edge_agent.agent import Agent, ProbeSlot
+from edge_agent.clock import Stamper
 from edge_agent.config import (
     AgentConfig,
     BrokerConfig,
@@ -53,8 +53,6 @@ from edge_agent.uplink import Uplink
 from firmware_shims.amp.engine import AmpEngine
 from firmware_shims.amp.probe import AmpProbe
 from firmware_shims.amp.profile import load_profile
-from firmware_shims.fleet.scenario import LINK_CUTTING, ClusterSpec, Scenario
-from firmware_shims.fleet.timeline import OUTAGE, FleetClock
 from firmware_shims.modem.port import AtPort
 from firmware_shims.modem.probe import ModemProbe
 from firmware_shims.modem.sim import ModemEngine, SimOptions
@@ -63,7 +61,10 @@ from fleet_protocol import (
     Command,
     StreamState,
     SystemState,
+    mqtt_compat,
 )
+from fleet_sim.scenario import LINK_CUTTING, ClusterSpec, Scenario
+from fleet_sim.timeline import OUTAGE, FleetClock
 
 log = logging.getLogger("loa.fleet")
 
@@ -148,77 +149,23 @@ class Link:
             else:
                 self.hang_up()
 
+    def client(self, *args: Any, **kwargs: Any) -> aiomqtt.Client:
+        """The uplink's ``client_factory``: a client on this link; ENETUNREACH while down."""
+        if not self.up:
+            raise OSError(errno.ENETUNREACH, "no data link (simulated)")
+        client = aiomqtt.Client(*args, **kwargs)
+        self.attach(client)
+        return client
+
     def drop(self) -> None:
         """Shut the current connection's socket (if any) without a DISCONNECT."""
         client, self._client = self._client, None
-        paho = getattr(client, "_client", None)
-        sock = paho.socket() if paho is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        mqtt_compat.drop(client)
 
     def hang_up(self) -> None:
         """End the current session with a DISCONNECT: the broker discards the last will."""
         client, self._client = self._client, None
-        paho = getattr(client, "_client", None)
-        if paho is not None:
-            paho.disconnect()
-
-
-class FleetUplink(Uplink):
-    """The agent's uplink, with presence on the simulated clock and a switchable link."""
-
-    def __init__(
-        self,
-        cfg: AgentConfig,
-        outbox: Outbox,
-        on_command: Callable[[Command], Awaitable[None]],
-        *,
-        link: Link,
-        clock: Callable[[], float],
-    ) -> None:
-        super().__init__(cfg, outbox, on_command, clock=clock)
-        self.link = link
-
-    def _client(self, will_seq: int) -> aiomqtt.Client:
-        if not self.link.up:
-            raise OSError(errno.ENETUNREACH, "no data link (simulated)")
-        client = super()._client(will_seq)
-        self.link.attach(client)
-        return client
-
-
-class FleetAgent(Agent):
-    """The real agent, with simulated hardware and the fleet's clock (module docstring)."""
-
-    def __init__(self, cfg: AgentConfig, cluster: ClusterSim, *, clock: Callable[[], float]):
-        super().__init__(cfg, clock=clock, shutdown_timeout=5.0)
-        self.cluster = cluster
-
-    def _build_probes(self) -> None:
-        c = self.cluster
-        iv = c.intervals()
-        port = AtPort.for_engine(c.modem_engine, name=f"{self.device}:modem")
-        self.modem = ModemProbe(port, c.spec.dialect, timeout=iv.at_timeout, clock=self.clock)
-        self._add_poller(self.modem, iv.modem, "modem")
-        self.amp = AmpProbe.in_process(c.amp_engine, clock=self.clock)
-        self._add_poller(self.amp, iv.amp, "amp")
-        self._add_poller(SimSystemProbe(c, self.clock), iv.system, "system")
-        self._add_poller(SimStreamProbe(c, self.clock), iv.stream, "stream")
-
-    async def _supervise(self, stop: asyncio.Event) -> None:
-        assert self.outbox is not None
-        self.uplink = FleetUplink(
-            self.cfg, self.outbox, self.on_command, link=self.cluster.link, clock=self.clock
-        )
-        await super()._supervise(stop)
-
-    def set_intervals(self, iv: Intervals) -> None:
-        """Switch every poller to ``iv`` (backfill → live); takes effect at the next poll."""
-        for p in self.pollers:
-            p.interval = iv.of(p.name)
-        if self.modem is not None:
-            self.modem.timeout = iv.at_timeout
+        mqtt_compat.hang_up(client)
 
 
 class SimSystemProbe:
@@ -337,7 +284,7 @@ class ClusterSim:
         self.boot_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
         self.powered = True
         self.restarts = 0
-        self.agent: FleetAgent | None = None
+        self.agent: Agent | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self.cfg = self._config(scenario, state_dir, broker, password)
@@ -422,13 +369,55 @@ class ClusterSim:
             self.restarts += 1
             self.boot_id = str(uuid.UUID(int=self.rng.getrandbits(128)))
             self.booted_at = self.clock()
-        self.agent = FleetAgent(self.cfg, self, clock=self.clock)
+        self.agent = Agent(
+            self.cfg,
+            probes=self.probes(),
+            uplink=self.uplink,
+            clock=self.clock,
+            shutdown_timeout=5.0,
+        )
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(
             self._run(self.agent, self._stop), name=f"agent[{self.device}]"
         )
 
-    async def _run(self, agent: FleetAgent, stop: asyncio.Event) -> None:
+    def probes(self) -> list[ProbeSlot]:
+        """Fresh probes on this cluster's simulated hardware, for one boot of its agent."""
+        iv = self.intervals()
+        port = AtPort.for_engine(self.modem_engine, name=f"{self.device}:modem")
+        modem = ModemProbe(port, self.spec.dialect, timeout=iv.at_timeout, clock=self.clock)
+        return [
+            ProbeSlot("modem", modem, iv.modem),
+            ProbeSlot("amp", AmpProbe.in_process(self.amp_engine, clock=self.clock), iv.amp),
+            ProbeSlot("system", SimSystemProbe(self, self.clock), iv.system),
+            ProbeSlot("stream", SimStreamProbe(self, self.clock), iv.stream),
+        ]
+
+    def uplink(
+        self,
+        cfg: AgentConfig,
+        outbox: Outbox,
+        on_command: Callable[[Command], Awaitable[None]],
+        *,
+        clock: Callable[[], float],
+        stamper: Stamper | None,
+    ) -> Uplink:
+        """The agent's uplink factory: the real ``Uplink`` over this cluster's ``Link``."""
+        return Uplink(
+            cfg, outbox, on_command, clock=clock, stamper=stamper, client_factory=self.link.client
+        )
+
+    def set_intervals(self, iv: Intervals) -> None:
+        """Switch the running agent's pollers to ``iv`` (backfill → live); from the next poll."""
+        agent = self.agent
+        if agent is None:
+            return
+        for p in agent.pollers:
+            p.interval = iv.of(p.name)
+        if agent.modem is not None:
+            agent.modem.timeout = iv.at_timeout
+
+    async def _run(self, agent: Agent, stop: asyncio.Event) -> None:
         try:
             await agent.run(stop)
         except asyncio.CancelledError:
@@ -479,8 +468,6 @@ class ClusterSim:
 __all__ = [
     "BrokerTarget",
     "ClusterSim",
-    "FleetAgent",
-    "FleetUplink",
     "Intervals",
     "Link",
     "SimStreamProbe",

@@ -9,7 +9,7 @@ and runs this. In a working directory (``var/demo`` by default, emptied first):
    and the production ACL;
 2. the collector with SQLite: schema migrated, the scenario's inventory
    imported, an ``admin`` login created, ``loa-collector serve`` started;
-3. the fleet (``firmware_shims.fleet.runner.Fleet``) in this process: it
+3. the fleet (``fleet_sim.runner.Fleet``) in this process: it
    backfills the scenario's history (about two months for ``lam-thao``, so the
    B2 table for last month exists), then runs live with faults coming and
    going.
@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import datetime as dt
 import getpass
+import io
 import json
 import logging
 import os
@@ -46,12 +48,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from firmware_shims.fleet.scenario import Scenario, ScenarioError, load_scenario
+from fleet_sim.scenario import Scenario, ScenarioError, load_scenario
 
 log = logging.getLogger("loa.demo")
 
 COLLECTOR_USER = "loa_collector"
 ADMIN_USER = "admin"
+#: The simulated repair crews' login: an admin, since only admins may record past times.
+CREW_USER = "demo-crew"
 
 
 class DemoError(Exception):
@@ -160,6 +164,7 @@ class Demo:
         self.admin_password = secrets.token_urlsafe(9)
         self.collector_cfg = self.workdir / "collector.toml"
         self.device_passwords = self.workdir / "device-passwords"
+        self.crew_token = ""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -243,7 +248,7 @@ port = {self.http_port}
 secure_cookies = false
 
 [repairs]
-# The demo's repair crews (firmware_shims/fleet/repairs.py) open, start and
+# The demo's repair crews (fleet_sim/repairs.py) open, start and
 # resolve tickets on the fleet's simulated clock; the collector's automatic
 # open and resolve work on wall-clock time and would stamp backfilled
 # breakdowns with today's date, so they are off here.
@@ -253,15 +258,19 @@ auto_resolve_after_s = 31536000
             encoding="utf-8",
         )
 
-    def _collector_cli(self, *argv: str) -> None:
+    def _collector_cli(self, *argv: str) -> str:
+        """Run one ``loa-collector`` command in this process; its standard output."""
         from collector import cli
 
-        rc = cli.main([*argv])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = cli.main([*argv])
         if rc != 0:
             raise DemoError(f"loa-collector {' '.join(argv[:2])} failed (status {rc})")
+        return out.getvalue()
 
     def setup_collector(self) -> None:
-        from firmware_shims.fleet import inventory_csv
+        from fleet_sim import inventory_csv
 
         cfg = str(self.collector_cfg)
         self._collector_cli("db", "migrate", "--config", cfg)
@@ -282,6 +291,15 @@ auto_resolve_after_s = 31536000
             "--config",
             cfg,
         )
+        crew_pw = self.workdir / "crew-password"
+        crew_pw.write_text(secrets.token_urlsafe(18) + "\n", encoding="utf-8")
+        crew_pw.chmod(0o600)
+        for argv in (
+            ("users", "add", CREW_USER, "--role", "admin", "--password-file", str(crew_pw)),
+            ("users", "token", CREW_USER, "--label", "loa-sim demo repair crews"),
+        ):
+            out = self._collector_cli(*argv, "--config", cfg)
+        self.crew_token = out.strip().splitlines()[-1]
 
     # --- processes -----------------------------------------------------------------
 
@@ -366,9 +384,9 @@ auto_resolve_after_s = 31536000
         )
 
     async def run_fleet(self, stop: asyncio.Event) -> None:
-        from firmware_shims.fleet.cluster import BrokerTarget
-        from firmware_shims.fleet.repairs import RepairCrew, plan_repairs
-        from firmware_shims.fleet.runner import Fleet
+        from fleet_sim.cluster import BrokerTarget
+        from fleet_sim.repairs import RepairCrew, plan_repairs
+        from fleet_sim.runner import Fleet
 
         passwords: dict[str, str] = {}
         for line in self.device_passwords.read_text(encoding="utf-8").splitlines():
@@ -398,7 +416,8 @@ auto_resolve_after_s = 31536000
             c.device_id: self.scenario.commune(c.commune).contractor for c in self.scenario.clusters
         }
         crew = RepairCrew(
-            self.workdir / "collector.db",
+            f"http://127.0.0.1:{self.http_port}",
+            self.crew_token,
             plan_repairs(fleet.episodes, contractors, seed=self.scenario.seed),
             fleet.clock,
         )
@@ -459,7 +478,7 @@ auto_resolve_after_s = 31536000
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from firmware_shims.fleet import with_time
+    from fleet_sim import with_time
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

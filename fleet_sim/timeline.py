@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from firmware_shims.fleet.scenario import Scenario
+from fleet_sim.scenario import Scenario
 
 #: The episode name of a network outage (faults use their scenario names).
 OUTAGE = "network.outage"

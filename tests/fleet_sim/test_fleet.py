@@ -23,10 +23,10 @@ import pytest
 
 from collector.model import InventoryDevice, Status
 from collector.store.sqlite import SQLiteRepository
-from firmware_shims.fleet.cluster import BrokerTarget
-from firmware_shims.fleet.runner import Fleet
-from firmware_shims.fleet.scenario import parse_scenario
 from fleet_protocol import B2Cause
+from fleet_sim.cluster import BrokerTarget
+from fleet_sim.runner import Fleet
+from fleet_sim.scenario import parse_scenario
 from tests.collector.conftest import ingest_running, make_config, wait_for
 from tests.support.mosquitto import Broker
 
@@ -163,7 +163,7 @@ def test_loa_sim_fleet_runs_and_stops_on_sigterm(broker: Broker, tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "firmware_shims.cli",
+            "fleet_sim.cli",
             "fleet",
             "--scenario",
             str(scenario),
