@@ -217,6 +217,17 @@ def query_of(request: web.Request) -> dict[str, str]:
     return out
 
 
+def page_params(request: web.Request, cls: type[T]) -> T:
+    """A dashboard page's query as ``cls``: an empty form field means "not given",
+    and names ``cls`` does not know (a language switch's extra keys) are ignored;
+    the values themselves follow the API's rules, so a bad one is a 400 naming it.
+    """
+    assert issubclass(cls, msgspec.Struct)
+    known = set(cls.__struct_fields__)
+    query = {k: v for k, v in query_of(request).items() if k in known and v.strip()}
+    return decode_params(query, cls)
+
+
 _STRING_RE: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKETS_RE: Final = re.compile(rb"[\[\]{}]")
 

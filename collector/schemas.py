@@ -117,6 +117,29 @@ class B2Params(Params):
     unit: Line200 | None = None
 
 
+# -- page queries (the dashboard's forms; empty fields mean "not given") --------------------
+
+
+class DevicePageParams(Params):
+    range: Literal["24h", "7d", "30d"] = "24h"
+    lang: Lang | None = None
+
+
+class B2PageParams(Params):
+    as_of: TimeParam | None = None
+    scope: Scope = Scope.COMMUNE
+    lang: Lang | None = None
+
+
+class RepairsPageParams(Params):
+    commune: Commune | None = None
+    contractor: Line200 | None = None
+    min_age_days: Annotated[
+        float, msgspec.Meta(ge=0, le=36500, description="open for at least this many days")
+    ] = 0.0
+    lang: Lang | None = None
+
+
 class B2SummaryParams(Params):
     as_of: TimeParam | None = None
     lang: Lang | None = None

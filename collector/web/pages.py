@@ -27,7 +27,7 @@ from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
 from collector.keys import CONFIG, REPO
 from collector.model import Status
-from collector.params import decode_params, query_of, safe_next
+from collector.params import page_params, safe_next
 from collector.store.base import FaultRow, NotFound, Role
 from collector.web import charts, views
 from collector.web.i18n import MESSAGES, Tr
@@ -249,9 +249,7 @@ async def device(request: web.Request) -> Context:
     require(request, Permission.READ, d.commune_code)
     ctx = Ctx.of(request)
     tr = ctx.tr
-    range_key = request.query.get("range", "24h")
-    if range_key not in RANGES:
-        range_key = "24h"
+    range_key = page_params(request, schemas.DevicePageParams).range
     end = ctx.now
     start = end - RANGES[range_key]
     labels = await _labels(request, ctx.lang)
@@ -313,7 +311,6 @@ async def device(request: web.Request) -> Context:
 
 
 #: The query parameters the B2 page reads (``lang`` is the language switch's).
-_B2_PAGE_PARAMS: Final = frozenset({"as_of", "scope"})
 
 
 @aiohttp_jinja2.template("b2.html")
@@ -324,8 +321,7 @@ async def b2(request: web.Request) -> Context:
     settings = settings_of(request)
     # The API's parameters and rules (collector.schemas.B2Params); an empty
     # field of the page's form means "not given".
-    query = {k: v for k, v in query_of(request).items() if v.strip() and k in _B2_PAGE_PARAMS}
-    p = decode_params(query, schemas.B2Params)
+    p = page_params(request, schemas.B2PageParams)
     as_of = as_of_param(p.as_of, settings)
     scope_raw = p.scope.value
     table_ = await b2_table(
@@ -369,12 +365,9 @@ async def repairs_page(request: web.Request) -> Context:
             tickets, now=ctx.now, after_s=request.app[CONFIG].repairs.overdue_after_s
         )
     }
-    want_commune = request.query.get("commune", "")
-    want_contractor = request.query.get("contractor", "")
-    try:
-        min_days = float(request.query.get("min_age_days") or 0)
-    except ValueError:
-        raise bad("min_age_days", "expected a number of days") from None
+    q = page_params(request, schemas.RepairsPageParams)
+    want_commune, want_contractor = q.commune or "", q.contractor or ""
+    min_days = q.min_age_days
     contractors = sorted({t.contractor for t in tickets if t.contractor})
     communes = sorted({t.commune_code for t in tickets}, key=lambda c: labels.get(c, c))
     shown = [

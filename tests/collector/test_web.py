@@ -385,6 +385,8 @@ async def test_device_page_shows_faults_charts_history_and_actions(site: Site) -
     assert charts.count("<polyline") >= 3  # RSSI, RSRP, temperature (SINR absent)
     assert "Nhiệt độ amply" in charts and 'fill="#2e8540"' in charts  # online span
     # Range switch: 30 days shows the older monthly points too.
+    status, refused = await site.get("/devices/dev-21?range=1y")
+    assert status == 400 and "range" in refused
     _, page30 = await site.get("/devices/dev-21?range=30d")
     assert 'aria-current="true">30 ngày' in page30
     # Ticket open, not started: start, note and cancel are offered; open is not.
@@ -453,6 +455,12 @@ async def test_repairs_page_filters_and_highlights_overdue(site: Site) -> None:
     assert "dev-12" in rows and "dev-21" not in rows
     status, _ = await site.get("/repairs?min_age_days=lots")
     assert status == 400
+    # The page's query follows the API's rules (collector.schemas.RepairsPageParams):
+    # a negative age is refused by name; an empty form field means "not given".
+    status, page = await site.get("/repairs?min_age_days=-1")
+    assert status == 400 and "min_age_days" in page
+    status, page = await site.get("/repairs?commune=&contractor=&min_age_days=&lang=en")
+    assert status == 200 and "dev-12" in page and "dev-21" in page
 
 
 # -- roles -------------------------------------------------------------------------------------
