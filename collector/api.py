@@ -558,33 +558,36 @@ async def repair_comment(
     return ticket_json(updated)
 
 
+async def _close(
+    request: web.Request,
+    ticket_id: int,
+    permission: Permission,
+    state: TicketState,
+    note: str,
+    at: float | None,
+) -> dict[str, Any]:
+    ticket, principal = await _ticket_in_scope(request, ticket_id, permission)
+    updated = await request.app[REPO].close_ticket(
+        ticket.id, actor=principal.name, at=when(at, principal), state=state, note=note
+    )
+    return ticket_json(updated)
+
+
 async def repair_cancel(
     request: web.Request, p: schemas.TicketParams, b: schemas.NoteBody
 ) -> dict[str, Any]:
-    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_CANCEL)
-    updated = await request.app[REPO].close_ticket(
-        ticket.id,
-        actor=principal.name,
-        at=when(b.at, principal),
-        state=TicketState.CANCELLED,
-        note=b.note,
+    return await _close(
+        request, p.ticket_id, Permission.REPAIR_CANCEL, TicketState.CANCELLED, b.note, b.at
     )
-    return ticket_json(updated)
 
 
 async def repair_resolve(
     request: web.Request, p: schemas.TicketParams, b: schemas.ResolveBody
 ) -> dict[str, Any]:
     """The repair is done: close the ticket as resolved (the technician's word)."""
-    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
-    updated = await request.app[REPO].close_ticket(
-        ticket.id,
-        actor=principal.name,
-        at=when(b.at, principal),
-        state=TicketState.RESOLVED,
-        note=b.note,
+    return await _close(
+        request, p.ticket_id, Permission.REPAIR_WORK, TicketState.RESOLVED, b.note, b.at
     )
-    return ticket_json(updated)
 
 
 __all__ = ["ApiError", "bad", "body", "error_middleware", "summarize", "text"]
