@@ -88,9 +88,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, seq);
 """
-#: Added with store confirmations; outboxes made before get the column on open.
+#: Which messages the broker holds (PUBACK) until the collector confirms them:
+#: a temporary table in memory. The marks do not outlive the process anyway
+#: (after a restart everything stored is sent again), so writing them to the
+#: SD card, one fsynced commit per PUBACK, bought nothing. (Outboxes from the
+#: first store-confirmation release kept them in a ``handed`` column with a
+#: partial index; the column is left unused, the index dropped.)
 _HANDED = """
-CREATE INDEX IF NOT EXISTS outbox_unhanded ON outbox (seq) WHERE handed IS NULL;
+DROP INDEX IF EXISTS outbox_unhanded;
+CREATE TEMP TABLE IF NOT EXISTS handed (seq INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 
@@ -148,6 +154,10 @@ class Outbox:
     async def _connect(p: Path) -> aiosqlite.Connection:
         db = await aiosqlite.connect(p, isolation_level=None)
         try:
+            # A new outbox uses 1 KiB pages (a no-op on an existing one): a commit
+            # appends one WAL frame per page it changed, and a report is a few
+            # hundred bytes, so 4 KiB pages wrote mostly unchanged bytes to the card.
+            await db.execute("PRAGMA page_size=1024")
             await db.execute("PRAGMA journal_mode=WAL")
             # FULL: in WAL mode this fsyncs the log at every commit, so a power cut
             # loses nothing put() returned for. A few hundred commits a day: no SD wear issue.
@@ -155,19 +165,17 @@ class Outbox:
             await db.execute("PRAGMA busy_timeout=5000")
             # A queue of a few hundred rows needs no 2 MiB page cache (the default).
             await db.execute("PRAGMA cache_size=-256")
+            # The handed marks (and SQLite's sort space) stay in memory.
+            await db.execute("PRAGMA temp_store=MEMORY")
+            # After a checkpoint the WAL file is cut back to 256 KiB, not left at
+            # its high-water mark (a backlog's worth) on the card.
+            await db.execute("PRAGMA journal_size_limit=262144")
             async with db.execute("PRAGMA quick_check") as cur:
                 row = await cur.fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
             await db.executescript(_SCHEMA)
-            async with db.execute("PRAGMA table_info(outbox)") as cur:
-                columns = {str(r[1]) for r in await cur.fetchall()}
-            if "handed" not in columns:
-                # Monotonic time of the PUBACK, NULL while (again) to be sent.
-                await db.execute("ALTER TABLE outbox ADD COLUMN handed REAL")
             await db.executescript(_HANDED)
-            # Handed marks do not outlive the process: send everything again.
-            await db.execute("UPDATE outbox SET handed = NULL WHERE handed IS NOT NULL")
         except BaseException:
             await db.close()
             raise
@@ -326,10 +334,11 @@ class Outbox:
             where = f"seq IN (SELECT seq FROM outbox WHERE priority={lowest} ORDER BY seq LIMIT 16)"
         async with self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
-            f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}"
+            f" COALESCE(SUM(seq IN (SELECT seq FROM handed)), 0) FROM outbox WHERE {where}"
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
+        await self._db.execute(f"DELETE FROM handed WHERE {where}")
         await self._db.execute(f"DELETE FROM outbox WHERE {where}")
         self._depth -= int(row[0])
         self._bytes -= int(row[1])
@@ -371,9 +380,7 @@ class Outbox:
                 row = await cur.fetchone()
             if row is not None:
                 self._depth, self._bytes = int(row[0]), int(row[1])
-            async with self._db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE handed IS NOT NULL"
-            ) as cur:
+            async with self._db.execute("SELECT COUNT(*) FROM handed") as cur:
                 row = await cur.fetchone()
             if row is not None:
                 self._handed = int(row[0])
@@ -385,7 +392,9 @@ class Outbox:
         """The oldest ``limit`` stored messages, in seq order (begin)."""
         async with self._lock:
             try:
-                rows = await self._select("WHERE handed IS NULL ORDER BY seq LIMIT ?", (limit,))
+                rows = await self._select(
+                    "WHERE seq NOT IN (SELECT seq FROM handed) ORDER BY seq LIMIT ?", (limit,)
+                )
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: cannot read: {exc}") from exc
             if not rows:
@@ -427,12 +436,14 @@ class Outbox:
                     params = [x for span in part for x in span]
                     async with self._db.execute(
                         "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
-                        f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}",
+                        " COALESCE(SUM(seq IN (SELECT seq FROM handed)), 0)"
+                        f" FROM outbox WHERE {where}",
                         params,
                     ) as cur:
                         row = await cur.fetchone()
                     assert row is not None
                     if int(row[0]):
+                        await self._db.execute(f"DELETE FROM handed WHERE {where}", params)
                         await self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
                     deleted += int(row[0])
                     self._depth -= int(row[0])
@@ -453,8 +464,8 @@ class Outbox:
                 for i in range(0, len(ids), 500):
                     part = ids[i : i + 500]
                     cur = await self._db.execute(
-                        f"UPDATE outbox SET handed = ? WHERE handed IS NULL"
-                        f" AND seq IN ({','.join('?' * len(part))})",
+                        "INSERT OR IGNORE INTO handed (seq, at) SELECT seq, ? FROM outbox"
+                        f" WHERE seq IN ({','.join('?' * len(part))})",
                         (when, *part),
                     )
                     self._handed += max(0, cur.rowcount)
@@ -468,12 +479,10 @@ class Outbox:
         async with self._lock:
             try:
                 if handed_before is None:
-                    cur = await self._db.execute(
-                        "UPDATE outbox SET handed = NULL WHERE handed IS NOT NULL"
-                    )
+                    cur = await self._db.execute("DELETE FROM handed")
                 else:
                     cur = await self._db.execute(
-                        "UPDATE outbox SET handed = NULL WHERE handed < ?", (handed_before,)
+                        "DELETE FROM handed WHERE at < ?", (handed_before,)
                     )
                 n = max(0, cur.rowcount)
                 await cur.close()
@@ -488,9 +497,7 @@ class Outbox:
         """Delete every handed message (the collector does not confirm: PUBACK is final)."""
         async with self._lock:
             try:
-                async with self._db.execute(
-                    "SELECT seq FROM outbox WHERE handed IS NOT NULL"
-                ) as cur:
+                async with self._db.execute("SELECT seq FROM handed") as cur:
                     seqs = [int(r[0]) for r in await cur.fetchall()]
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: cannot read: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -265,5 +266,41 @@ async def test_unconfirmed_messages_are_evicted_like_any_other(tmp_path: Path) -
         assert box.evicted > 0
         # The cached counters match the table.
         assert box.handed_count == sum(1 for _ in await box.all()) - len(await box.batch(1000))
+    finally:
+        await box.aclose()
+
+
+def _wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_handed_marks_cost_the_sd_card_nothing_and_pages_are_small(tmp_path: Path) -> None:
+    """PUBACK marks live in memory (issue 18's SD-card writes): marking, giving out
+    again and a reopen write nothing to the database; a new outbox uses 1 KiB
+    pages so a commit of a few-hundred-byte report appends little."""
+    path = tmp_path / "o.db"
+    box = await Outbox.open(path, device=DEV, max_bytes=1 << 20)
+    try:
+        items = [await box.put(Kind.STATE, _state(), Priority.REPORT) for _ in range(4)]
+        seqs = [i.seq for i in items if i]
+        before = _wal_bytes(path)
+        await box.handed(seqs[:3])
+        assert box.handed_count == 3
+        assert [b.seq for b in await box.batch(10)] == seqs[3:]
+        assert await box.unhand() == 3 and box.handed_count == 0
+        await box.handed(seqs[:2])
+        assert _wal_bytes(path) == before  # no commit reached the card
+        assert await box.confirm([(seqs[0], seqs[0])]) == 1 and box.handed_count == 1
+    finally:
+        await box.aclose()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert ro.execute("PRAGMA page_size").fetchone()[0] == 1024
+    finally:
+        ro.close()
+    box = await Outbox.open(path, device=DEV, max_bytes=1 << 20)
+    try:  # marks do not outlive the process: everything unconfirmed is sent again
+        assert box.handed_count == 0 and [b.seq for b in await box.batch(10)] == seqs[1:]
     finally:
         await box.aclose()
