@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from collector import api, auth, repairs
+from collector import api, auth, remote_api, repairs
 from collector.b2 import api as b2_api
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor, run_ingest
@@ -118,5 +118,6 @@ def create_app(config: CollectorConfig) -> web.Application:
     app.cleanup_ctx.append(_tasks_ctx)
     api.add_routes(app)
     b2_api.add_routes(app)
+    remote_api.setup(app)
     setup_dashboard(app)
     return app

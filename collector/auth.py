@@ -14,7 +14,8 @@ would add nothing). No secret is ever logged.
 
 Roles: ``admin`` (everything), ``district_viewer`` (read all), ``commune_officer``
 (read and manage repairs in their communes only), ``technician`` (read, open,
-start and comment repairs; limited to their communes when they have any).
+start and comment repairs, send remote commands to devices; limited to their
+communes when they have any).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ SESSION_COOKIE = "loa_session"
 CSRF_HEADER = "X-CSRF-Token"
 #: Paths served without authentication.
 PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/auth/login"})
+#: Upgrade downloads: the path carries a random per-rollout capability that the
+#: handler checks (``collector.upgrades``); devices hold no API token.
+CAPABILITY_PREFIX = "/upgrades/download/"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _hasher = PasswordHasher()
@@ -52,6 +56,10 @@ class Permission(enum.StrEnum):
     REPAIR_CANCEL = "repair.cancel"
     INVENTORY_WRITE = "inventory.write"
     USERS_ADMIN = "users.admin"
+    #: Send commands to devices and read their results (collector.remote_api).
+    REMOTE = "remote"
+    #: Sign-and-serve agent upgrades and roll them out (admin only).
+    UPGRADE = "upgrade"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -65,7 +73,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.REPAIR_CANCEL,
         }
     ),
-    Role.TECHNICIAN: frozenset({Permission.READ, Permission.REPAIR_OPEN, Permission.REPAIR_WORK}),
+    Role.TECHNICIAN: frozenset(
+        {Permission.READ, Permission.REPAIR_OPEN, Permission.REPAIR_WORK, Permission.REMOTE}
+    ),
 }
 
 
@@ -151,7 +161,7 @@ def auth_middleware(repo_of: Callable[[web.Request], Repository]) -> Middleware:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(CAPABILITY_PREFIX):
             return await handler(request)
         repo = repo_of(request)
         now = time.time()

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from collector import provision
+from collector import provision, remote_cli
 from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.cli import register as _register_b2
 from collector.config import CollectorConfig, ConfigError, load_config
@@ -191,6 +191,7 @@ SUBCOMMANDS: list[Register] = [
     _register_db,
     _register_b2,
     provision.register,
+    remote_cli.register,
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from collector.b2.openapi import PATHS as B2_PATHS
+from collector.remote_openapi import PATHS as REMOTE_PATHS
 from fleet_protocol import B2Cause
 
 
@@ -249,5 +250,5 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "security": [{"bearer": []}, {"session": []}],
-        "paths": {**PATHS, **B2_PATHS},
+        "paths": {**PATHS, **B2_PATHS, **REMOTE_PATHS},
     }

@@ -3,8 +3,9 @@
 # Exits non-zero on any failure, including "no tests collected".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# chromium: the dashboard's browser tests; shellcheck: the deploy scripts' lint.
-LOA_EXTRA_APT="chromium shellcheck ${LOA_EXTRA_APT:-}" LOA_EXTRAS=dev bash scripts/setup.sh
+# chromium: the dashboard's browser tests; shellcheck: the deploy scripts' lint;
+# openssh-server/openssh-client: the reverse tunnel's jump host and client in tests.
+LOA_EXTRA_APT="chromium shellcheck openssh-server openssh-client ${LOA_EXTRA_APT:-}" LOA_EXTRAS=dev bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff check";  ruff check .
 echo "== ruff format"; ruff format --check .

@@ -31,6 +31,7 @@ from collector.web import charts, views
 from collector.web.i18n import MESSAGES, Tr, pick_lang
 from collector.web.layout import Ctx, bare_page, page
 from collector.web.markup import Html, attrs, esc, html, join
+from collector.web.remote import remote_panel
 from fleet_protocol import B2Cause, fault_info, valid_device_id
 
 RANGES: Final = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -621,6 +622,7 @@ async def device(request: web.Request) -> web.Response:
 <h2>{faults_t}</h2>{faults}
 </section>
 {actions}
+{remote}
 <section id="charts" data-live-region><h2>{charts_t}</h2><nav class="tabs">{tabs}</nav>
 <h3>{signal_t}</h3><div class="scroll chart-box">{signal}</div>
 <h3>{temp_t}</h3><div class="scroll chart-box">{temp}</div>
@@ -642,6 +644,7 @@ async def device(request: web.Request) -> web.Response:
         faults_t=tr("active_faults"),
         faults=faults_html,
         actions=_actions(ctx, d, active),
+        remote=remote_panel(ctx, d),
         charts_t=tr("charts"),
         tabs=tabs,
         signal_t=tr("signal_chart"),

@@ -19,6 +19,7 @@ import pytest
 from collector.auth import secret_hash
 from collector.cli import main
 from collector.store.base import Role
+from collector.store.migrations import LATEST
 from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import Kind, encode, topic
 from tests.collector.conftest import device_client, state, wait_for
@@ -53,7 +54,7 @@ async def test_migrate_users_and_tokens(tmp_path: Path, capsys: pytest.CaptureFi
     pw = tmp_path / "pw"
     pw.write_text("a-long-password\n")
     assert await asyncio.to_thread(main, ["db", "migrate", "--config", str(cfg)]) == 0
-    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert f"schema version 0 -> {LATEST}" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["db", "migrate", "--config", str(cfg)]) == 0
     args = [
         "users",
