@@ -6,12 +6,14 @@ per simulated device, and ``loa-agent run`` for each, with a byte-counting TCP
 proxy between every agent and the broker. Three phases, each over
 ``--devices`` agents at once (the median is printed, with the spread):
 
-1. ``day``: MQTT bytes of a stable device per simulated day. The report
-   timers (heartbeat, full report) run ``86400 / --day-seconds`` times faster
-   than the defaults, everything else as configured by default, so one
-   ``--day-seconds`` window holds a day's worth of reports. Bytes are TCP
-   payload both ways (MQTT packets only: add TLS and TCP/IP overhead for the
-   SIM's bill; an estimate is printed).
+1. ``day``: MQTT bytes of a stable device per simulated day, with the real
+   collector ingest running (so the collector's store confirmations, and the
+   agent's PUBACKs for them, are counted). The report timers (heartbeat, full
+   report) and the collector's confirmation interval run ``86400 /
+   --day-seconds`` times faster than the defaults, everything else as
+   configured by default, so one ``--day-seconds`` window holds a day's worth
+   of reports and confirmations. Bytes are TCP payload both ways (MQTT packets
+   only: add TLS and TCP/IP overhead for the SIM's bill; an estimate is printed).
 2. ``steady``: the default config exactly (30 s modem and amplifier polls),
    measured over ``--cpu-window`` seconds after a warm-up: RSS at the end, CPU
    time per 30 s poll cycle and as a share of one core.
@@ -45,6 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from collector.config import IngestConfig  # noqa: E402
 from firmware_shims.amp.sim import amp_simulator  # noqa: E402
 from firmware_shims.modem.sim import running_modem  # noqa: E402
 from tests.support.mosquitto import Broker, running_broker  # noqa: E402
@@ -54,6 +57,10 @@ DAY = 86400.0
 AGENT_ENV: dict[str, str] = {}
 HEARTBEAT_S = 600.0  # the defaults this bench measures (edge_agent.config.ReportsConfig)
 FULL_REPORT_S = 21600.0
+ACK_INTERVAL_S = IngestConfig().ack_interval_s  # the collector's default
+#: ``--clock``: "trust" measures a synchronised controller (the normal case) even
+#: where this machine's kernel says otherwise; "kernel" asks the kernel.
+CLOCK_SYNC = ["trust"]
 
 
 @dataclass
@@ -147,7 +154,7 @@ async def device(
             "broker": {"url": f"mqtt://127.0.0.1:{port}", "password_file": str(root / "pw")},
             "modem": {"port": str(modem.link), "dialect": "quectel"},
             "amp": {"transport": "tcp", "address": f"{amp.tcp[0]}:{amp.tcp[1]}"},
-            "system": {"disk_path": str(root)},
+            "system": {"disk_path": str(root), "clock_sync": CLOCK_SYNC[0]},
             "reports": reports,
             "outbox": {"path": str(root / "outbox.sqlite")},
             "control": {"socket": str(root / "control.sock")},
@@ -208,15 +215,45 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{fmt.format(med)} (min {fmt.format(lo)}, max {fmt.format(hi)}, n={len(values)})"
 
 
+@contextlib.asynccontextmanager
+async def collector(broker: Broker, root: Path, ack_interval_s: float) -> AsyncIterator[Any]:
+    """The real collector ingest (SQLite, store confirmations) in this process."""
+    from collector.ingest import Ingestor, run_ingest
+    from collector.metrics import IngestStats
+    from collector.store.sqlite import SQLiteRepository
+    from tests.collector.conftest import make_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = make_config(broker, root, ingest={"ack_interval_s": ack_interval_s})
+    repo = await SQLiteRepository.open(cfg.db.path, synchronous="normal")
+    await repo.migrate()
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    connected = asyncio.Event()
+    task = asyncio.create_task(run_ingest(cfg, ingestor, connected=connected))
+    try:
+        await asyncio.wait_for(connected.wait(), 10)
+        yield ingestor
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await repo.close()
+
+
 async def phase_day(broker: Broker, root: Path, n: int, day_seconds: float) -> dict[str, Any]:
     k = day_seconds / DAY
     reports = {"heartbeat_s": HEARTBEAT_S * k, "full_report_s": FULL_REPORT_S * k}
-    async with fleet(broker, root / "day", n, reports) as devs:
+    async with (
+        collector(broker, root / "collector", ACK_INTERVAL_S * k) as ingestor,
+        fleet(broker, root / "day", n, reports) as devs,
+    ):
         await asyncio.sleep(5.0)  # start-up: birth, agent_start, first full report
         start = [d.counted.total for d in devs]
+        acks0 = ingestor.stats.confirmations
         await asyncio.sleep(day_seconds)
         per_day = [d.counted.total - s for d, s in zip(devs, start, strict=True)]
-    return {"per_day": per_day}
+        acks = (ingestor.stats.confirmations - acks0) / n
+    return {"per_day": per_day, "acks_per_device": acks}
 
 
 async def phase_steady(broker: Broker, root: Path, n: int, window: float) -> dict[str, Any]:
@@ -279,6 +316,7 @@ def _broker(root: Path) -> Iterator[Broker]:
 async def main_async(args: argparse.Namespace) -> None:
     print(f"machine: {_machine()}")
     print(f"devices per phase: {args.devices} (agents run side by side; medians over devices)")
+    print(f"agents' clock_sync: {CLOCK_SYNC[0]}")
     if AGENT_ENV:
         print(f"agent environment: {AGENT_ENV}")
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp, _broker(Path(tmp)) as broker:
@@ -291,7 +329,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{HEARTBEAT_S:.0f} s, full report {FULL_REPORT_S:.0f} s): "
                 + _spread([b / 1024 for b in per_day], "{:.1f} KiB")
             )
-            msgs = DAY / HEARTBEAT_S + DAY / FULL_REPORT_S
+            print(
+                f"  including {day['acks_per_device']:.0f} store confirmations per device "
+                f"(collector ack_interval_s {ACK_INTERVAL_S:.0f} s)"
+            )
+            msgs = DAY / HEARTBEAT_S + DAY / FULL_REPORT_S + day["acks_per_device"]
             # TLS 1.2 AES-GCM record ~29 B; TCP/IPv4 headers 52 B per segment, and each
             # publish is a segment each way plus a bare ACK: an estimate, not a measurement.
             est = statistics.median(per_day) + msgs * (2 * 29 + 3 * 52)
@@ -323,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outages", type=int, default=3)
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
+        "--clock",
+        choices=["trust", "kernel"],
+        default="trust",
+        help="agents' [system] clock_sync (kernel: unsynchronised here, every message stamped)",
+    )
+    p.add_argument(
         "--phases",
         nargs="+",
         default=["day", "steady", "reconnect"],
@@ -330,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     AGENT_ENV.update(item.split("=", 1) for item in args.env)
+    CLOCK_SYNC[0] = args.clock
     asyncio.run(main_async(args))
     return 0
 

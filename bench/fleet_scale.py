@@ -4,7 +4,7 @@
                                           [--live 60] [--backfill-days 1]
 
 Starts a real Mosquitto (deploy/'s config, password auth, per-device ACL) and
-runs the scenario's first ``--clusters`` clusters with ``firmware_shims.fleet``
+runs the scenario's first ``--clusters`` clusters with ``fleet_sim``
 in this process, each with the real agent (probes over in-process engines,
 diagnosis, its own SQLite outbox, one MQTT connection). Prints:
 
@@ -35,10 +35,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firmware_shims.fleet import with_time
-from firmware_shims.fleet.cluster import BrokerTarget
-from firmware_shims.fleet.runner import Fleet
-from firmware_shims.fleet.scenario import load_scenario
+from fleet_sim import with_time
+from fleet_sim.cluster import BrokerTarget
+from fleet_sim.runner import Fleet
+from fleet_sim.scenario import load_scenario
 from tests.support.mosquitto import Broker
 
 

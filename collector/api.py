@@ -1,28 +1,31 @@
-"""REST API ``/api/v1`` of the collector: JSON in, JSON out.
+"""Handlers of the collector's REST API ``/api/v1``: JSON in, JSON out.
 
-Every handler validates its inputs and answers 4xx with ``{"error": ...,
-"field": ...}`` naming the bad field; store errors map to 404/409. Scope rules
+The route table ``collector.routes.ROUTES`` registers them with the Structs
+(``collector.schemas``) their parameters and bodies are decoded by and their
+answers encoded through; a handler receives the decoded ``(params, body)``.
+Every 4xx is ``{"error": "FIELD: reason", "field": FIELD}``; store errors map
+to 404/409 (a 409 names the ticket in the way) and 503. Scope rules
 (``collector.auth``) are applied in every handler that touches a commune.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
-import math
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
-from collector import auth, metrics, repairs
+from collector import auth, metrics, repairs, schemas
 from collector.auth import PRINCIPAL, Permission, Principal, require
-from collector.config import CollectorConfig
-from collector.keys import CONFIG, REPO, STATS, THROTTLE
+from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.model import DeviceStatus, Status
-from collector.openapi import openapi_document
+from collector.params import ApiError, bad, json_object, optional_time
 from collector.store.base import (
     Conflict,
     DeviceRow,
@@ -31,153 +34,41 @@ from collector.store.base import (
     Ticket,
     TicketState,
 )
-from fleet_protocol import B2Cause, valid_device_id
+from fleet_protocol import B2Cause
 
-MAX_TEXT = 2000
-
-
-class ApiError(web.HTTPException):
-    """A 4xx answer naming the offending field."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        self.status_code = status
-        super().__init__(
-            text=json.dumps({"error": f"{field}: {message}", "field": field}, ensure_ascii=False),
-            content_type="application/json",
-        )
-
-
-def bad(field: str, message: str) -> ApiError:
-    return ApiError(400, field, message)
+log = logging.getLogger("loa.collector.api")
 
 
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Project errors become JSON 4xx; anything else is a logged 500 without details."""
+    """Project errors become JSON 4xx naming a field; anything else is a logged 500."""
     try:
         return await handler(request)
     except NotFound as exc:
-        return web.json_response({"error": str(exc)}, status=404)
+        return _json({"error": f"$: {exc}", "field": "$"}, status=404)
     except Conflict as exc:
-        return web.json_response({"error": str(exc)}, status=409)
+        field = "ticket_id" if exc.ticket_id is not None else "$"
+        return _json(
+            {"error": f"{field}: {exc}", "field": field, "ticket_id": exc.ticket_id}, status=409
+        )
     except StoreError as exc:
         request.app.logger.error("store error on %s %s: %s", request.method, request.path, exc)
-        return web.json_response({"error": "storage unavailable"}, status=503)
+        return _json({"error": "$: storage unavailable", "field": "$"}, status=503)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
-# -- input parsing -------------------------------------------------------------------------
-
-
-def q_time(request: web.Request, name: str) -> float | None:
-    """A time query parameter: UNIX seconds or ISO 8601 (a date means its end, local time)."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            if len(raw) == 10:  # a date: "as of 31/7" means the end of that day
-                day = dt.date.fromisoformat(raw)
-                local = dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=_tz())
-                return local.timestamp()
-            parsed = dt.datetime.fromisoformat(raw)
-        except ValueError:
-            raise bad(name, "expected UNIX seconds or an ISO 8601 date/time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=_tz())
-        return parsed.timestamp()
-    if not math.isfinite(value) or not 0 <= value <= 4102444800:
-        raise bad(name, "time out of range")
-    return value
-
-
-def _tz() -> dt.tzinfo:
-    try:
-        from zoneinfo import ZoneInfo
-
-        return ZoneInfo("Asia/Ho_Chi_Minh")
-    except Exception:  # no tzdata on this host: Vietnam has no DST
-        return dt.timezone(dt.timedelta(hours=7))
-
-
-def q_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad(name, "expected an integer") from None
-    if not lo <= value <= hi:
-        raise bad(name, f"must be between {lo} and {hi}")
-    return value
-
-
-E = TypeVar("E", Status, B2Cause, TicketState)
-
-
-def q_choice(request: web.Request, name: str, enum_cls: type[E]) -> E | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return enum_cls(raw)
-    except ValueError:
-        choices = ", ".join(e.value for e in enum_cls)
-        raise bad(name, f"must be one of {choices}") from None
-
-
-def q_device(request: web.Request, name: str = "device") -> str | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    if not valid_device_id(raw):
-        raise bad(name, "not a valid device id")
-    return raw
-
-
-def path_device(request: web.Request) -> str:
-    raw = request.match_info["device_id"]
-    if not valid_device_id(raw):
-        raise bad("device_id", "not a valid device id")
-    return raw
-
-
-def path_ticket(request: web.Request) -> int:
-    raw = request.match_info["ticket_id"]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad("ticket_id", "expected an integer") from None
-    if not 1 <= value <= 2**62:
-        raise bad("ticket_id", "out of range")
-    return value
-
-
 async def body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise ApiError(415, "$", "send application/json")
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise bad("$", "malformed JSON") from None
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "$", "request body too large") from None
-    if not isinstance(data, dict):
-        raise bad("$", "expected a JSON object")
-    return data
+    """A JSON object body (size, type and nesting checked) for handlers without a Struct."""
+    return await json_object(request)
 
 
-def text(
-    data: dict[str, Any], name: str, *, required: bool = False, max_len: int = MAX_TEXT
-) -> str:
+def text(data: dict[str, Any], name: str, *, required: bool = False, max_len: int = 2000) -> str:
+    """A string field of a plain JSON object (dashboard forms without a Struct)."""
     value = data.get(name)
     if value is None:
         if required:
@@ -195,19 +86,21 @@ def text(
     return value
 
 
+def tz_of(request: web.Request) -> dt.tzinfo:
+    """The configured ``[report]`` time zone: dates in parameters are days there."""
+    return request.app[CONFIG].report.tz()
+
+
 def scope(request: web.Request) -> frozenset[str] | None:
     principal: Principal = request[PRINCIPAL]
     return principal.communes
 
 
-def scoped_communes(request: web.Request) -> frozenset[str] | None:
-    """The caller's scope narrowed by an optional ``commune`` query parameter."""
+def scoped_communes(request: web.Request, wanted: str | None) -> frozenset[str] | None:
+    """The caller's scope narrowed by an optional ``commune`` parameter."""
     allowed = scope(request)
-    wanted = request.query.get("commune")
-    if wanted is None or wanted == "":
+    if wanted is None:
         return allowed
-    if len(wanted) > 64:
-        raise bad("commune", "longer than 64 characters")
     if allowed is not None and wanted not in allowed:
         return frozenset()
     return frozenset({wanted})
@@ -275,9 +168,11 @@ def summarize(statuses: list[DeviceStatus] | list[DeviceRow]) -> dict[str, Any]:
 
 
 # -- handlers ------------------------------------------------------------------------------
+# Each takes (request, parameters, body) as declared by its route in collector.routes and
+# returns JSON-ready data (encoded through the route's response Struct) or a response.
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request, p: None, b: None) -> web.Response:
     stats = request.app[STATS]
     try:
         await request.app[REPO].schema_version()
@@ -285,14 +180,35 @@ async def healthz(request: web.Request) -> web.Response:
     except StoreError:
         db_ok = False
     ingest = request.app[CONFIG].ingest_enabled
-    ok = db_ok and (stats.connected or not ingest)
-    return _json(
-        {"ok": ok, "db": db_ok, "broker_connected": stats.connected}, status=200 if ok else 503
-    )
+    ok = db_ok and (not ingest or (stats.connected and stats.task_running))
+    body = {
+        "ok": ok,
+        "db": db_ok,
+        "broker_connected": stats.connected,
+        "ingest": {
+            "enabled": ingest,
+            "running": stats.task_running,
+            "restarts": stats.task_restarts,
+            "last_error": stats.task_last_error,
+        },
+    }
+    return _json(body, status=200 if ok else 503)
 
 
-async def metrics_view(request: web.Request) -> web.Response:
-    require(request, Permission.READ)
+async def metrics_view(request: web.Request, p: None, b: None) -> web.Response:
+    """Fleet-wide counts: an admin, or the configured metrics token (a scraper)."""
+    token = request.app[CONFIG].http.metrics_token()
+    sent = request.headers.get("Authorization", "")
+    if not (
+        token
+        and sent.lower().startswith("bearer ")
+        and hmac.compare_digest(sent[7:].strip().encode(), token.encode())
+    ):
+        principal = await auth.authenticate(request, request.app[REPO])
+        if principal is None:
+            raise auth.unauthorized()
+        request[PRINCIPAL] = principal
+        require(request, Permission.METRICS)
     rows = await request.app[REPO].list_devices(limit=10**7)
     counts: Counter[tuple[str, str]] = Counter(
         (d.status.value, d.cause.value if d.cause else "") for d in rows
@@ -300,35 +216,31 @@ async def metrics_view(request: web.Request) -> web.Response:
     text_out = metrics.render(
         request.app[STATS], ((s, c, n) for (s, c), n in sorted(counts.items()))
     )
+    for source in request.app.get(METRIC_SOURCES, []):
+        text_out += await source()
     return web.Response(text=text_out, content_type="text/plain", charset="utf-8")
 
 
-async def openapi_view(request: web.Request) -> web.Response:
-    return _json(openapi_document())
-
-
-async def login_view(request: web.Request) -> web.Response:
-    data = await body(request)
-    name = text(data, "name", required=True, max_len=128)
-    password = data.get("password")
-    if not isinstance(password, str) or not password or len(password) > 1024:
-        raise bad("password", "is required (a string of at most 1024 characters)")
+async def login_view(request: web.Request, p: None, b: schemas.LoginBody) -> web.Response:
     cfg = request.app[CONFIG]
-    throttle = request.app[THROTTLE]
-    keys = (f"name:{name}", f"addr:{request.remote}")
-    now = time.time()
-    wait = throttle.retry_after(keys, now)
-    if wait > 0:
-        raise web.HTTPTooManyRequests(
-            text='{"error": "too many failed logins; try again later"}',
-            content_type="application/json",
-            headers={"Retry-After": str(int(wait) + 1)},
+    address = auth.client_address(request, cfg.http.proxy_networks())
+    result = await auth.throttled_login(
+        request.app[REPO],
+        b.name,
+        b.password,
+        address=address,
+        cfg=cfg.login,
+        ttl_s=cfg.http.session_ttl_s,
+    )
+    if isinstance(result, float):
+        raise ApiError(
+            429,
+            "name",
+            f"too many failed logins; try again in {int(result) + 1} s",
+            headers={"Retry-After": str(int(result) + 1)},
         )
-    result = await auth.login(request.app[REPO], name, password, ttl_s=cfg.http.session_ttl_s)
     if result is None:
-        throttle.failed(keys, now)
         raise ApiError(401, "password", "wrong name or password")
-    throttle.succeeded(keys)
     user, session_id, csrf = result
     resp = _json({"name": user.name, "role": user.role.value, "csrf_token": csrf})
     resp.set_cookie(
@@ -343,7 +255,7 @@ async def login_view(request: web.Request) -> web.Response:
     return resp
 
 
-async def logout_view(request: web.Request) -> web.Response:
+async def logout_view(request: web.Request, p: None, b: None) -> web.Response:
     cookie = request.cookies.get(auth.SESSION_COOKIE)
     if cookie:
         await request.app[REPO].drop_session(auth.secret_hash(cookie))
@@ -352,25 +264,36 @@ async def logout_view(request: web.Request) -> web.Response:
     return resp
 
 
-async def me_view(request: web.Request) -> web.Response:
-    p: Principal = request[PRINCIPAL]
-    communes = p.communes
-    return _json(
-        {
-            "name": p.name,
-            "role": p.user.role.value,
-            "communes": None if communes is None else sorted(communes),
-            "via": p.via,
-            "csrf_token": p.csrf_token,
-            "permissions": sorted(x.value for x in Permission if p.may(x)),
-        }
-    )
+async def me_view(request: web.Request, p: None, b: None) -> dict[str, Any]:
+    principal: Principal = request[PRINCIPAL]
+    communes = principal.communes
+    return {
+        "name": principal.name,
+        "role": principal.user.role.value,
+        "communes": None if communes is None else sorted(communes),
+        "via": principal.via,
+        "csrf_token": principal.csrf_token,
+        "permissions": sorted(x.value for x in Permission if principal.may(x)),
+    }
 
 
-async def summary_view(request: web.Request) -> web.Response:
+async def unlock_view(request: web.Request, p: schemas.UserParams, b: None) -> dict[str, Any]:
+    """Clear a user's login delays at once (an admin helping a locked-out officer)."""
+    principal = require(request, Permission.USERS_ADMIN)
+    repo = request.app[REPO]
+    try:
+        await repo.get_user(p.name)
+    except NotFound:
+        raise auth.not_found("name") from None
+    cleared = await repo.throttle_unlock(p.name, actor=principal.name)
+    log.info("login delays of %s cleared by %s (%d keys)", p.name, principal.name, cleared)
+    return {"name": p.name, "cleared": cleared}
+
+
+async def summary_view(request: web.Request, p: schemas.SummaryParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
-    at = q_time(request, "at")
-    communes = scoped_communes(request)
+    at = optional_time(p.at, tz_of(request))
+    communes = scoped_communes(request, p.commune)
     repo = request.app[REPO]
     if at is None:
         rows: list[DeviceStatus] | list[DeviceRow] = await repo.list_devices(
@@ -382,282 +305,289 @@ async def summary_view(request: web.Request) -> web.Response:
             for s in await repo.statuses_as_of(at)
             if communes is None or s.commune_code in communes
         ]
-    return _json({"at": at if at is not None else time.time(), **summarize(rows)})
+    return {"at": at if at is not None else time.time(), **summarize(rows)}
 
 
-async def communes_view(request: web.Request) -> web.Response:
+async def communes_view(request: web.Request, p: None, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
     repo = request.app[REPO]
     allowed = scope(request)
     names: dict[str, tuple[str, str]] = {}
     for d in await repo.list_inventory():
-        names.setdefault(d.commune_code, (d.commune_name, d.commune_kind.value))
+        if allowed is None or d.commune_code in allowed:
+            names.setdefault(d.commune_code, (d.commune_name, d.commune_kind.value))
     groups: dict[str, list[DeviceRow]] = {}
     for row in await repo.list_devices(communes=allowed, limit=10**7):
         groups.setdefault(row.commune_code, []).append(row)
     for code in names:
-        if allowed is None or code in allowed:
-            groups.setdefault(code, [])
+        groups.setdefault(code, [])
     out = []
     for code, rows in groups.items():
         name, kind = names.get(code, (code, ""))
         out.append({"code": code, "name": name, "kind": kind, **summarize(rows)})
-    return _json({"communes": out})
+    return {"communes": out}
 
 
-async def devices_view(request: web.Request) -> web.Response:
+async def devices_view(request: web.Request, p: schemas.DevicesParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
     rows = await request.app[REPO].list_devices(
-        communes=scoped_communes(request),
-        status=q_choice(request, "status", Status),
-        cause=q_choice(request, "cause", B2Cause),
-        limit=q_int(request, "limit", 500, 1, 10000),
-        offset=q_int(request, "offset", 0, 0, 10**9),
+        communes=scoped_communes(request, p.commune),
+        status=p.status,
+        cause=p.cause,
+        limit=p.limit,
+        offset=p.offset,
     )
-    return _json({"devices": [device_json(d) for d in rows]})
+    return {"devices": [device_json(d) for d in rows]}
 
 
-async def _device_in_scope(request: web.Request, permission: Permission) -> DeviceRow:
-    device_id = path_device(request)
+async def device_in_scope(
+    request: web.Request, device_id: str, permission: Permission
+) -> DeviceRow:
+    """The device, if the caller may ``permission`` on its commune; else the same 404
+    whether it exists elsewhere or not at all."""
     try:
         device = await request.app[REPO].get_device(device_id)
     except NotFound:
-        raise ApiError(404, "device_id", "not found") from None
-    require(request, permission, device.commune_code)
+        raise auth.not_found("device_id") from None
+    require(request, permission, device.commune_code, field="device_id")
     return device
 
 
-async def device_view(request: web.Request) -> web.Response:
-    device = await _device_in_scope(request, Permission.READ)
+async def device_view(request: web.Request, p: schemas.DeviceParams, b: None) -> dict[str, Any]:
+    device = await device_in_scope(request, p.device_id, Permission.READ)
     repo = request.app[REPO]
-    since, until = q_time(request, "since"), q_time(request, "until")
+    tz = tz_of(request)
+    since, until = optional_time(p.since, tz), optional_time(p.until, tz)
     history = await repo.status_history(device.device_id, since=since, until=until)
-    signal = await repo.signal_history(
-        device.device_id, since=since, until=until, limit=q_int(request, "limit", 500, 1, 10000)
-    )
+    signal = await repo.signal_history(device.device_id, since=since, until=until, limit=p.limit)
     faults = await repo.list_faults(device.device_id)
     tickets = await repo.list_tickets(device_id=device.device_id, limit=50)
-    return _json(
-        {
-            **device_json(device),
-            "last_report": device.last_report,
-            "status_history": [
-                {
-                    "ts": h.ts,
-                    "status": h.status.value,
-                    "cause": h.cause.value if h.cause else None,
-                    "online": h.state.online,
-                }
-                for h in history
-            ],
-            "signal_history": [
-                {
-                    "ts": p.ts,
-                    "rssi_dbm": p.rssi_dbm,
-                    "rsrp_dbm": p.rsrp_dbm,
-                    "rsrq_db": p.rsrq_db,
-                    "sinr_db": p.sinr_db,
-                    "csq": p.csq,
-                }
-                for p in signal
-            ],
-            "faults": [
-                {
-                    "code": f.code,
-                    "severity": f.severity,
-                    "cause": f.cause,
-                    "since": f.since,
-                    "cleared_at": f.cleared_at,
-                    "evidence": f.evidence,
-                }
-                for f in faults
-            ],
-            "repairs": [ticket_json(t) for t in tickets],
-        }
-    )
+    return {
+        **device_json(device),
+        "last_report": device.last_report,
+        "status_history": [
+            {
+                "ts": h.ts,
+                "status": h.status.value,
+                "cause": h.cause.value if h.cause else None,
+                "online": h.state.online,
+            }
+            for h in history
+        ],
+        "signal_history": [
+            {
+                "ts": s.ts,
+                "rssi_dbm": s.rssi_dbm,
+                "rsrp_dbm": s.rsrp_dbm,
+                "rsrq_db": s.rsrq_db,
+                "sinr_db": s.sinr_db,
+                "csq": s.csq,
+            }
+            for s in signal
+        ],
+        "faults": [
+            {
+                "code": f.code,
+                "severity": f.severity,
+                "cause": f.cause,
+                "since": f.since,
+                "cleared_at": f.cleared_at,
+                "evidence": f.evidence,
+            }
+            for f in faults
+        ],
+        "repairs": [ticket_json(t) for t in tickets],
+    }
 
 
-async def events_view(request: web.Request) -> web.Response:
+async def events_view(request: web.Request, p: schemas.EventsParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
+    tz = tz_of(request)
     rows = await request.app[REPO].list_events(
-        communes=scoped_communes(request),
-        device_id=q_device(request),
-        since=q_time(request, "since"),
-        until=q_time(request, "until"),
-        limit=q_int(request, "limit", 200, 1, 5000),
+        communes=scoped_communes(request, p.commune),
+        device_id=p.device,
+        since=optional_time(p.since, tz),
+        until=optional_time(p.until, tz),
+        limit=p.limit,
     )
-    return _json(
-        {
-            "events": [
-                {
-                    "device_id": e.device_id,
-                    "commune_code": e.commune_code,
-                    "seq": e.seq,
-                    "ts": e.ts,
-                    "type": e.type,
-                    "fault_code": e.fault_code,
-                    "action": e.action,
-                    "detail": e.detail,
-                }
-                for e in rows
-            ]
-        }
-    )
+    return {
+        "events": [
+            {
+                "device_id": e.device_id,
+                "commune_code": e.commune_code,
+                "seq": e.seq,
+                "ts": e.ts,
+                "type": e.type,
+                "fault_code": e.fault_code,
+                "action": e.action,
+                "detail": e.detail,
+            }
+            for e in rows
+        ]
+    }
 
 
-async def repairs_view(request: web.Request) -> web.Response:
+async def repairs_view(request: web.Request, p: schemas.RepairsParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
-    state = q_choice(request, "state", TicketState)
     tickets = await request.app[REPO].list_tickets(
-        communes=scoped_communes(request),
-        device_id=q_device(request),
-        states=None if state is None else frozenset({state}),
-        limit=q_int(request, "limit", 500, 1, 10000),
+        communes=scoped_communes(request, p.commune),
+        device_id=p.device,
+        states=None if p.state is None else frozenset({p.state}),
+        limit=p.limit,
     )
-    return _json({"repairs": [ticket_json(t) for t in tickets]})
+    return {"repairs": [ticket_json(t) for t in tickets]}
 
 
-async def overdue_view(request: web.Request) -> web.Response:
+async def overdue_view(request: web.Request, p: schemas.OverdueParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
     cfg = request.app[CONFIG]
-    hours = request.query.get("after_hours")
-    after_s = cfg.repairs.overdue_after_s
-    if hours not in (None, ""):
-        after_s = q_int(request, "after_hours", 0, 1, 24 * 365) * 3600.0
+    after_s = cfg.repairs.overdue_after_s if p.after_hours is None else p.after_hours * 3600.0
     tickets = await request.app[REPO].list_tickets(
-        communes=scoped_communes(request),
+        communes=scoped_communes(request, p.commune),
         states=frozenset({TicketState.OPEN, TicketState.IN_REPAIR}),
         limit=100000,
     )
     late = repairs.overdue(tickets, now=time.time(), after_s=after_s)
-    return _json({"after_s": after_s, "repairs": [ticket_json(t) for t in late]})
+    return {"after_s": after_s, "repairs": [ticket_json(t) for t in late]}
 
 
-async def repair_stats_view(request: web.Request) -> web.Response:
+async def repair_stats_view(
+    request: web.Request, p: schemas.RepairStatsParams, b: None
+) -> dict[str, Any]:
     require(request, Permission.READ)
-    by = request.query.get("by", "commune")
-    if by not in ("commune", "contractor"):
-        raise bad("by", "must be commune or contractor")
-    stats = await request.app[REPO].repair_stats(by)
     allowed = scope(request)
-    if by == "commune" and allowed is not None:
+    if p.by == "contractor" and allowed is not None:
+        raise auth.forbidden("statistics across communes need district-wide access", field="by")
+    stats = await request.app[REPO].repair_stats(p.by)
+    if allowed is not None:
         stats = [s for s in stats if s.key in allowed]
-    elif allowed is not None:
-        raise forbidden_scope()
-    return _json(
-        {
-            "by": by,
-            "stats": [
-                {
-                    "key": s.key,
-                    "resolved": s.resolved,
-                    "mean_hours": s.mean_hours,
-                    "median_hours": s.median_hours,
-                    "max_hours": s.max_hours,
-                }
-                for s in stats
-            ],
-        }
+    return {
+        "by": p.by,
+        "stats": [
+            {
+                "key": s.key,
+                "resolved": s.resolved,
+                "mean_hours": s.mean_hours,
+                "median_hours": s.median_hours,
+                "max_hours": s.max_hours,
+            }
+            for s in stats
+        ],
+    }
+
+
+#: How far ahead of the collector's clock a recorded ``at`` may be (clock skew).
+AT_MAX_AHEAD_S = 60.0
+
+
+def when(at: float | None, principal: Principal) -> float:
+    """When a repair step happened: now, or the body's ``at`` (Unix seconds).
+
+    ``at`` records work done earlier (a crew's paper log, the demo's simulated
+    clock). It moves repair figures in the B2 report, so only a role with
+    every permission (admin) may set it, and never into the future.
+    """
+    now = time.time()
+    if at is None:
+        return now
+    if not principal.may(Permission.REPAIR_BACKDATE):
+        raise ApiError(403, "at", "recording a past time needs the admin role")
+    if at > now + AT_MAX_AHEAD_S:
+        raise bad("at", "must not be in the future")
+    return at
+
+
+async def repair_create(request: web.Request, p: None, b: schemas.RepairOpenBody) -> dict[str, Any]:
+    """Open a ticket; with ``contractor`` it is started in the same call (already assigned)."""
+    principal = require(request, Permission.REPAIR_OPEN)
+    if b.technician and not b.contractor:
+        raise bad("contractor", "is required with technician")
+    device = await device_in_scope(request, b.device_id, Permission.REPAIR_OPEN)
+    if b.contractor:
+        require(request, Permission.REPAIR_WORK, device.commune_code)
+    ticket = await repairs.open_ticket(
+        request.app[REPO],
+        device.device_id,
+        actor=principal.name,
+        at=when(b.at, principal),
+        note=b.note,
+        contractor=b.contractor,
+        technician=b.technician,
+        start_note=b.start_note,
     )
-
-
-def forbidden_scope() -> web.HTTPException:
-    return auth.forbidden("statistics across communes need district-wide access")
-
-
-async def repair_create(request: web.Request) -> web.Response:
-    require(request, Permission.REPAIR_OPEN)
-    data = await body(request)
-    device_id = text(data, "device_id", required=True, max_len=63)
-    if not valid_device_id(device_id):
-        raise bad("device_id", "not a valid device id")
-    note = text(data, "note")
-    repo = request.app[REPO]
-    try:
-        device = await repo.get_device(device_id)
-    except NotFound:
-        raise ApiError(404, "device_id", "not found") from None
-    principal = require(request, Permission.REPAIR_OPEN, device.commune_code)
-    ticket = await repo.open_ticket(
-        device_id, actor=principal.name, at=time.time(), note=note, cause=device.cause
-    )
-    return _json(ticket_json(ticket), status=201)
+    return ticket_json(ticket)
 
 
 async def _ticket_in_scope(
-    request: web.Request, permission: Permission
+    request: web.Request, ticket_id: int, permission: Permission
 ) -> tuple[Ticket, Principal]:
-    ticket_id = path_ticket(request)
     try:
         ticket = await request.app[REPO].get_ticket(ticket_id)
     except NotFound:
-        raise ApiError(404, "ticket_id", "not found") from None
-    return ticket, require(request, permission, ticket.commune_code)
+        raise auth.not_found("ticket_id") from None
+    return ticket, require(request, permission, ticket.commune_code, field="ticket_id")
 
 
-async def repair_get(request: web.Request) -> web.Response:
-    ticket, _ = await _ticket_in_scope(request, Permission.READ)
-    return _json(ticket_json(ticket))
+async def repair_get(request: web.Request, p: schemas.TicketParams, b: None) -> dict[str, Any]:
+    ticket, _ = await _ticket_in_scope(request, p.ticket_id, Permission.READ)
+    return ticket_json(ticket)
 
 
-async def repair_start(request: web.Request) -> web.Response:
-    ticket, principal = await _ticket_in_scope(request, Permission.REPAIR_WORK)
-    data = await body(request)
+async def repair_start(
+    request: web.Request, p: schemas.TicketParams, b: schemas.RepairStartBody
+) -> dict[str, Any]:
+    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
     updated = await request.app[REPO].start_ticket(
         ticket.id,
         actor=principal.name,
-        at=time.time(),
-        contractor=text(data, "contractor", required=True, max_len=200),
-        technician=text(data, "technician", max_len=200),
-        note=text(data, "note"),
+        at=when(b.at, principal),
+        contractor=b.contractor,
+        technician=b.technician,
+        note=b.note,
     )
-    return _json(ticket_json(updated))
+    return ticket_json(updated)
 
 
-async def repair_comment(request: web.Request) -> web.Response:
-    ticket, principal = await _ticket_in_scope(request, Permission.REPAIR_WORK)
-    data = await body(request)
+async def repair_comment(
+    request: web.Request, p: schemas.TicketParams, b: schemas.NoteBody
+) -> dict[str, Any]:
+    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
     updated = await request.app[REPO].comment_ticket(
-        ticket.id, actor=principal.name, at=time.time(), note=text(data, "note", required=True)
+        ticket.id, actor=principal.name, at=when(b.at, principal), note=b.note
     )
-    return _json(ticket_json(updated))
+    return ticket_json(updated)
 
 
-async def repair_cancel(request: web.Request) -> web.Response:
-    ticket, principal = await _ticket_in_scope(request, Permission.REPAIR_CANCEL)
-    data = await body(request)
+async def _close(
+    request: web.Request,
+    ticket_id: int,
+    permission: Permission,
+    state: TicketState,
+    note: str,
+    at: float | None,
+) -> dict[str, Any]:
+    ticket, principal = await _ticket_in_scope(request, ticket_id, permission)
     updated = await request.app[REPO].close_ticket(
-        ticket.id,
-        actor=principal.name,
-        at=time.time(),
-        state=TicketState.CANCELLED,
-        note=text(data, "note", required=True),
+        ticket.id, actor=principal.name, at=when(at, principal), state=state, note=note
     )
-    return _json(ticket_json(updated))
+    return ticket_json(updated)
 
 
-def add_routes(app: web.Application) -> None:
-    """Register every route; ``collector.openapi`` documents exactly these."""
-    r = app.router
-    r.add_get("/healthz", healthz)
-    r.add_get("/metrics", metrics_view)
-    r.add_get("/api/v1/openapi.json", openapi_view)
-    r.add_post("/api/v1/auth/login", login_view)
-    r.add_post("/api/v1/auth/logout", logout_view)
-    r.add_get("/api/v1/auth/me", me_view)
-    r.add_get("/api/v1/fleet/summary", summary_view)
-    r.add_get("/api/v1/communes", communes_view)
-    r.add_get("/api/v1/devices", devices_view)
-    r.add_get("/api/v1/devices/{device_id}", device_view)
-    r.add_get("/api/v1/events", events_view)
-    r.add_get("/api/v1/repairs", repairs_view)
-    r.add_post("/api/v1/repairs", repair_create)
-    r.add_get("/api/v1/repairs/overdue", overdue_view)
-    r.add_get("/api/v1/repairs/stats", repair_stats_view)
-    r.add_get("/api/v1/repairs/{ticket_id}", repair_get)
-    r.add_post("/api/v1/repairs/{ticket_id}/start", repair_start)
-    r.add_post("/api/v1/repairs/{ticket_id}/comment", repair_comment)
-    r.add_post("/api/v1/repairs/{ticket_id}/cancel", repair_cancel)
+async def repair_cancel(
+    request: web.Request, p: schemas.TicketParams, b: schemas.NoteBody
+) -> dict[str, Any]:
+    return await _close(
+        request, p.ticket_id, Permission.REPAIR_CANCEL, TicketState.CANCELLED, b.note, b.at
+    )
 
 
-__all__ = ["ApiError", "CollectorConfig", "add_routes", "error_middleware"]
+async def repair_resolve(
+    request: web.Request, p: schemas.TicketParams, b: schemas.ResolveBody
+) -> dict[str, Any]:
+    """The repair is done: close the ticket as resolved (the technician's word)."""
+    return await _close(
+        request, p.ticket_id, Permission.REPAIR_WORK, TicketState.RESOLVED, b.note, b.at
+    )
+
+
+__all__ = ["ApiError", "bad", "body", "error_middleware", "summarize", "text"]

@@ -1,7 +1,8 @@
 """The collector's aiohttp application: ``create_app(config)``.
 
 Everything with a lifetime lives in ``cleanup_ctx``: the database, the MQTT
-ingest task and the periodic sweeps (silent devices, raw retention, repairs).
+ingest task, the periodic sweeps (silent devices, raw retention, repairs) and
+the alerts' evaluation, delivery and monthly-report tasks (``collector.alerts``).
 Tests and ``loa-collector serve`` build the app with this same factory.
 """
 
@@ -10,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from collector import api, auth, remote_api, repairs
-from collector.b2 import api as b2_api
+from collector import api, auth, remote_api, repairs, routes
+from collector.alerts import service as alerts
+from collector.alerts import web as alerts_web
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor, run_ingest
-from collector.keys import CONFIG, REPO, STATS, THROTTLE
+from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.metrics import IngestStats
 from collector.store.base import StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -49,6 +52,41 @@ async def _periodic(name: str, interval_s: float, job: Callable[[], Awaitable[ob
         await asyncio.sleep(interval_s)
 
 
+async def supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    stats: IngestStats,
+    *,
+    backoff_max_s: float = 60.0,
+    rng: Callable[[float, float], float] = random.uniform,
+) -> None:
+    """Run ``run()`` forever: if it ever ends, log why, and restart it with backoff.
+
+    ``stats`` says whether it runs, how often it was restarted and why it last
+    ended (``/healthz``, ``/metrics``). A run that lasted a minute resets the
+    backoff. Cancel to stop.
+    """
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        started = loop.time()
+        stats.task_running = True
+        try:
+            await run()
+            reason = "returned"
+        except Exception as exc:  # anything: the point is that ingest comes back
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("%s task failed: %s", name, reason, exc_info=True)
+        finally:
+            stats.task_running = False
+        stats.task_restarts += 1
+        stats.task_last_error = reason
+        attempt = 1 if loop.time() - started > 60 else attempt + 1
+        delay = rng(0.5, min(backoff_max_s, 0.5 * 2**attempt))
+        log.error("%s task ended (%s); restarting in %.1f s", name, reason, delay)
+        await asyncio.sleep(delay)
+
+
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     repo = await SQLiteRepository.open(Path(cfg.db.path), synchronous=cfg.db.synchronous)
@@ -68,7 +106,11 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[None]] = []
     if cfg.ingest_enabled:
         ingestor = Ingestor(repo, cfg.ingest, app[STATS])
-        tasks.append(asyncio.create_task(run_ingest(cfg, ingestor), name="ingest"))
+        tasks.append(
+            asyncio.create_task(
+                supervise("ingest", lambda: run_ingest(cfg, ingestor), app[STATS]), name="ingest"
+            )
+        )
 
     async def fleet_sweep() -> None:
         now = time.time()
@@ -113,11 +155,12 @@ def create_app(config: CollectorConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[STATS] = IngestStats()
-    app[THROTTLE] = auth.LoginThrottle()
     app.cleanup_ctx.append(_db_ctx)
     app.cleanup_ctx.append(_tasks_ctx)
-    api.add_routes(app)
-    b2_api.add_routes(app)
+    app[METRIC_SOURCES] = []
+    app.cleanup_ctx.append(alerts.alerts_ctx)
+    routes.add_routes(app)
     remote_api.setup(app)
     setup_dashboard(app)
+    alerts_web.add_routes(app)
     return app

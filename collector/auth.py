@@ -24,23 +24,27 @@ import asyncio
 import enum
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from collector.store.base import NotFound, Repository, Role, User
+from collector.config import LoginConfig
+from collector.store.base import NotFound, Repository, Role, ThrottleRule, User
 
 SESSION_COOKIE = "loa_session"
 CSRF_HEADER = "X-CSRF-Token"
-#: Paths served without authentication.
-PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/auth/login"})
+#: Paths served without the middleware's authentication. ``/metrics`` checks its
+#: own (an admin, or the metrics token).
+PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/auth/login", "/metrics"})
 #: Upgrade downloads: the path carries a random per-rollout capability that the
 #: handler checks (``collector.upgrades``); devices hold no API token.
 CAPABILITY_PREFIX = "/upgrades/download/"
@@ -54,8 +58,11 @@ class Permission(enum.StrEnum):
     REPAIR_OPEN = "repair.open"
     REPAIR_WORK = "repair.work"  # start, comment
     REPAIR_CANCEL = "repair.cancel"
+    #: Record a repair step at a past time (``at``): admin only, it moves B2 figures.
+    REPAIR_BACKDATE = "repair.backdate"
     INVENTORY_WRITE = "inventory.write"
     USERS_ADMIN = "users.admin"
+    METRICS = "metrics"  # fleet-wide counts: admins (and the metrics token) only
     #: Send commands to devices and read their results (collector.remote_api).
     REMOTE = "remote"
     #: Sign-and-serve agent upgrades and roll them out (admin only).
@@ -131,26 +138,74 @@ class Principal:
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def _json_error(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    return status(text=json.dumps({"error": message}), content_type="application/json")
+def _json_error(
+    status: type[web.HTTPException], field: str, message: str, **kw: Any
+) -> web.HTTPException:
+    return status(
+        text=json.dumps({"error": f"{field}: {message}", "field": field}, ensure_ascii=False),
+        content_type="application/json",
+        **kw,
+    )
 
 
-def forbidden(message: str = "not allowed for your role") -> web.HTTPException:
-    return _json_error(web.HTTPForbidden, message)
+def forbidden(message: str = "not allowed for your role", field: str = "role") -> web.HTTPException:
+    return _json_error(web.HTTPForbidden, field, message)
 
 
-def require(request: web.Request, permission: Permission, commune: str | None = None) -> Principal:
+def not_found(field: str) -> web.HTTPException:
+    """404 for a missing row *and* for one outside the caller's communes: the same answer."""
+    return _json_error(web.HTTPNotFound, field, "not found")
+
+
+def unauthorized() -> web.HTTPException:
+    return _json_error(
+        web.HTTPUnauthorized,
+        "Authorization",
+        "authentication required (a session cookie or a bearer token)",
+        headers={"WWW-Authenticate": 'Bearer realm="loa-collector"'},
+    )
+
+
+def require(
+    request: web.Request,
+    permission: Permission,
+    commune: str | None = None,
+    *,
+    field: str = "$",
+) -> Principal:
     """The caller, if allowed ``permission`` (on ``commune``); else raise 403 (404 for scope).
 
-    Out-of-scope communes answer 404, not 403, so an officer cannot probe which
-    device ids exist elsewhere.
+    Out-of-scope communes answer 404 naming ``field``, exactly as a missing row
+    does, so an officer cannot probe which device ids exist elsewhere.
     """
     principal: Principal = request[PRINCIPAL]
     if not principal.may(permission):
         raise forbidden(f"{permission} is not allowed for role {principal.user.role}")
     if commune is not None and not principal.sees(commune):
-        raise _json_error(web.HTTPNotFound, "not found")
+        raise not_found(field)
     return principal
+
+
+async def authenticate(request: web.Request, repo: Repository) -> Principal | None:
+    """The caller from a bearer token or a session cookie (CSRF checked), or None."""
+    now = time.time()
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        user = await repo.user_by_token(secret_hash(header[7:].strip()), at=now)
+        if user is not None and not user.disabled:
+            return Principal(user, "token")
+        return None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    session = await repo.session(secret_hash(cookie), at=now)
+    if session is None or session.user.disabled:
+        return None
+    if request.method in _UNSAFE:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent, session.csrf_token):
+            raise forbidden(f"missing or wrong {CSRF_HEADER} header", field=CSRF_HEADER)
+    return Principal(session.user, "session", session.csrf_token)
 
 
 def auth_middleware(repo_of: Callable[[web.Request], Repository]) -> Middleware:
@@ -163,30 +218,9 @@ def auth_middleware(repo_of: Callable[[web.Request], Repository]) -> Middleware:
     ) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS or request.path.startswith(CAPABILITY_PREFIX):
             return await handler(request)
-        repo = repo_of(request)
-        now = time.time()
-        header = request.headers.get("Authorization", "")
-        principal: Principal | None = None
-        if header.lower().startswith("bearer "):
-            user = await repo.user_by_token(secret_hash(header[7:].strip()), at=now)
-            if user is not None and not user.disabled:
-                principal = Principal(user, "token")
-        else:
-            cookie = request.cookies.get(SESSION_COOKIE)
-            if cookie:
-                session = await repo.session(secret_hash(cookie), at=now)
-                if session is not None and not session.user.disabled:
-                    principal = Principal(session.user, "session", session.csrf_token)
-                    if request.method in _UNSAFE:
-                        sent = request.headers.get(CSRF_HEADER, "")
-                        if not hmac.compare_digest(sent, session.csrf_token):
-                            raise forbidden(f"missing or wrong {CSRF_HEADER} header")
+        principal = await authenticate(request, repo_of(request))
         if principal is None:
-            raise web.HTTPUnauthorized(
-                text='{"error": "authentication required"}',
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Bearer realm="loa-collector"'},
-            )
+            raise unauthorized()
         request[PRINCIPAL] = principal
         return await handler(request)
 
@@ -216,50 +250,83 @@ async def login(
 _DUMMY_HASH = hash_password("not a real password")
 
 
-class LoginThrottle:
-    """Refuses logins for a name or a client address after repeated failures.
+def client_address(
+    request: web.Request, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str:
+    """The real client address: the peer, or -- when the peer is a trusted proxy --
+    the right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+    peer = request.remote or ""
+    if not trusted or not _within(peer, trusted):
+        return peer
+    hops = [
+        h.strip()
+        for value in request.headers.getall("X-Forwarded-For", [])
+        for h in value.split(",")
+        if h.strip()
+    ]
+    for hop in reversed(hops):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # not what a proxy appends: believe nothing further left
+        if not _within(str(address), trusted):
+            return str(address)
+    return str(ipaddress.ip_address(hops[0])) if hops else peer
 
-    At most ``max_failures`` failed logins per key within ``window_s``; then
-    that key is refused (HTTP 429) until its oldest failure leaves the window.
-    Keys are the user name and the client address, so one attacker cannot lock
-    out a name from everywhere for long without also being throttled itself.
-    State is per collector instance: with several instances an attacker gets
-    at most ``max_failures`` per instance, which still stops password guessing.
+
+def _within(
+    address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def throttle_rules(name: str, address: str, cfg: LoginConfig) -> tuple[ThrottleRule, ...]:
+    """The three keys one login attempt counts against (see ``LoginConfig``)."""
+
+    def rule(key: str, about: str | None, free: int) -> ThrottleRule:
+        return ThrottleRule(
+            key=key,
+            name=about,
+            free=free,
+            first_delay_s=cfg.first_delay_s,
+            max_delay_s=cfg.max_delay_s,
+            forget_s=cfg.forget_after_s,
+        )
+
+    return (
+        rule(f"pair:{address}|{name}", name, cfg.pair_free),
+        rule(f"name:{name}", name, cfg.name_free),
+        rule(f"addr:{address}", None, cfg.address_free),
+    )
+
+
+async def throttled_login(
+    repo: Repository,
+    name: str,
+    password: str,
+    *,
+    address: str,
+    cfg: LoginConfig,
+    ttl_s: float,
+) -> tuple[User, str, str] | float | None:
+    """A login through the throttle: (user, session id, csrf) on success, the seconds
+    to wait when throttled (no password check made), None for a wrong name or password.
+
+    The attempt is counted before the password is checked, so N concurrent attempts
+    make at most as many password checks as the throttle allows. Failures are
+    audited (``auth.login_failed``).
     """
-
-    def __init__(
-        self, *, max_failures: int = 10, window_s: float = 900.0, max_keys: int = 100_000
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._failures: dict[str, list[float]] = {}
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, ()) if t > now - self.window_s]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
-
-    def retry_after(self, keys: Iterable[str], now: float) -> float:
-        """Seconds until a login for ``keys`` is allowed again (0 when allowed now)."""
-        wait = 0.0
-        for key in keys:
-            times = self._recent(key, now)
-            if len(times) >= self.max_failures:
-                wait = max(wait, times[-self.max_failures] + self.window_s - now)
+    rules = throttle_rules(name, address, cfg)
+    wait = await repo.throttle_attempt(rules, at=time.time())
+    if wait > 0:
         return wait
-
-    def failed(self, keys: Iterable[str], now: float) -> None:
-        if len(self._failures) >= self.max_keys:
-            # Bounded memory under a spray from many addresses: forget the stale.
-            for key in list(self._failures):
-                self._recent(key, now)
-        for key in keys:
-            self._failures.setdefault(key, []).append(now)
-
-    def succeeded(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    result = await login(repo, name, password, ttl_s=ttl_s)
+    if result is None:
+        await repo.audit(name, "auth.login_failed", f"user:{name}", {"client": address})
+        return None
+    await repo.throttle_clear([rules[0].key, rules[1].key])
+    return result

@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from collector import provision, remote_cli
+from collector import broker_config, provision, remote_cli, repairs_cli, users
+from collector.alerts import cli as alerts_cli
 from collector.auth import hash_password, new_secret, secret_hash
-from collector.b2.cli import register as _register_b2
+from collector.b2.cli import register as _b2_register
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.base import Conflict, NotFound, Role, StoreError
 from collector.store.sqlite import SQLiteRepository
@@ -127,12 +128,12 @@ def _users_add(args: argparse.Namespace) -> int:
     cfg = load(args)
     role = Role(args.role)
     communes = frozenset(args.commune or ())
-    if role is Role.COMMUNE_OFFICER and not communes:
-        raise CliError("--role commune_officer needs at least one --commune CODE")
-    if role in (Role.ADMIN, Role.DISTRICT_VIEWER) and communes:
-        raise CliError(f"--commune does not apply to --role {role}")
-    if not args.name or len(args.name) > 128 or not args.name.isprintable():
-        raise CliError("NAME: 1..128 printable characters")
+    try:
+        users.check_scope(role, communes)
+        users.check_name(args.name)
+    except users.UserRuleError as exc:
+        option = {"communes": "--commune", "name": "NAME"}.get(exc.field, exc.field)
+        raise CliError(f"{option}: {exc.message}") from None
     password_hash = hash_password(_read_password(args))
 
     async def go() -> int:
@@ -167,6 +168,19 @@ def _users_token(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _users_unlock(args: argparse.Namespace) -> int:
+    cfg = load(args)
+
+    async def go() -> int:
+        async with repository(cfg) as repo:
+            await repo.get_user(args.name)  # NotFound: "user 'x' does not exist"
+            cleared = await repo.throttle_unlock(args.name, actor="cli")
+        print(f"login delays of {args.name} cleared ({cleared} key(s))")
+        return 0
+
+    return asyncio.run(go())
+
+
 def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("users", help="manage users and API tokens")
     usub = p.add_subparsers(dest="users_command", required=True)
@@ -182,6 +196,15 @@ def _register_users(sub: Any, parent: argparse.ArgumentParser) -> None:
     t.add_argument("name")
     t.add_argument("--label", default="", help="what the token is for")
     t.set_defaults(func=_users_token)
+    u = usub.add_parser(
+        "unlock", parents=[parent], help="clear a user's login delays after failed sign-ins"
+    )
+    u.add_argument("name")
+    u.set_defaults(func=_users_unlock)
+
+
+def _register_b2(sub: Any, parent: argparse.ArgumentParser) -> None:
+    _b2_register(sub, parent, report_commands=[alerts_cli.register_report_send])
 
 
 #: Subcommand registrars, in help order. Add yours here.
@@ -190,7 +213,10 @@ SUBCOMMANDS: list[Register] = [
     _register_users,
     _register_db,
     _register_b2,
+    alerts_cli.register,
     provision.register,
+    broker_config.register,
+    repairs_cli.register,
     remote_cli.register,
 ]
 

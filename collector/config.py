@@ -7,11 +7,13 @@ so a typo is never silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.alerts.settings import AlertsSettings
 from collector.b2.settings import ReportSettings
 from fleet_protocol.config_schema import ConfigFieldError, build
 
@@ -89,6 +91,13 @@ class IngestConfig:
     max_future_skew_s: float = 300.0
     #: Devices whose rejections are logged individually before going quiet.
     max_logged_devices: int = 10000
+    #: Store confirmations are collected per device and published this often
+    #: (seconds): one Ack covers everything a device had stored in the window,
+    #: which is what keeps them inside the SIM's data budget (at 1800 s a
+    #: stable device gets 48 a day, one per three heartbeats). Agents hold
+    #: messages until confirmed; a longer interval costs them a little outbox
+    #: space, never safety.
+    ack_interval_s: float = 1800.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +133,69 @@ class HttpConfig:
     secure_cookies: bool = True
     #: Largest request body accepted, bytes.
     max_body_bytes: int = 64 * 1024
+    #: Reverse proxies whose X-Forwarded-For header is believed: addresses or
+    #: networks ("127.0.0.1", "10.0.0.0/8"). The client address used by the login
+    #: throttle is then the right-most X-Forwarded-For entry that is not one of
+    #: them. Empty (the default): the header is ignored and the peer address is
+    #: the client, so nobody can pose as another address by sending the header.
+    trusted_proxies: tuple[str, ...] = ()
+    #: File holding a bearer token that may read ``/metrics`` (first line), for a
+    #: Prometheus scraper (its ``bearer_token_file``). "" = only admins may.
+    metrics_token_file: str = ""
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed; ConfigError naming a bad entry."""
+        out = []
+        for entry in self.trusted_proxies:
+            try:
+                out.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"[http] trusted_proxies: {entry!r:.60} is not an address or network"
+                ) from None
+        return tuple(out)
+
+    def metrics_token(self) -> str:
+        """The ``/metrics`` token ("" when none is configured)."""
+        if not self.metrics_token_file:
+            return ""
+        try:
+            lines = Path(self.metrics_token_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(
+                f"[http] metrics_token_file: cannot read {self.metrics_token_file}: {exc}"
+            ) from None
+        token = lines[0].strip() if lines else ""
+        if len(token) < 16:
+            raise ConfigError("[http] metrics_token_file: the token needs at least 16 characters")
+        return token
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginConfig:
+    """Login throttling: delays that grow with failures, never a lock-out.
+
+    Each attempt counts against three keys: the (client address, name) pair, the
+    name alone (a guess spread over many addresses) and the address alone (one
+    address trying many names). A key's first ``*_free`` attempts go ahead at
+    once; after that each waits ``first_delay_s``, doubling up to
+    ``max_delay_s``. A successful login clears its pair and name keys; an admin
+    clears a name's keys with ``loa-collector users unlock NAME``. Counts live in
+    the database, so every collector instance on it shares them.
+    """
+
+    #: Attempts per (address, name) before delays start.
+    pair_free: int = 5
+    #: Attempts per name, from all addresses together, before delays start.
+    name_free: int = 50
+    #: Attempts per address, over all names, before delays start.
+    address_free: int = 30
+    #: The first delay, seconds; it doubles with every further attempt.
+    first_delay_s: float = 1.0
+    #: The longest delay, seconds.
+    max_delay_s: float = 900.0
+    #: A key without attempts for this long starts over.
+    forget_after_s: float = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,12 +231,15 @@ class CollectorConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     repairs: RepairConfig = field(default_factory=RepairConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    login: LoginConfig = field(default_factory=LoginConfig)
     #: Remote commands to devices (collector.remote).
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     #: Agent upgrades (collector.upgrades).
     upgrades: UpgradesConfig = field(default_factory=UpgradesConfig)
     #: The B2 report's time zone, offline note, unit name and language.
     report: ReportSettings = field(default_factory=ReportSettings)
+    #: Alert rules' engine, channels and the monthly report's delivery.
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
     #: Run the MQTT ingest in this process (off for API-only instances).
     ingest_enabled: bool = True
 
@@ -184,6 +259,10 @@ class CollectorConfig:
             (self.ingest.late_after_s > 0, "[ingest] late_after_s: must be > 0"),
             (self.ingest.max_future_skew_s >= 0, "[ingest] max_future_skew_s: must be >= 0"),
             (
+                0 < self.ingest.ack_interval_s <= 3600,
+                "[ingest] ack_interval_s: must be > 0 and at most 3600",
+            ),
+            (
                 self.fleet.heartbeat_grace_s > self.ingest.late_after_s,
                 "[fleet] heartbeat_grace_s: must exceed [ingest] late_after_s",
             ),
@@ -197,6 +276,19 @@ class CollectorConfig:
             (self.repairs.sweep_interval_s > 0, "[repairs] sweep_interval_s: must be > 0"),
             (self.http.session_ttl_s > 0, "[http] session_ttl_s: must be > 0"),
             (
+                min(self.login.pair_free, self.login.name_free, self.login.address_free) >= 1,
+                "[login] pair_free, name_free, address_free: must be >= 1",
+            ),
+            (self.login.first_delay_s > 0, "[login] first_delay_s: must be > 0"),
+            (
+                self.login.max_delay_s >= self.login.first_delay_s,
+                "[login] max_delay_s: must be >= first_delay_s",
+            ),
+            (
+                self.login.forget_after_s > self.login.max_delay_s,
+                "[login] forget_after_s: must exceed max_delay_s",
+            ),
+            (
                 0 < self.remote.wait_s <= self.remote.max_wait_s,
                 "[remote] wait_s: must be > 0 and <= max_wait_s",
             ),
@@ -206,10 +298,12 @@ class CollectorConfig:
                 "[remote] queue_s: must be > 0 and <= max_queue_s <= 7 days",
             ),
             *((False, problem) for problem in self.report.problems()),
+            *((False, problem) for problem in self.alerts.problems()),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.http.proxy_networks()
 
 
 def config_from_dict(data: dict[str, Any]) -> CollectorConfig:

@@ -22,13 +22,14 @@ import io
 import re
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from collector.model import CommuneKind, InventoryDevice
 from fleet_protocol import DEVICE_ID_RE
+from fleet_protocol.config_schema import Parse, convert_fields
 
 #: Canonical column keys, in export order.
 COLUMNS: Final[tuple[str, ...]] = (
@@ -240,35 +241,29 @@ def _cell_text(value: Any) -> str:
     return str(value).strip()
 
 
-class _Row:
-    """Field checks for one data row; problems go to a shared error list."""
+def _text(value: Any) -> str:
+    return _cell_text(value)
 
-    def __init__(
-        self,
-        number: int,
-        cells: dict[str, Any],
-        headers: dict[str, str],
-        errors: list[RowError],
-    ) -> None:
-        self.number = number
-        self.cells = cells
-        self.headers = headers
-        self.errors = errors
 
-    def error(self, key: str, message: str) -> None:
-        self.errors.append(RowError(self.number, self.headers.get(key, key), message))
+def _required(value: Any) -> str:
+    text = _cell_text(value)
+    if not text:
+        raise ValueError("required, but empty")
+    return text
 
-    def text(self, key: str) -> str:
-        return _cell_text(self.cells.get(key))
 
-    def required(self, key: str) -> str:
-        value = self.text(key)
-        if not value:
-            self.error(key, "required, but empty")
-        return value
+def _device_id(value: Any) -> str:
+    text = _required(value)
+    if not DEVICE_ID_RE.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a device id (lower-case letters, digits and '-',"
+            " 3-63 characters, not starting with '-')"
+        )
+    return text
 
-    def coordinate(self, key: str, limit: float) -> float | None:
-        raw = self.cells.get(key)
+
+def _coordinate(limit: float) -> Callable[[Any], float | None]:
+    def parse(raw: Any) -> float | None:
         if raw is None or raw == "":
             return None
         if isinstance(raw, int | float) and not isinstance(raw, bool):
@@ -280,77 +275,93 @@ class _Row:
             try:
                 value = float(text)
             except ValueError:
-                self.error(key, f"{text!r} is not a number")
-                return None
+                raise ValueError(f"{text!r} is not a number") from None
         if not -limit <= value <= limit:
-            self.error(key, f"{value:g} is out of range [-{limit:g}, {limit:g}]")
-            return None
+            raise ValueError(f"{value:g} is out of range [-{limit:g}, {limit:g}]")
         # 7 decimals is 1 cm; more is noise, and spreadsheets keep 15 digits only.
         return round(value, 7)
 
-    def install_date(self) -> str:
-        raw = self.cells.get("install_date")
-        if raw is None or raw == "":
-            return ""
-        if isinstance(raw, dt.datetime):
-            return raw.date().isoformat()
-        if isinstance(raw, dt.date):
-            return raw.isoformat()
-        text = str(raw).strip()
-        try:
-            match = _DMY_RE.fullmatch(text)
-            if match:
-                day, month, year = (int(g) for g in match.groups())
-                return dt.date(year, month, day).isoformat()
-            return dt.date.fromisoformat(text).isoformat()
-        except ValueError:
-            self.error("install_date", f"{text!r} is not a date (use YYYY-MM-DD or dd/mm/yyyy)")
-            return ""
+    return parse
 
-    def iccid(self) -> str:
-        raw = self.cells.get("sim_iccid")
-        if raw is None or raw == "":
-            return ""
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            self.error(
-                "sim_iccid",
-                "stored as a number, which loses digits; format the column as text",
-            )
-            return ""
-        text = re.sub(r"[\s-]", "", str(raw)).upper().removesuffix("F")
-        if not _ICCID_RE.fullmatch(text):
-            self.error(
-                "sim_iccid", f"{str(raw).strip()!r} is not an ICCID (19-20 digits starting 89)"
-            )
-            return ""
-        return text
 
-    def phone(self) -> str:
-        raw = self.cells.get("sim_phone")
-        if raw is None or raw == "":
-            return ""
-        text = re.sub(r"[\s.()-]", "", _cell_text(raw))
-        if text.startswith("+84"):
-            text = "0" + text[3:]
-        elif text.startswith("84") and len(text) >= 11:
-            text = "0" + text[2:]
-        elif text.isdigit() and len(text) == 9 and not isinstance(raw, str):
-            text = "0" + text  # a number cell dropped the leading zero
-        if not _PHONE_RE.fullmatch(text):
-            self.error(
-                "sim_phone",
-                f"{_cell_text(raw)!r} is not a Vietnamese phone number (0 and 9-10 digits, or +84)",
-            )
-            return ""
-        return text
+def _install_date(raw: Any) -> str:
+    if raw is None or raw == "":
+        return ""
+    if isinstance(raw, dt.datetime):
+        return raw.date().isoformat()
+    if isinstance(raw, dt.date):
+        return raw.isoformat()
+    text = str(raw).strip()
+    try:
+        match = _DMY_RE.fullmatch(text)
+        if match:
+            day, month, year = (int(g) for g in match.groups())
+            return dt.date(year, month, day).isoformat()
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (use YYYY-MM-DD or dd/mm/yyyy)") from None
 
-    def kind(self) -> CommuneKind:
-        text = self.text("commune_kind")
-        kind = _KIND_WORDS.get(_fold(text))
-        if kind is None:
-            self.error("commune_kind", f"{text!r} is not one of xã, phường, thị trấn")
-            return CommuneKind.XA
-        return kind
+
+def _iccid(raw: Any) -> str:
+    if raw is None or raw == "":
+        return ""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        raise ValueError("stored as a number, which loses digits; format the column as text")
+    text = re.sub(r"[\s-]", "", str(raw)).upper().removesuffix("F")
+    if not _ICCID_RE.fullmatch(text):
+        raise ValueError(f"{str(raw).strip()!r} is not an ICCID (19-20 digits starting 89)")
+    return text
+
+
+def _phone(raw: Any) -> str:
+    if raw is None or raw == "":
+        return ""
+    text = re.sub(r"[\s.()-]", "", _cell_text(raw))
+    if text.startswith("+84"):
+        text = "0" + text[3:]
+    elif text.startswith("84") and len(text) >= 11:
+        text = "0" + text[2:]
+    elif text.isdigit() and len(text) == 9 and not isinstance(raw, str):
+        text = "0" + text  # a number cell dropped the leading zero
+    if not _PHONE_RE.fullmatch(text):
+        raise ValueError(
+            f"{_cell_text(raw)!r} is not a Vietnamese phone number (0 and 9-10 digits, or +84)"
+        )
+    return text
+
+
+def _kind(raw: Any) -> CommuneKind:
+    text = _cell_text(raw)
+    kind = _KIND_WORDS.get(_fold(text))
+    if kind is None:
+        raise ValueError(f"{text!r} is not one of xã, phường, thị trấn")
+    return kind
+
+
+Cell = Annotated[str, Parse(_text)]
+
+
+@dataclass(frozen=True)
+class InventoryRow:
+    """One data row's cells as typed values, built by ``fleet_protocol.config_schema``.
+
+    Each field parses a spreadsheet cell (text, a number, a date); a bad cell
+    is that field's error, reported with the row and the column's own name.
+    """
+
+    device_id: Annotated[str, Parse(_device_id)]
+    commune_code: Annotated[str, Parse(_required)]
+    commune_name: Annotated[str, Parse(_required)]
+    commune_kind: Annotated[CommuneKind, Parse(_kind)] = CommuneKind.XA
+    district: Cell = ""
+    province: Cell = ""
+    address: Cell = ""
+    latitude: Annotated[float | None, Parse(_coordinate(90.0))] = None
+    longitude: Annotated[float | None, Parse(_coordinate(180.0))] = None
+    contractor: Cell = ""
+    sim_iccid: Annotated[str, Parse(_iccid)] = ""
+    sim_phone: Annotated[str, Parse(_phone)] = ""
+    install_date: Annotated[str, Parse(_install_date)] = ""
 
 
 def _map_header(header: list[Any], errors: list[RowError]) -> dict[int, str]:
@@ -406,31 +417,28 @@ def parse_inventory(data: bytes, *, source: str = "<inventory>") -> list[Invento
         if not any(_cell_text(c) for c in raw):
             continue
         cells = {key: raw[i] if i < len(raw) else None for i, key in columns.items()}
-        row = _Row(offset, cells, header_names, errors)
         width = len(rows[start])
         if any(_cell_text(c) for c in raw[width:]):
             errors.append(RowError(offset, None, f"values beyond the header's {width} columns"))
+        values, bad = convert_fields(InventoryRow, cells)
+        for e in bad:
+            errors.append(RowError(offset, header_names.get(e.field, e.field), e.reason))
 
-        device_id = row.required("device_id")
+        def error(key: str, message: str, offset: int = offset) -> None:
+            errors.append(RowError(offset, header_names.get(key, key), message))
+
+        device_id = values.get("device_id", "")
         if device_id:
-            if not DEVICE_ID_RE.fullmatch(device_id):
-                row.error(
-                    "device_id",
-                    f"{device_id!r} is not a device id (lower-case letters, digits and '-',"
-                    " 3-63 characters, not starting with '-')",
-                )
-            elif device_id in first_row_of:
-                row.error(
+            if device_id in first_row_of:
+                error(
                     "device_id",
                     f"duplicate device id {device_id!r} (first on row {first_row_of[device_id]})",
                 )
             else:
                 first_row_of[device_id] = offset
-        code = row.required("commune_code")
-        name = row.required("commune_name")
-        kind = row.kind()
-        district = row.text("district")
-        province = row.text("province")
+        code, name = values.get("commune_code", ""), values.get("commune_name", "")
+        kind = values.get("commune_kind", CommuneKind.XA)
+        district, province = values.get("district", ""), values.get("province", "")
         if code and name:
             commune = (name, kind, district, province)
             if code not in communes:
@@ -445,32 +453,34 @@ def parse_inventory(data: bytes, *, source: str = "<inventory>") -> list[Invento
                     strict=True,
                 ):
                     if mine != theirs:
-                        row.error(
+                        error(
                             key,
                             f"commune code {code!r} has {label} {str(theirs)!r} on row {first}"
                             f" but {str(mine)!r} here",
                         )
-        known_errors = len(errors)
-        latitude = row.coordinate("latitude", 90.0)
-        longitude = row.coordinate("longitude", 180.0)
-        if (latitude is None) != (longitude is None) and len(errors) == known_errors:
+        latitude, longitude = values.get("latitude"), values.get("longitude")
+        coordinate_errors = {"latitude", "longitude"} & {e.field for e in bad}
+        if (latitude is None) != (longitude is None) and not coordinate_errors:
             missing = "longitude" if longitude is None else "latitude"
-            row.error(missing, "required when the other coordinate is given")
+            error(missing, "required when the other coordinate is given")
+        if bad:
+            continue  # the file is refused; its other rows are still checked
+        row = InventoryRow(**values)
         devices.append(
             InventoryDevice(
-                device_id=device_id,
-                commune_code=code,
-                commune_name=name,
-                commune_kind=kind,
-                district=district,
-                province=province,
-                address=row.text("address"),
-                latitude=latitude,
-                longitude=longitude,
-                contractor=row.text("contractor"),
-                sim_iccid=row.iccid(),
-                sim_phone=row.phone(),
-                install_date=row.install_date(),
+                device_id=row.device_id,
+                commune_code=row.commune_code,
+                commune_name=row.commune_name,
+                commune_kind=row.commune_kind,
+                district=row.district,
+                province=row.province,
+                address=row.address,
+                latitude=row.latitude,
+                longitude=row.longitude,
+                contractor=row.contractor,
+                sim_iccid=row.sim_iccid,
+                sim_phone=row.sim_phone,
+                install_date=row.install_date,
                 position=len(devices),
             )
         )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
-from collector.auth import LoginThrottle
 from collector.config import CollectorConfig
 from collector.metrics import IngestStats
 from collector.store.base import Repository
@@ -12,4 +13,5 @@ from collector.store.base import Repository
 CONFIG = web.AppKey("config", CollectorConfig)
 REPO = web.AppKey("repo", Repository)
 STATS = web.AppKey("stats", IngestStats)
-THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+#: Extra text for /metrics, appended after the ingest and fleet lines (e.g. alert deliveries).
+METRIC_SOURCES = web.AppKey("metric_sources", list[Callable[[], Awaitable[str]]])

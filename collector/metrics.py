@@ -16,16 +16,31 @@ from dataclasses import dataclass, field
 class IngestStats:
     """What the ingest of this process has seen since it started."""
 
+    #: Messages taken from the broker (validated on arrival).
     received: int = 0
+    #: Messages whose handling is complete: stored, dropped as duplicates or
+    #: rejected, and acknowledged to the broker.
+    handled: int = 0
     stored: int = 0
     duplicates: int = 0
     #: Rejected messages by ProtocolError kind (json, schema, mismatch, oversize, ...).
     rejected: Counter[str] = field(default_factory=Counter)
     #: Device timestamps replaced by the receive time (clock ahead of ours).
     clock_skew: int = 0
+    #: Stored messages by how their time was decided (clocktruth.Dating values
+    #: and "restamped" for stored ones re-dated later).
+    dating: Counter[str] = field(default_factory=Counter)
+    #: Duplicates (device, seq) that arrived with other content than stored.
+    replay_conflict: int = 0
+    #: Store confirmations (Ack messages) published to devices.
+    confirmations: int = 0
     batches: int = 0
     connected: bool = False
     connects: int = 0
+    #: The supervised ingest task: running now, restarts so far, why it last ended.
+    task_running: bool = False
+    task_restarts: int = 0
+    task_last_error: str | None = None
     #: (monotonic time, stored so far) samples for the rate over the last minute.
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
 
@@ -54,6 +69,9 @@ def render(stats: IngestStats, devices: Iterable[tuple[str, str, int]]) -> str:
         "# HELP loa_ingest_received_total Wire messages received by this process.",
         "# TYPE loa_ingest_received_total counter",
         f"loa_ingest_received_total {stats.received}",
+        "# HELP loa_ingest_handled_total Messages stored, dropped or rejected, and acknowledged.",
+        "# TYPE loa_ingest_handled_total counter",
+        f"loa_ingest_handled_total {stats.handled}",
         "# HELP loa_ingest_stored_total Messages stored (new, valid).",
         "# TYPE loa_ingest_stored_total counter",
         f"loa_ingest_stored_total {stats.stored}",
@@ -69,6 +87,26 @@ def render(stats: IngestStats, devices: Iterable[tuple[str, str, int]]) -> str:
         "# HELP loa_ingest_clock_skew_total Device timestamps in the future, clamped.",
         "# TYPE loa_ingest_clock_skew_total counter",
         f"loa_ingest_clock_skew_total {stats.clock_skew}",
+        "# HELP loa_ingest_dated_total Messages stored, by how their time was decided"
+        " (device clock, redated from the boot offset, estimated: unsynced / before_install /"
+        " future; restamped: re-dated after storing).",
+        "# TYPE loa_ingest_dated_total counter",
+    ]
+    for how in sorted(stats.dating):
+        lines.append(f'loa_ingest_dated_total{{how="{_esc(how)}"}} {stats.dating[how]}')
+    lines += [
+        "# HELP loa_ingest_replay_conflict_total Seqs seen again with different content.",
+        "# TYPE loa_ingest_replay_conflict_total counter",
+        f"loa_ingest_replay_conflict_total {stats.replay_conflict}",
+        "# HELP loa_ingest_confirmations_total Store confirmations (acks) sent to devices.",
+        "# TYPE loa_ingest_confirmations_total counter",
+        f"loa_ingest_confirmations_total {stats.confirmations}",
+        "# HELP loa_ingest_task_running 1 while the supervised ingest task runs.",
+        "# TYPE loa_ingest_task_running gauge",
+        f"loa_ingest_task_running {int(stats.task_running)}",
+        "# HELP loa_ingest_task_restarts_total Times the ingest task ended and was restarted.",
+        "# TYPE loa_ingest_task_restarts_total counter",
+        f"loa_ingest_task_restarts_total {stats.task_restarts}",
         "# HELP loa_ingest_batches_total Write transactions.",
         "# TYPE loa_ingest_batches_total counter",
         f"loa_ingest_batches_total {stats.batches}",

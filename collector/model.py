@@ -69,3 +69,7 @@ class DeviceStatus:
     since: float | None = None
     #: Last time anything was heard from the device before the moment.
     last_seen: float | None = None
+    #: Whether the cluster existed at the moment: installed (inventory install
+    #: date), listed in the inventory or heard from by then. Tables count only
+    #: clusters that existed; a month before any did says "no data".
+    exists: bool = True

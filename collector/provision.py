@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import tomli_w
+
 from collector.broker_config import DEPLOY_DIR, PRODUCTION_ACL
 from collector.model import CommuneKind, InventoryDevice
 from collector.provision_remote import (
@@ -91,6 +93,13 @@ DEVICE_ACL = (
     "pattern write loa/v1/%u/presence",
     "pattern write loa/v1/%u/cmd/reply",
     "pattern read loa/v1/%u/cmd",
+    "pattern read loa/v1/%u/ack",
+)
+#: The collector's lines: it reads everything and writes commands and store confirmations.
+COLLECTOR_ACL = (
+    "topic read loa/v1/#",
+    "topic write loa/v1/+/cmd",
+    "topic write loa/v1/+/ack",
 )
 
 Auth = Literal["password", "cert"]
@@ -177,68 +186,69 @@ def set_password_entry(passwd: Path, user: str, hashed: str | None) -> bool:
         return True
 
 
+#: Lines an ACL written before store confirmations lacks: added in place, after
+#: the line named (the broker applies ``topic`` lines to the ``user`` above them).
+_ACL_UPGRADES = (
+    ("pattern read loa/v1/%u/ack", "pattern read loa/v1/%u/cmd"),
+    ("topic write loa/v1/+/ack", "topic write loa/v1/+/cmd"),
+)
+
+
 def ensure_device_acl(acl: Path) -> bool:
     """Make sure the broker ACL confines devices to their own topics.
 
     The production ACL grants topics by pattern on the username (``%u``), so a
     new device needs no line of its own: this installs the production ACL if
-    there is none, and refuses an ACL that lacks one of the device patterns
-    (someone edited it by hand). Returns True if the file was created.
+    there is none, adds the store-confirmation lines (``ack``) to an ACL from
+    before them, and refuses an ACL that lacks one of the other device
+    patterns (someone edited it by hand). Returns True if the file was
+    created or changed (the broker must reload it).
     """
     if not acl.exists():
         _rewrite_keeping_owner(acl, PRODUCTION_ACL.read_bytes())
         return True
     try:
-        present = {" ".join(line.split()) for line in acl.read_text(encoding="utf-8").splitlines()}
+        lines = acl.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ProvisionError(f"{acl}: cannot read: {exc.strerror}") from exc
-    missing = [line for line in DEVICE_ACL if line not in present]
+    present = {" ".join(line.split()) for line in lines}
+    upgraded = {new for new, _after in _ACL_UPGRADES}
+    missing = [line for line in DEVICE_ACL if line not in present and line not in upgraded]
     if missing:
         raise ProvisionError(
             f"{acl}: lacks {missing[0]!r}; devices would not get their topics "
             f"(compare with {PRODUCTION_ACL})"
         )
-    return False
+    changed = False
+    for new, after in _ACL_UPGRADES:
+        if new in present:
+            continue
+        at = [i for i, line in enumerate(lines) if " ".join(line.split()) == after]
+        if not at:
+            raise ProvisionError(
+                f"{acl}: lacks {new!r} and {after!r} to put it after "
+                f"(compare with {PRODUCTION_ACL})"
+            )
+        lines.insert(at[0] + 1, new)
+        changed = True
+    if changed:
+        _rewrite_keeping_owner(acl, ("\n".join(lines) + "\n").encode("utf-8"))
+    return changed
 
 
 # --- agent.toml ---------------------------------------------------------------------------
 
 
-def _toml_value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are a subset of TOML basic-string escapes.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
-    raise ProvisionError(f"agent.toml {key}: cannot write a {type(value).__name__}")
-
-
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """TOML text for nested tables of strings, numbers, booleans and lists.
+    """TOML text for nested tables of strings, numbers, booleans and lists (``tomli-w``).
 
-    The result is parsed back and compared, so a value this writer cannot
-    express raises ProvisionError instead of producing a different config.
+    A value TOML cannot express (None, an object) raises ProvisionError
+    naming the file instead of producing a different config.
     """
-    out: list[str] = []
-
-    def table(prefix: str, values: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in values.items() if not isinstance(v, Mapping)}
-        if prefix and (scalars or not values):
-            out.append(f"\n[{prefix}]")
-        out.extend(f"{k} = {_toml_value(v, f'{prefix}.{k}')}" for k, v in scalars.items())
-        for k, v in values.items():
-            if isinstance(v, Mapping):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    text = "\n".join(out).lstrip("\n") + "\n"
-    if tomllib.loads(text) != _plain(data):
-        raise ProvisionError("agent.toml: the values do not survive a TOML round trip")
-    return text
+    try:
+        return tomli_w.dumps(_plain(data), multiline_strings=False)
+    except (TypeError, ValueError) as exc:
+        raise ProvisionError(f"agent.toml: cannot write {exc}") from None
 
 
 def _plain(data: Any) -> Any:
@@ -320,8 +330,8 @@ def _check_agent_config(cfg: Mapping[str, Any]) -> None:
     before every check passed), and they are ours anyway: their paths are
     pointed at a file that exists for the loader's readability checks.
     """
-    from edge_agent.config import parse_config
-    from edge_agent.errors import ConfigError
+    from firmware_shims.hardware import check_agent_hardware
+    from fleet_protocol.agent_config import ConfigError, parse_config
 
     local: dict[str, Any] = json.loads(json.dumps(cfg))
     broker = local.get("broker", {})
@@ -336,7 +346,7 @@ def _check_agent_config(cfg: Mapping[str, Any]) -> None:
             if local.get(section, {}).get(name):
                 local[section][name] = __file__
     try:
-        parse_config(local)
+        parse_config(local, hardware=check_agent_hardware)
     except ConfigError as exc:
         raise ProvisionError(f"agent.toml would not load on the controller: {exc}") from exc
 
@@ -454,8 +464,12 @@ async def provision(
     actor: str = "provision",
     tunnel: TunnelPlan | None = None,
     upgrade_key: Path | None = None,
-) -> Provisioned:
+    dry_run: bool = False,
+) -> Provisioned | None:
     """Provision ``device_id``; see the module docstring. Raises ProvisionError.
+
+    ``dry_run`` runs every check and writes nothing (returns None): a whole
+    district is checked device by device before the first bundle is written.
 
     ``auth`` defaults to "cert" when ``ca_dir`` is given, else "password".
     ``broker_dir`` holds Mosquitto's ``passwd`` and ``acl`` (None leaves the
@@ -527,6 +541,8 @@ async def provision(
     row = None
     if store is not None:
         row = merge_inventory(device_id, inventory, await store.list_inventory())
+    if dry_run:
+        return None
 
     # Checks done: write. The bundle first (a failure there touches nothing shared).
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -583,6 +599,67 @@ async def provision(
         inventory=row,
         files=tuple(written),
     )
+
+
+def fields_of(device: InventoryDevice) -> InventoryFields:
+    """What an inventory row says about its device, as provisioning takes it."""
+    return InventoryFields(
+        commune_code=device.commune_code,
+        commune_name=device.commune_name,
+        commune_kind=device.commune_kind,
+        district=device.district,
+        province=device.province,
+        address=device.address,
+        latitude=device.latitude,
+        longitude=device.longitude,
+        contractor=device.contractor,
+        sim_iccid=device.sim_iccid,
+        sim_phone=device.sim_phone,
+        install_date=device.install_date,
+    )
+
+
+async def provision_inventory(
+    devices: Sequence[InventoryDevice],
+    *,
+    out_dir: Path,
+    store: Repository | None = None,
+    reload_broker: Callable[[], None] | None = None,
+    actor: str = "provision",
+    **options: Any,
+) -> list[Provisioned]:
+    """Provision every device of an inventory: one bundle each in ``out_dir/<id>/``.
+
+    Every device is checked first (``dry_run``), so a refused device leaves
+    no bundle, broker entry or inventory row for any of them. The broker is
+    reloaded once at the end and the inventory rows are stored in one import,
+    as the file gives them. ``options`` are ``provision``'s.
+    """
+    if not devices:
+        raise ProvisionError("the inventory has no devices")
+    for d in devices:
+        try:
+            await provision(
+                d.device_id, fields_of(d), out_dir=out_dir / d.device_id, dry_run=True, **options
+            )
+        except ProvisionError as exc:
+            raise ProvisionError(
+                f"{d.device_id}: {exc}" if d.device_id not in str(exc) else str(exc)
+            ) from exc
+    done: list[Provisioned] = []
+    for d in devices:
+        result = await provision(
+            d.device_id, fields_of(d), out_dir=out_dir / d.device_id, **options
+        )
+        assert result is not None
+        done.append(result)
+    if reload_broker is not None:
+        reload_broker()
+    if store is not None:
+        await store.upsert_inventory(list(devices), remove_missing=False, actor=actor)
+        done = [dataclasses.replace(p, inventory=d) for p, d in zip(done, devices, strict=True)]
+    log.info("provisioned %d devices into %s", len(done), out_dir)
+    return done
 
 
 def _active_certs(ca_dir: Path, device_id: str) -> list[int]:
@@ -659,8 +736,17 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
     ``standalone=False`` when ``p`` inherits ``--config`` from ``loa-collector``'s
     common options (with its default path).
     """
-    p.add_argument("device_id", metavar="DEVICE_ID")
-    p.add_argument("--commune", required=True, help="commune code (mã xã) from the inventory")
+    p.add_argument(
+        "device_id", metavar="DEVICE_ID", nargs="?", help="one device (or --from-inventory)"
+    )
+    p.add_argument(
+        "--from-inventory",
+        type=Path,
+        metavar="FILE",
+        help="every device of this inventory (CSV or XLSX, as `inventory import` reads): "
+        "a bundle each in --out/<device id>/, their broker entries and inventory rows",
+    )
+    p.add_argument("--commune", help="commune code (mã xã) from the inventory")
     p.add_argument("--commune-name", help="commune name; needed for a commune not yet listed")
     p.add_argument("--commune-kind", choices=[k.value for k in CommuneKind])
     for name in ("district", "province", "address", "contractor", "install-date"):
@@ -670,7 +756,12 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
     p.add_argument("--lat", type=float, dest="latitude")
     p.add_argument("--lon", type=float, dest="longitude")
     p.add_argument("--broker-url", required=True, help="what the device dials: mqtts://host[:port]")
-    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="bundle directory to create (with --from-inventory: their parent)",
+    )
     p.add_argument(
         "--ca-dir", type=Path, help="fleet CA (ca.crt, ca.key); enables certificate mode"
     )
@@ -770,8 +861,8 @@ def _tunnel_plan(args: argparse.Namespace) -> TunnelPlan | None:
     )
 
 
-async def _run(args: argparse.Namespace) -> Provisioned:
-    fields = InventoryFields(
+def _fields(args: argparse.Namespace) -> InventoryFields:
+    return InventoryFields(
         commune_code=args.commune,
         commune_name=args.commune_name,
         commune_kind=CommuneKind(args.commune_kind) if args.commune_kind else None,
@@ -785,6 +876,36 @@ async def _run(args: argparse.Namespace) -> Provisioned:
         sim_phone=args.sim_phone,
         install_date=args.install_date,
     )
+
+
+_ROW_OPTIONS = (
+    "commune", "commune_name", "commune_kind", "district", "province", "address",
+    "contractor", "install_date", "sim_iccid", "sim_phone", "latitude", "longitude",
+)  # fmt: skip
+
+
+def _inventory_devices(args: argparse.Namespace) -> list[InventoryDevice]:
+    given = [f"--{o.replace('_', '-')}" for o in _ROW_OPTIONS if getattr(args, o) is not None]
+    if args.device_id is not None or given:
+        what = args.device_id or given[0]
+        raise ProvisionError(f"--from-inventory takes every device from the file: drop {what}")
+    from collector.inventory import InventoryError, read_inventory
+
+    try:
+        return read_inventory(args.from_inventory)
+    except InventoryError as exc:
+        raise ProvisionError(str(exc)) from exc
+    except OSError as exc:
+        raise ProvisionError(f"{args.from_inventory}: cannot read: {exc.strerror}") from exc
+
+
+async def _run(args: argparse.Namespace) -> list[Provisioned]:
+    if args.from_inventory is not None:
+        devices = _inventory_devices(args)
+    elif args.device_id is None or args.commune is None:
+        raise ProvisionError("give DEVICE_ID and --commune CODE, or --from-inventory FILE")
+    else:
+        devices = []
     reload_broker = None
     if not args.no_reload and args.reload_command:
         reload_broker = _command(args.reload_command, "broker reload")
@@ -803,11 +924,25 @@ async def _run(args: argparse.Namespace) -> Provisioned:
         "tunnel": _tunnel_plan(args),
         "upgrade_key": args.upgrade_key,
     }
+    if devices and common["tunnel"] is not None:
+        # One jump-host port per device: a whole inventory cannot share --tunnel-port.
+        raise ProvisionError(
+            "--tunnel-host provisions one device at a time (its own --tunnel-port)"
+        )
+
+    async def go(store: Repository | None) -> list[Provisioned]:
+        if devices:
+            return await provision_inventory(devices, store=store, **common)
+        one = await provision(args.device_id, _fields(args), store=store, **common)
+        assert one is not None
+        return [one]
+
     db = _db_path(args)
     if db is None:
         if not args.no_inventory:
-            log.warning("no --config or --db: %s is not added to the inventory", args.device_id)
-        return await provision(args.device_id, fields, **common)
+            what = args.device_id or f"{len(devices)} devices"
+            log.warning("no --config or --db: %s not added to the inventory", what)
+        return await go(None)
     if not db.exists():
         raise ProvisionError(f"{db}: no such database (start the collector once first)")
     from collector.store.base import StoreError
@@ -819,7 +954,7 @@ async def _run(args: argparse.Namespace) -> Provisioned:
         raise ProvisionError(str(exc)) from exc
     try:
         await repo.require_schema()
-        return await provision(args.device_id, fields, store=repo, **common)
+        return await go(repo)
     except StoreError as exc:
         raise ProvisionError(str(exc)) from exc
     finally:
@@ -830,14 +965,17 @@ async def _run(args: argparse.Namespace) -> Provisioned:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``provision`` command; prints what was made (never a secret)."""
     try:
-        done = asyncio.run(_run(args))
+        results = asyncio.run(_run(args))
     except ProvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{done.device_id}: {done.auth} mode, broker {done.broker_url}")
-    print(f"bundle {done.bundle}: {', '.join(done.files)} (copy it to the controller)")
-    if done.inventory is not None:
-        print(f"inventory: {done.inventory.commune_name} ({done.inventory.commune_code})")
+    for done in results:
+        print(f"{done.device_id}: {done.auth} mode, broker {done.broker_url}")
+        print(f"bundle {done.bundle}: {', '.join(done.files)} (copy it to the controller)")
+        if done.inventory is not None:
+            print(f"inventory: {done.inventory.commune_name} ({done.inventory.commune_code})")
+    if len(results) > 1:
+        print(f"{len(results)} devices provisioned into {args.out}")
     return 0
 
 

@@ -34,9 +34,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from collector.api import ApiError, _device_in_scope, _json, bad, body, q_int, scoped_communes
+from collector.api import _json, body, device_in_scope, scoped_communes
 from collector.auth import Permission, require
 from collector.keys import CONFIG, REPO
+from collector.params import ApiError, bad
 from collector.remote import CHANGING_ACTIONS, PLAIN_ACTIONS, CommandService, RemoteError
 from collector.store.base import DeviceRow, NotFound
 from collector.store.commands import CommandRecord, CommandState
@@ -81,6 +82,13 @@ def _number(data: dict[str, Any], name: str, default: float, lo: float, hi: floa
     return float(value)
 
 
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise bad("limit", "must be 1..1000")
+    return int(raw)
+
+
 def _status_of(record: CommandRecord) -> int:
     return {
         CommandState.REPLIED: 200,
@@ -91,7 +99,7 @@ def _status_of(record: CommandRecord) -> int:
 
 
 async def send_command(request: web.Request) -> web.Response:
-    device = await _device_in_scope(request, Permission.REMOTE)
+    device = await device_in_scope(request, request.match_info["device_id"], Permission.REMOTE)
     principal = require(request, Permission.REMOTE, device.commune_code)
     cfg = request.app[CONFIG].remote
     data = await body(request)
@@ -154,10 +162,8 @@ async def send_command(request: web.Request) -> web.Response:
 
 
 async def list_commands(request: web.Request) -> web.Response:
-    device = await _device_in_scope(request, Permission.REMOTE)
-    rows = await request.app[SERVICE].store.list_commands(
-        device.device_id, limit=q_int(request, "limit", 50, 1, 1000)
-    )
+    device = await device_in_scope(request, request.match_info["device_id"], Permission.REMOTE)
+    rows = await request.app[SERVICE].store.list_commands(device.device_id, limit=_limit(request))
     now = time.time()
     return _json({"commands": [r.shown(now).to_json() for r in rows]})
 
@@ -286,7 +292,9 @@ async def config_push(request: web.Request) -> web.Response:
 async def config_versions(request: web.Request) -> web.Response:
     """Each device's running agent and config version, from its last full state report."""
     require(request, Permission.READ)
-    rows = await request.app[REPO].list_devices(communes=scoped_communes(request), limit=100000)
+    rows = await request.app[REPO].list_devices(
+        communes=scoped_communes(request, None), limit=100000
+    )
     return _json(
         {
             "devices": [

@@ -22,6 +22,38 @@ log = logging.getLogger("loa.collector.repairs")
 SYSTEM_ACTOR = "system"
 
 
+async def open_ticket(
+    repo: Repository,
+    device_id: str,
+    *,
+    actor: str,
+    at: float,
+    note: str = "",
+    contractor: str = "",
+    technician: str = "",
+    start_note: str = "",
+) -> Ticket:
+    """Open a device's ticket with its current B2 cause; with ``contractor``, start it too.
+
+    The one rule behind ``POST /api/v1/repairs`` and ``loa-collector repairs
+    open``: a ticket already assigned to a contractor is opened and started in
+    one call, both steps at ``at``. Raises NotFound (no such device) or
+    Conflict (it has an active ticket).
+    """
+    device = await repo.get_device(device_id)
+    ticket = await repo.open_ticket(device_id, actor=actor, at=at, note=note, cause=device.cause)
+    if contractor:
+        ticket = await repo.start_ticket(
+            ticket.id,
+            actor=actor,
+            at=at,
+            contractor=contractor,
+            technician=technician,
+            note=start_note,
+        )
+    return ticket
+
+
 @dataclass(frozen=True, slots=True)
 class Open:
     device_id: str

@@ -42,9 +42,10 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.api import ApiError, _json, bad, body
+from collector.api import _json, body
 from collector.auth import Permission, require
 from collector.keys import CONFIG, REPO
+from collector.params import ApiError, bad
 from collector.remote import RemoteError
 from collector.store.base import DeviceRow, NotFound
 

@@ -141,13 +141,18 @@ runuser -u "$SERVICE_USER" -- "$VENV/bin/python" -c \
 
 # --- system integration ------------------------------------------------------------
 step "installing systemd unit, udev rules, log limits"
+install -d /etc/systemd/system
 install -m 0644 "$DEPLOY/systemd/loa-agent.service" /etc/systemd/system/loa-agent.service
-systemd_version=$(systemctl --version | awk 'NR == 1 { print $2 }')
+systemd_version=0
+if command -v systemctl >/dev/null; then
+  systemd_version=$(systemctl --version | awk 'NR == 1 { print $2 }')
+fi
 if [ "${systemd_version:-0}" -ge 254 ]; then
   install -d /etc/systemd/system/loa-agent.service.d
   install -m 0644 "$DEPLOY/systemd/loa-agent.service.d/restart-backoff.conf" \
     /etc/systemd/system/loa-agent.service.d/restart-backoff.conf
 fi
+install -d /etc/udev/rules.d /etc/logrotate.d
 install -m 0644 "$DEPLOY/udev/99-loa-fleet.rules" /etc/udev/rules.d/99-loa-fleet.rules
 install -m 0644 "$DEPLOY/logrotate/loa-agent" /etc/logrotate.d/loa-agent
 install -d /etc/systemd/journald.conf.d /var/log/journal
@@ -166,4 +171,5 @@ if [ -d /run/systemd/system ]; then
 else
   echo "install-agent: systemd is not running here: enable loa-agent.service at boot yourself" >&2
 fi
-step "done. Technicians: usermod -a -G $SERVICE_USER <login> to use loa-agent status"
+step "done in ${SECONDS} s; $(du -sh "$PREFIX" | cut -f1) in $PREFIX"
+step "technicians: usermod -a -G $SERVICE_USER <login> to use loa-agent status"

@@ -14,6 +14,12 @@ Data flows one way. Pollers only store readings and wake ``diagnosis``;
 fault raised/cleared events and, on a meaningful change, a state report in the
 outbox; the uplink only sends what the outbox holds.
 
+What it talks to is given to the constructor: ``probes`` (default: built from
+the config's ``[modem]``, ``[amp]``, ``[system]`` and ``[stream]``), the
+``uplink`` factory (default ``Uplink``) and the ``clock`` that stamps every
+message. The fleet simulator passes simulated hardware, a switchable link and
+its own clock this way, and runs the agent's code unchanged.
+
 The agent never imports aiohttp or any collector-side library: its memory
 floor matters on a 512 MB controller (``tests/edge_agent/test_footprint.py``).
 """
@@ -25,17 +31,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from edge_agent import reports
+from edge_agent.clock import Stamper, kernel_clock_synced
 from edge_agent.config import AgentConfig
 from edge_agent.control import ControlRequestError, ControlServer
-from edge_agent.diagnosis import History, diagnose, horizon
+from edge_agent.diagnosis import History, LinkSample, diagnose, retain
 from edge_agent.outbox import Outbox, Priority
 from edge_agent.poller import Poller
 from edge_agent.probes import StreamProbe, SystemProbe
@@ -59,39 +66,128 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 Reading = ModemReading | AmpReading | SystemReading | StreamReading
+Role = Literal["modem", "amp", "system", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSlot:
+    """One probe the agent polls: its role, the probe (``read()``/``aclose()``), how often."""
+
+    role: Role
+    #: ``firmware_shims.modem.probe.ModemProbe`` for "modem" (soft reset, AT op),
+    #: ``firmware_shims.amp.probe.AmpProbe`` for "amp" (Modbus op); any probe otherwise.
+    probe: Any
+    interval_s: float
+
+
+class UplinkFactory(Protocol):
+    """Builds the agent's uplink once the outbox is open (``Uplink`` itself is one)."""
+
+    def __call__(
+        self,
+        cfg: AgentConfig,
+        outbox: Outbox,
+        on_command: Callable[[Command], Awaitable[None]],
+        *,
+        clock: Callable[[], float],
+        stamper: Stamper | None,
+    ) -> Uplink: ...
+
+
+def build_probes(cfg: AgentConfig) -> list[ProbeSlot]:
+    """The probes ``cfg`` configures, on the real ports (nothing is opened yet)."""
+    slots: list[ProbeSlot] = []
+    if cfg.modem is not None:
+        from firmware_shims.modem.port import AtPort
+        from firmware_shims.modem.probe import ModemProbe
+
+        port = AtPort(cfg.modem.port, baudrate=cfg.modem.baud)
+        modem = ModemProbe(port, cfg.modem.dialect, timeout=cfg.modem.timeout_s)
+        slots.append(ProbeSlot("modem", modem, cfg.modem.poll_s))
+    if cfg.amp is not None:
+        from firmware_shims.amp.probe import AmpProbe, ModbusBus
+        from firmware_shims.amp.profile import load_profile
+
+        a = cfg.amp
+        profile = load_profile(a.profile)
+        if a.transport == "tcp":
+            host, _, port_s = a.address.rpartition(":")
+            bus = ModbusBus.tcp(host, int(port_s), timeout_s=a.timeout_s)
+        else:
+            link = profile.link
+            bus = ModbusBus.rtu(
+                a.port,
+                baudrate=a.baud,
+                parity=a.parity,
+                bytesize=link.bytesize,
+                stopbits=link.stopbits,
+                timeout_s=a.timeout_s,
+                frame_gap_s=link.frame_gap_s,
+            )
+        slots.append(ProbeSlot("amp", AmpProbe(profile, bus, unit=a.unit, owns_bus=True), a.poll_s))
+    slots.append(ProbeSlot("system", SystemProbe(cfg.system.disk_path), cfg.system.poll_s))
+    if cfg.stream is not None:
+        s = cfg.stream
+        probe = StreamProbe(
+            url=s.url,
+            min_bytes=s.min_bytes,
+            timeout_s=s.timeout_s,
+            player_state_file=s.player_state_file,
+            player_state_max_age_s=s.player_state_max_age_s,
+        )
+        slots.append(ProbeSlot("stream", probe, s.poll_s))
+    return slots
 
 
 class Agent:
-    """One agent process. Build with the config; ``await run(stop)``."""
+    """One agent process. Build with the config; ``await run(stop)``.
+
+    ``probes`` (default ``build_probes(cfg)`` when ``run`` starts), ``uplink``
+    and ``clock`` are what the agent talks to and reads the time from.
+    """
 
     def __init__(
         self,
         cfg: AgentConfig,
         *,
+        probes: Sequence[ProbeSlot] | None = None,
+        uplink: UplinkFactory = Uplink,
+        clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         shutdown_timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
+        stamper: Stamper | None = None,
         config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         #: The agent.toml this agent runs (its hash is the config version reported).
         self.config_path = config_path
         self.config_version = config_version(config_path)
+        #: Stamps every message with boot id, seconds since boot and clock sync
+        #: status (edge_agent.clock). By default only on the system clock: a
+        #: simulated clock is the truth by construction.
+        if stamper is None and clock is time.time:
+            trust = cfg.system.clock_sync == "trust"
+            stamper = Stamper(synced=(lambda: True) if trust else kernel_clock_synced)
+        self.stamper = stamper
         self.notifier = notifier or Notifier(None)
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
+        self._probes = None if probes is None else tuple(probes)
+        self._uplink_factory = uplink
         self.started = clock()
         self.device = cfg.device.id
         self.faults: list[Fault] = []
         self.history: dict[str, deque[Reading]] = {
             r: deque() for r in ("modem", "amp", "system", "stream")
         }
+        #: The data link as it was at each stream reading (diagnosis tells a dead
+        #: bearer from a silent station by it).
+        self.link_history: deque[LinkSample] = deque()
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self.reports_sent = 0
         #: Consecutive failed outbox writes (a full or failing SD card); logged once.
         self.store_failures = 0
         self.heartbeats_sent = 0
-        self._horizon = horizon(cfg.diagnosis)
         self._dirty = asyncio.Event()
         self._last_snapshot: reports.Snapshot | None = None
         self._last_state = time.monotonic()
@@ -116,54 +212,25 @@ class Agent:
     # --- building ------------------------------------------------------------------
 
     def _build_probes(self) -> None:
-        cfg = self.cfg
-        if cfg.modem is not None:
-            from firmware_shims.modem.port import AtPort
-            from firmware_shims.modem.probe import ModemProbe
-
-            port = AtPort(cfg.modem.port, baudrate=cfg.modem.baud)
-            self.modem = ModemProbe(port, cfg.modem.dialect, timeout=cfg.modem.timeout_s)
-            self._add_poller(self.modem, cfg.modem.poll_s, "modem")
-        if cfg.amp is not None:
-            from firmware_shims.amp.probe import AmpProbe, ModbusBus
-            from firmware_shims.amp.profile import load_profile
-
-            a = cfg.amp
-            profile = load_profile(a.profile)
-            if a.transport == "tcp":
-                host, _, port_s = a.address.rpartition(":")
-                bus = ModbusBus.tcp(host, int(port_s), timeout_s=a.timeout_s)
-            else:
-                link = profile.link
-                bus = ModbusBus.rtu(
-                    a.port,
-                    baudrate=a.baud,
-                    parity=a.parity,
-                    bytesize=link.bytesize,
-                    stopbits=link.stopbits,
-                    timeout_s=a.timeout_s,
-                    frame_gap_s=link.frame_gap_s,
-                )
-            self.amp = AmpProbe(profile, bus, unit=a.unit, owns_bus=True)
-            self._add_poller(self.amp, a.poll_s, "amp")
-        self._add_poller(SystemProbe(cfg.system.disk_path), cfg.system.poll_s, "system")
-        if cfg.stream is not None:
-            s = cfg.stream
-            probe = StreamProbe(
-                url=s.url,
-                min_bytes=s.min_bytes,
-                timeout_s=s.timeout_s,
-                player_state_file=s.player_state_file,
-                player_state_max_age_s=s.player_state_max_age_s,
-            )
-            self._add_poller(probe, s.poll_s, "stream")
+        for slot in self._probes if self._probes is not None else build_probes(self.cfg):
+            if slot.role == "modem":
+                self.modem = slot.probe
+            elif slot.role == "amp":
+                self.amp = slot.probe
+            self._add_poller(slot.probe, slot.interval_s, slot.role)
 
     def _add_poller(self, probe: Any, interval: float, role: str) -> None:
         def on_reading(reading: Reading) -> None:
             hist = self.history[role]
             hist.append(reading)
-            while hist and hist[0].ts < reading.ts - self._horizon:
+            # Kept by time span (the horizon, anchored by one older reading), not by count.
+            for _ in range(retain(hist, self.cfg.diagnosis)):
                 hist.popleft()
+            if role == "stream":
+                up = self.uplink is None or self.uplink.connected
+                self.link_history.append(LinkSample(ts=reading.ts, up=up))
+                for _ in range(retain(self.link_history, self.cfg.diagnosis)):
+                    self.link_history.popleft()
             self._dirty.set()
 
         self.pollers.append(Poller(probe, interval, on_reading))
@@ -176,8 +243,10 @@ class Agent:
 
     async def _store(self, kind: Kind, build: Callable[[int], Message], priority: Priority) -> None:
         assert self.outbox is not None
+        stamper = self.stamper
+        stamped = build if stamper is None else lambda seq: stamper(build(seq))
         try:
-            item = await self.outbox.put(kind, build, priority)
+            item = await self.outbox.put(kind, stamped, priority)
         except Exception as exc:
             self.store_failures += 1
             if self.store_failures == 1:
@@ -272,6 +341,7 @@ class Agent:
             amp=[r for r in self.history["amp"] if isinstance(r, AmpReading)],
             system=[r for r in self.history["system"] if isinstance(r, SystemReading)],
             stream=[r for r in self.history["stream"] if isinstance(r, StreamReading)],
+            link=list(self.link_history),
         )
         new = diagnose(hist, self.clock(), self.cfg.diagnosis, self.faults)
         old_codes = {f.code: f for f in self.faults}
@@ -296,7 +366,8 @@ class Agent:
 
     async def _diagnosis_loop(self) -> None:
         while True:
-            # Time alone can confirm or clear a fault: re-evaluate at least every confirm_s/4.
+            # Readings confirm and clear faults; the tick keeps reports and the
+            # recovery ladder moving when a poller is stuck.
             tick = max(1.0, min(self.cfg.diagnosis.confirm_s, self.cfg.diagnosis.clear_s) / 4)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):
@@ -414,6 +485,8 @@ class Agent:
         assert ob is not None
         return {
             "depth": ob.depth,
+            "handed": ob.handed_count,
+            "collector_confirms": bool(self.uplink and self.uplink.confirming),
             "bytes": ob.bytes,
             "max_bytes": ob.max_bytes,
             "oldest": ob.oldest,
@@ -520,7 +593,9 @@ class Agent:
         )
         try:
             self._build_probes()
-            self.uplink = Uplink(cfg, self.outbox, self.on_command, clock=self.clock)
+            self.uplink = self._uplink_factory(
+                cfg, self.outbox, self.on_command, clock=self.clock, stamper=self.stamper
+            )
             self.ladder = RecoveryLadder(
                 cfg.recovery,
                 soft_reset=self._soft_reset if self.modem is not None else None,
@@ -641,4 +716,4 @@ class Agent:
             await self.outbox.aclose()
 
 
-__all__ = ["AGENT_VERSION", "Agent"]
+__all__ = ["AGENT_VERSION", "Agent", "ProbeSlot", "UplinkFactory", "build_probes"]

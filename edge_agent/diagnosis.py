@@ -9,17 +9,29 @@
 - a fault is raised once its condition has held for the confirm window
   (``confirm_s``; ``weak_signal_confirm_s`` for weak signal) and cleared once
   it has been absent for the clear window (``clear_s``): debounce, so a value
-  wobbling around a threshold raises one fault, not a storm;
+  wobbling around a threshold raises one fault, not a storm. Windows are
+  judged by the time span the readings themselves cover, whatever their
+  spacing: a condition seen at t0 and still at t1 with t1 − t0 >= confirm
+  raises (since t0), whether readings come every second or every four hours
+  (a backfilling simulator, a controller that slept, a starved poller); a
+  single reading, however long after the one before, only starts a span.
+  Nothing is concluded from the mere passing of time since the last reading;
 - registration lost and regained ``flap_count`` times within
   ``flap_window_s`` raises one ``network_unstable`` fault, which then stands
   in for the ``not_registered`` / ``no_service`` faults of the same episode;
 - the broadcast stream only counts as lost (``no_station_signal``) when the
   modem and network were fine at that moment: otherwise the cause is theirs.
+  A stream lost while the data bearer was down (``History.link``: the uplink
+  not connected) although the modem was registered is the network's fault:
+  ``network_unstable`` (``unstable_network``), with the stream's failure as
+  evidence, not ``stream_lost``.
 
 ``previous`` is what the last call returned. Passing it keeps the start time
 (``since``) of faults older than the history the caller retains; the result
-depends only on the arguments. ``horizon(params)`` is how much history a
-caller must keep for the windows to work.
+depends only on the arguments. ``retain(readings, params)`` is how much of a
+role's history a caller must keep: everything within ``horizon(params)`` of
+the newest reading *and* the newest reading before that, so a span that began
+before the horizon (sparse readings) is still anchored.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from edge_agent.config import DiagnosisConfig
 from firmware_shims.readings import AmpReading, ModemReading, StreamReading, SystemReading
@@ -70,18 +83,30 @@ _TIMED = frozenset(
         FaultCode.AMP_NO_RESPONSE,
     }
 )
+#: The data-bearer check's samples, folded on their own and reported as network_unstable.
+_BEARER = "bearer"
 #: Faults that network_unstable stands in for while it is active.
 _FLAP_COVERED = frozenset({FaultCode.NOT_REGISTERED, FaultCode.NO_SERVICE})
 
 
 @dataclass(frozen=True, slots=True)
+class LinkSample:
+    """The data link at ``ts``: ``up`` when the uplink was connected to the broker."""
+
+    ts: float
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
 class History:
-    """Readings per role, each sequence in time order (oldest first)."""
+    """Readings per role, each sequence in time order (oldest first); ``link``
+    is the data link's state sampled alongside the stream readings."""
 
     modem: Sequence[ModemReading] = ()
     amp: Sequence[AmpReading] = ()
     system: Sequence[SystemReading] = ()
     stream: Sequence[StreamReading] = ()
+    link: Sequence[LinkSample] = ()
 
 
 Sample = tuple[float, str | None]  # (time, evidence when bad, None when good)
@@ -93,6 +118,27 @@ def horizon(params: DiagnosisConfig) -> float:
         max(params.confirm_s, params.weak_signal_confirm_s, params.clear_s, params.flap_window_s)
         + params.clear_s
     )
+
+
+class _Timed(Protocol):
+    @property
+    def ts(self) -> float: ...
+
+
+def retain(readings: Sequence[_Timed], params: DiagnosisConfig) -> int:
+    """How many of the oldest ``readings`` (time order) a caller may drop.
+
+    Kept: every reading within ``horizon(params)`` of the newest, and the
+    newest one older than that, so the retained history spans the horizon
+    whatever the spacing of readings (module doc).
+    """
+    if not readings:
+        return 0
+    cutoff = readings[-1].ts - horizon(params)
+    older = 0  # readings before the cutoff; amortised O(1) when called per reading
+    while older < len(readings) and readings[older].ts < cutoff:
+        older += 1
+    return max(0, older - 1)
 
 
 def _duration(seconds: float) -> str:
@@ -282,19 +328,39 @@ def _system_samples(
     return out
 
 
-def _stream_samples(
-    readings: Sequence[StreamReading], modem: Sequence[ModemReading]
-) -> list[Sample]:
+def _at(samples_ts: list[float], ts: float) -> int:
+    """Index of the last entry at or before ``ts`` (-1: none)."""
+    return bisect.bisect_right(samples_ts, ts) - 1
+
+
+def _stream_samples(history: History) -> tuple[list[Sample], list[Sample]]:
+    """(stream_lost samples, data-bearer samples) from the stream readings.
+
+    Each stream reading is judged against the latest modem reading and link
+    sample at or before it: network down → no sample (the modem's faults say
+    why); registered but the link down → a bearer sample (bad if the stream
+    was not received); otherwise a stream sample.
+    """
+    modem, link = history.modem, history.link
     modem_ts = [m.ts for m in modem]
-    samples: list[Sample] = []
-    for r in readings:
+    link_ts = [x.ts for x in link]
+    stream: list[Sample] = []
+    bearer: list[Sample] = []
+    for r in history.stream:
         if modem:
-            i = bisect.bisect_right(modem_ts, r.ts) - 1
+            i = _at(modem_ts, r.ts)
             if i < 0 or not _network_ok(modem[i]):
                 continue  # no network: the stream's loss is the network's fault, not the station's
         s = r.state
-        samples.append((r.ts, None if s.receiving else (s.detail or "stream not received")))
-    return samples
+        lost = None if s.receiving else (s.detail or "stream not received")
+        j = _at(link_ts, r.ts)
+        if j >= 0 and not link[j].up:
+            ev = f"no data connection while registered (stream: {lost})" if lost else None
+            bearer.append((r.ts, ev))
+            continue
+        bearer.append((r.ts, None))
+        stream.append((r.ts, lost))
+    return stream, bearer
 
 
 @dataclass(slots=True)
@@ -305,9 +371,7 @@ class _Run:
     bad_start: float | None = None
 
 
-def _fold(
-    samples: Sequence[Sample], now: float, confirm: float, clear: float, prev: Fault | None
-) -> _Run:
+def _fold(samples: Sequence[Sample], confirm: float, clear: float, prev: Fault | None) -> _Run:
     run = _Run(
         raised=prev is not None,
         since=prev.since if prev else None,
@@ -329,19 +393,18 @@ def _fold(
                     good_start = ts
                 if ts - good_start >= clear:
                     run.raised, run.since = False, None
-    # The latest sample stands until the next one: judge the windows at ``now``.
-    if run.bad_start is not None and not run.raised and now - run.bad_start >= confirm:
-        run.raised, run.since = True, run.bad_start
-    if good_start is not None and run.raised and now - good_start >= clear:
-        run.raised, run.since = False, None
     return run
 
 
-def _all_samples(history: History, p: DiagnosisConfig) -> Iterator[tuple[FaultCode, list[Sample]]]:
+def _all_samples(
+    history: History, p: DiagnosisConfig
+) -> Iterator[tuple[FaultCode | str, list[Sample]]]:
     yield from _modem_samples(history.modem, p).items()
     yield from _amp_samples(history.amp, p).items()
     yield from _system_samples(history.system, p).items()
-    yield FaultCode.STREAM_LOST, _stream_samples(history.stream, history.modem)
+    stream, bearer = _stream_samples(history)
+    yield FaultCode.STREAM_LOST, stream
+    yield _BEARER, bearer
 
 
 def diagnose(
@@ -354,21 +417,34 @@ def diagnose(
     prev = {f.code: f for f in previous}
     samples_by_code = dict(_all_samples(history, params))
     active: dict[FaultCode, Fault] = {}
-    for code, samples in samples_by_code.items():
+    for key, samples in samples_by_code.items():
+        if not samples:
+            continue  # nothing judged this code: the previous state stands (below)
+        code = FaultCode.NETWORK_UNSTABLE if key == _BEARER else FaultCode(key)
         confirm = {
             FaultCode.WEAK_SIGNAL: params.weak_signal_confirm_s,
             FaultCode.NETWORK_UNSTABLE: 0.0,
         }.get(code, params.confirm_s)
-        run = _fold(samples, now, confirm, params.clear_s, prev.get(code))
+        if key == _BEARER:
+            confirm = params.confirm_s
+        run = _fold(samples, confirm, params.clear_s, prev.get(code))
         if not run.raised or run.since is None:
             continue
         evidence = run.evidence
-        if code in _TIMED and run.bad_start is not None:
+        if (code in _TIMED or key == _BEARER) and run.bad_start is not None:
             evidence = f"{evidence} for {_duration(now - run.bad_start)}"
-        active[code] = Fault.of(code, run.since, evidence)
+        other = active.get(code)
+        if other is None or (other.since > run.since):
+            # Flapping and a dead bearer both stand for network_unstable: the older wins.
+            active[code] = Fault.of(code, run.since, evidence)
     # A code no reading could judge this time (modem silent, so SIM unknown) keeps its state.
+    judged = {
+        FaultCode.NETWORK_UNSTABLE if k == _BEARER else FaultCode(k)
+        for k, v in samples_by_code.items()
+        if v
+    }
     for code, fault in prev.items():
-        if not samples_by_code.get(code):
+        if code not in judged:
             active.setdefault(code, fault)
     if FaultCode.NETWORK_UNSTABLE in active:
         for code in _FLAP_COVERED:
@@ -379,4 +455,4 @@ def diagnose(
     )
 
 
-__all__ = ["AMP_FLAG_FAULTS", "History", "diagnose", "horizon"]
+__all__ = ["AMP_FLAG_FAULTS", "History", "LinkSample", "diagnose", "horizon", "retain"]

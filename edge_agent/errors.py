@@ -1,5 +1,8 @@
 """The edge agent's own exceptions.
 
+``ConfigError`` is the config schema's (``fleet_protocol.agent_config``),
+re-exported here; the collector's provisioning raises it too.
+
 Hardware I/O failures are ``firmware_shims.errors.ShimError``; these cover the
 agent's other boundaries (its config file, its outbox database, its uplink and
 its control socket). Every message names the field, file or endpoint.
@@ -7,20 +10,11 @@ its control socket). Every message names the field, file or endpoint.
 
 from __future__ import annotations
 
+from fleet_protocol.agent_config import ConfigError
+
 
 class AgentError(Exception):
     """Base of the agent's exceptions."""
-
-
-class ConfigError(AgentError):
-    """A config file that cannot be used; ``field`` is the dotted TOML key (``modem.baud``)."""
-
-    def __init__(self, field: str, reason: str, *, path: str | None = None) -> None:
-        self.field = field
-        self.reason = reason
-        self.path = path
-        where = f"{path}: " if path else ""
-        super().__init__(f"{where}{field}: {reason}")
 
 
 class OutboxError(AgentError):

@@ -1,10 +1,19 @@
 """The outbox: every message the agent sends, stored in SQLite before it is sent.
 
 A transaction in the manner of Telegraf's buffer: ``batch()`` hands out the
-oldest messages (in seq order), the uplink publishes them, and ``ack(seqs)``
-deletes exactly the ones the broker acknowledged (PUBACK). Whatever was not
-acknowledged stays and is handed out again, so delivery is at-least-once and
-the collector de-duplicates by (device, seq).
+oldest messages not yet handed to the broker (in seq order), the uplink
+publishes them, and then either
+
+- ``handed(seqs)`` marks the ones the broker acknowledged (PUBACK) as handed:
+  they stay until the collector confirms it stored them (``confirm(ranges)``
+  deletes them) or the uplink gives them out again (``unhand``) after a
+  reconnect or when the collector confirmed later messages but not these; or
+- ``ack(seqs)`` deletes them at once, for a collector that does not confirm
+  (protocol versions before store confirmations).
+
+Whatever is not deleted is handed out again, so delivery is at-least-once and
+the collector de-duplicates by (device, seq). Handed marks live only as long
+as the process: after a restart everything stored is sent again.
 
 Guarantees a caller may rely on:
 
@@ -15,7 +24,8 @@ Guarantees a caller may rely on:
 - ``seq`` is strictly increasing across restarts; a fresh database starts at
   the current UNIX time in milliseconds, so a replaced or wiped SD card never
   reuses numbers the collector has already seen;
-- the payload bytes held stay under ``max_bytes``: when a new message does not
+- the payload bytes held (handed but unconfirmed messages included) stay under
+  ``max_bytes``: when a new message does not
   fit, heartbeats are thinned (every other one dropped, keeping coverage of
   the whole outage), then the oldest state reports and replies, then other
   events; fault events are never evicted (they are stored even over the cap);
@@ -32,9 +42,10 @@ import enum
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -77,6 +88,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, seq);
 """
+#: Added with store confirmations; outboxes made before get the column on open.
+_HANDED = """
+CREATE INDEX IF NOT EXISTS outbox_unhanded ON outbox (seq) WHERE handed IS NULL;
+"""
 
 
 class Outbox:
@@ -91,6 +106,7 @@ class Outbox:
         self._next_seq = 0
         self._bytes = 0
         self._depth = 0
+        self._handed = 0
         self._oldest: float | None = None
         #: Set whenever a message is stored; the uplink waits on it when idle.
         self.changed = asyncio.Event()
@@ -144,6 +160,14 @@ class Outbox:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
             await db.executescript(_SCHEMA)
+            async with db.execute("PRAGMA table_info(outbox)") as cur:
+                columns = {str(r[1]) for r in await cur.fetchall()}
+            if "handed" not in columns:
+                # Monotonic time of the PUBACK, NULL while (again) to be sent.
+                await db.execute("ALTER TABLE outbox ADD COLUMN handed REAL")
+            await db.executescript(_HANDED)
+            # Handed marks do not outlive the process: send everything again.
+            await db.execute("UPDATE outbox SET handed = NULL WHERE handed IS NOT NULL")
         except BaseException:
             await db.close()
             raise
@@ -182,13 +206,18 @@ class Outbox:
 
     @property
     def depth(self) -> int:
-        """Messages stored and not yet acknowledged."""
+        """Messages stored and not yet confirmed (or acknowledged, without confirmations)."""
         return self._depth
 
     @property
     def bytes(self) -> int:
-        """Payload bytes stored."""
+        """Payload bytes stored (handed, unconfirmed ones included)."""
         return self._bytes
+
+    @property
+    def handed_count(self) -> int:
+        """Messages the broker acknowledged that the collector has not confirmed yet."""
+        return self._handed
 
     @property
     def oldest(self) -> float | None:
@@ -237,27 +266,17 @@ class Outbox:
             payload = encode(build(seq))
             now = time.time()
             item = Pending(seq, topic(self.device, kind), payload, retain, priority, now)
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
+            async with self._transaction(f"store seq {seq}"):
+                await self._db.execute(
+                    "UPDATE meta SET value=? WHERE key='next_seq'", (self._next_seq,)
+                )
+                fits = await self._make_room(len(payload), priority)
+                if fits:
                     await self._db.execute(
-                        "UPDATE meta SET value=? WHERE key='next_seq'", (self._next_seq,)
+                        "INSERT INTO outbox (seq, topic, payload, retain, priority, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (seq, item.topic, payload, int(retain), int(priority), now),
                     )
-                    fits = await self._make_room(len(payload), priority)
-                    if fits:
-                        await self._db.execute(
-                            "INSERT INTO outbox (seq, topic, payload, retain, priority, created)"
-                            " VALUES (?, ?, ?, ?, ?, ?)",
-                            (seq, item.topic, payload, int(retain), int(priority), now),
-                        )
-                    await self._db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                await self._resync()
-                raise OutboxError(f"outbox {self.path}: cannot store seq {seq}: {exc}") from exc
             if not fits:
                 self.refused += 1
                 return None
@@ -306,13 +325,15 @@ class Outbox:
         else:
             where = f"seq IN (SELECT seq FROM outbox WHERE priority={lowest} ORDER BY seq LIMIT 16)"
         async with self._db.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE {where}"
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
+            f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}"
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
         await self._db.execute(f"DELETE FROM outbox WHERE {where}")
         self._depth -= int(row[0])
         self._bytes -= int(row[1])
+        self._handed -= int(row[2])
         self.evicted += int(row[0])
         log.info(
             "outbox %s over %d bytes: evicted %d %s message(s)",
@@ -323,6 +344,24 @@ class Outbox:
         )
         return True
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT under the caller's lock; on a SQLite error the
+        transaction is rolled back, the cached counters reloaded, and OutboxError
+        names ``what`` failed."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                await self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            await self._resync()
+            raise OutboxError(f"outbox {self.path}: cannot {what}: {exc}") from exc
+
     async def _resync(self) -> None:
         """Reload the cached counters after a failed transaction."""
         with contextlib.suppress(sqlite3.Error):
@@ -332,6 +371,12 @@ class Outbox:
                 row = await cur.fetchone()
             if row is not None:
                 self._depth, self._bytes = int(row[0]), int(row[1])
+            async with self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE handed IS NOT NULL"
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                self._handed = int(row[0])
             await self._refresh_oldest()
 
     # --- the transaction the uplink drives -----------------------------------------
@@ -340,46 +385,144 @@ class Outbox:
         """The oldest ``limit`` stored messages, in seq order (begin)."""
         async with self._lock:
             try:
-                async with self._db.execute(
-                    "SELECT seq, topic, payload, retain, priority, created FROM outbox"
-                    " ORDER BY seq LIMIT ?",
-                    (limit,),
-                ) as cur:
-                    rows = await cur.fetchall()
+                rows = await self._select("WHERE handed IS NULL ORDER BY seq LIMIT ?", (limit,))
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: cannot read: {exc}") from exc
             if not rows:
                 self.changed.clear()
-            return [
-                Pending(int(s), str(t), bytes(p), bool(r), Priority(int(pr)), float(c))
-                for s, t, p, r, pr, c in rows
-            ]
+            return rows
+
+    async def _select(self, where: str, params: tuple[Any, ...]) -> list[Pending]:
+        async with self._db.execute(
+            f"SELECT seq, topic, payload, retain, priority, created FROM outbox {where}", params
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Pending(int(s), str(t), bytes(p), bool(r), Priority(int(pr)), float(c))
+            for s, t, p, r, pr, c in rows
+        ]
 
     async def ack(self, seqs: Iterable[int]) -> None:
-        """Delete exactly the acknowledged messages (accept)."""
+        """Delete exactly the acknowledged messages (accept, without confirmations)."""
+        ids = list(seqs)
+        if ids:
+            await self._delete([(s, s) for s in ids], "delete acked")
+
+    async def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Delete the messages the collector confirmed (``(first, last)`` seq ranges).
+
+        Seqs no longer held (confirmed twice, evicted) are ignored. Returns how
+        many messages were deleted.
+        """
+        spans = [(a, b) for a, b in ranges if a <= b]
+        return await self._delete(spans, "delete confirmed") if spans else 0
+
+    async def _delete(self, spans: list[tuple[int, int]], what: str) -> int:
+        async with self._lock:
+            deleted = 0
+            async with self._transaction(what):
+                for i in range(0, len(spans), 200):
+                    part = spans[i : i + 200]
+                    where = " OR ".join("seq BETWEEN ? AND ?" for _ in part)
+                    params = [x for span in part for x in span]
+                    async with self._db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0),"
+                        f" COALESCE(SUM(handed IS NOT NULL), 0) FROM outbox WHERE {where}",
+                        params,
+                    ) as cur:
+                        row = await cur.fetchone()
+                    assert row is not None
+                    if int(row[0]):
+                        await self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
+                    deleted += int(row[0])
+                    self._depth -= int(row[0])
+                    self._bytes -= int(row[1])
+                    self._handed -= int(row[2])
+            if deleted:
+                await self._refresh_oldest()
+            return deleted
+
+    async def handed(self, seqs: Iterable[int], *, at: float | None = None) -> None:
+        """Mark messages the broker acknowledged as handed (kept until confirmed)."""
         ids = list(seqs)
         if not ids:
             return
+        when = time.monotonic() if at is None else at
         async with self._lock:
-            marks = ",".join("?" * len(ids))
+            try:
+                for i in range(0, len(ids), 500):
+                    part = ids[i : i + 500]
+                    cur = await self._db.execute(
+                        f"UPDATE outbox SET handed = ? WHERE handed IS NULL"
+                        f" AND seq IN ({','.join('?' * len(part))})",
+                        (when, *part),
+                    )
+                    self._handed += max(0, cur.rowcount)
+                    await cur.close()
+            except sqlite3.Error as exc:
+                await self._resync()
+                raise OutboxError(f"outbox {self.path}: cannot mark handed: {exc}") from exc
+
+    async def unhand(self, *, handed_before: float | None = None) -> int:
+        """Give handed messages out again (all, or those handed before that monotonic time)."""
+        async with self._lock:
+            try:
+                if handed_before is None:
+                    cur = await self._db.execute(
+                        "UPDATE outbox SET handed = NULL WHERE handed IS NOT NULL"
+                    )
+                else:
+                    cur = await self._db.execute(
+                        "UPDATE outbox SET handed = NULL WHERE handed < ?", (handed_before,)
+                    )
+                n = max(0, cur.rowcount)
+                await cur.close()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot re-queue: {exc}") from exc
+            self._handed -= n
+            if n:
+                self.changed.set()
+            return n
+
+    async def drop_handed(self) -> int:
+        """Delete every handed message (the collector does not confirm: PUBACK is final)."""
+        async with self._lock:
             try:
                 async with self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
-                    f" WHERE seq IN ({marks})",
-                    ids,
+                    "SELECT seq FROM outbox WHERE handed IS NOT NULL"
                 ) as cur:
-                    row = await cur.fetchone()
-                await self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", ids)
+                    seqs = [int(r[0]) for r in await cur.fetchall()]
             except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: cannot delete acked: {exc}") from exc
-            assert row is not None
-            self._depth -= int(row[0])
-            self._bytes -= int(row[1])
-            await self._refresh_oldest()
+                raise OutboxError(f"outbox {self.path}: cannot read: {exc}") from exc
+        return await self._delete([(s, s) for s in seqs], "delete handed")
+
+    async def get_meta(self, key: str, default: int = 0) -> int:
+        """A persisted integer the uplink keeps with the outbox (``default`` when unset)."""
+        async with (
+            self._lock,
+            self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur,
+        ):
+            row = await cur.fetchone()
+        return default if row is None else int(row[0])
+
+    async def set_meta(self, key: str, value: int) -> None:
+        async with self._lock:
+            try:
+                await self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, int(value)),
+                )
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot persist {key}: {exc}") from exc
 
     async def all(self) -> list[Pending]:
-        """Every stored message in seq order (technician CLI and tests)."""
-        return await self.batch(1 << 30)
+        """Every stored message in seq order, handed ones included (technician CLI, tests)."""
+        async with self._lock:
+            try:
+                return await self._select("ORDER BY seq", ())
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot read: {exc}") from exc
 
 
 __all__ = ["Outbox", "Pending", "Priority"]

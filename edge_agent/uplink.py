@@ -7,7 +7,16 @@
   seq is reserved from the outbox at that moment (the will is fixed then).
   After CONNACK a retained ``online`` birth message is published, then the
   outbox drains in seq order while new messages keep arriving behind it.
-- Every message is deleted from the outbox only after its PUBACK.
+- Store confirmations (``loa/v1/{device}/ack``, see docs/protocol.md): a
+  PUBACK only means the broker holds a message, and a broker killed before it
+  persists loses it. Once the collector has shown it confirms (any ack,
+  retained or live; remembered in the outbox), a PUBACKed message is only
+  marked handed, and deleted when an ack names it. What stays unconfirmed is
+  sent again after every reconnect, and when the collector has confirmed
+  later messages for ``resend_after_s`` but not it. Before any ack, and after
+  ``confirm_fallback_s`` of connected time without one (an older collector),
+  a PUBACK deletes the message as it always did; after such a fallback only a
+  live (not retained) ack switches confirmations back on.
 - The link never gives up: after a failure it sleeps
   ``uniform(0, base ** min(10, n))`` capped at ``backoff_max_s`` (n = failed
   attempts in a row), or at ``refused_backoff_max_s`` when the broker refused
@@ -27,11 +36,11 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
+from edge_agent.clock import Stamper
 from edge_agent.config import AgentConfig
 from edge_agent.outbox import Outbox, Pending
 from fleet_protocol import (
@@ -42,14 +51,23 @@ from fleet_protocol import (
     PresenceStatus,
     ProtocolError,
     decode,
+    decode_ack,
     encode,
     topic,
 )
+from fleet_protocol.mqtt_compat import close_half_open as _close_socket
+from fleet_protocol.mqtt_compat import consume_disconnect as _consume_disconnect
+from fleet_protocol.mqtt_compat import fail_fast_before_connack as _fail_fast_before_connack
 
 log = logging.getLogger(__name__)
 
 #: How long one attempt may take end to end (TCP, TLS, CONNACK) beyond the configured timeout.
 _CONNECT_SLACK_S = 2.0
+#: Outbox meta keys: the collector confirms (1/0); after a fallback, only a live
+#: ack counts as proof (1); connected seconds waited for an ack so far.
+_META_CONFIRMS = "collector_confirms"
+_META_DISTRUST = "distrust_retained_ack"
+_META_WAITED = "ack_wait_s"
 
 
 def tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:
@@ -61,51 +79,6 @@ def tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:
     if b.client_cert is not None and b.client_key is not None:
         ctx.load_cert_chain(str(b.client_cert), str(b.client_key))
     return ctx
-
-
-def _close_socket(client: aiomqtt.Client | None) -> None:
-    """Close the socket a failed connect attempt may leave open (aiomqtt does not)."""
-    paho = getattr(client, "_client", None)
-    if paho is None:
-        return
-    with contextlib.suppress(Exception):
-        if paho.socket() is not None:
-            paho._sock_close()  # paho has no public close for a half-open socket
-
-
-def _consume_disconnect(client: aiomqtt.Client) -> None:
-    """Read the link-loss exception aiomqtt leaves on its private "disconnected" future.
-
-    aiomqtt sets it when the link drops and its ``__aexit__`` returns early
-    without reading it, so asyncio would log "Future exception was never
-    retrieved" at every link loss; the uplink has already handled the loss.
-    """
-    fut = getattr(client, "_disconnected", None)
-    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
-        fut.exception()
-
-
-def _fail_fast_before_connack(client: aiomqtt.Client) -> None:
-    """End a connect attempt as soon as the link closes before CONNACK.
-
-    aiomqtt ignores a disconnect before CONNACK and waits out its whole timeout;
-    a TLS terminator or load balancer in front of a broker that is down accepts
-    the TCP connection and closes it, which would cost ``connect_timeout_s`` per
-    attempt instead of the few seconds the reconnect goal allows.
-    """
-    paho = getattr(client, "_client", None)
-    connected = getattr(client, "_connected", None)
-    if paho is None or not isinstance(connected, asyncio.Future):
-        return
-    aiomqtt_handler = paho.on_disconnect
-
-    def on_disconnect(*args: Any) -> None:
-        fut = getattr(client, "_connected", None)
-        if isinstance(fut, asyncio.Future) and not fut.done():
-            fut.set_exception(aiomqtt.MqttError("connection closed before CONNACK"))
-        aiomqtt_handler(*args)
-
-    paho.on_disconnect = on_disconnect
 
 
 def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
@@ -125,10 +98,16 @@ class Uplink:
         batch: int | None = None,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
+        stamper: Stamper | None = None,
+        client_factory: Callable[..., aiomqtt.Client] = aiomqtt.Client,
     ) -> None:
         self.cfg = cfg
+        #: Makes each connection attempt's client from ``aiomqtt.Client``'s arguments
+        #: (the fleet simulator's switchable data link wraps it).
+        self.client_factory = client_factory
         #: The device clock that stamps presence messages (the agent's clock).
         self.clock = clock
+        self.stamper = stamper
         self.outbox = outbox
         self.on_command = on_command
         self.batch = batch or cfg.outbox.batch
@@ -141,6 +120,14 @@ class Uplink:
         self.connects = 0
         self.published = 0
         self.bad_commands = 0
+        self.bad_acks = 0
+        #: The collector confirms what it stores (loaded from the outbox in ``run``).
+        self.confirming = False
+        self.confirmed = 0
+        self.resent = 0
+        self._distrust_retained = False
+        self._waited_s = 0.0
+        self._last_ack: float | None = None
         self._stopping = asyncio.Event()
         self._seen_commands: deque[str] = deque(maxlen=64)
         self._password = cfg.password()
@@ -155,19 +142,18 @@ class Uplink:
         self._stopping.set()
 
     def _presence(self, seq: int, status: PresenceStatus) -> bytes:
-        return encode(
-            Presence(
-                v=PROTOCOL_VERSION,
-                device=self.device,
-                seq=seq,
-                ts=round(self.clock(), 3),
-                status=status,
-            )
+        msg = Presence(
+            v=PROTOCOL_VERSION,
+            device=self.device,
+            seq=seq,
+            ts=round(self.clock(), 3),
+            status=status,
         )
+        return encode(msg if self.stamper is None else self.stamper(msg))
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
         b = self.cfg.broker
-        client = aiomqtt.Client(
+        client = self.client_factory(
             b.host,
             b.port,
             username=self.cfg.username,
@@ -190,6 +176,9 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, drain and listen, reconnecting forever; returns only after ``stop()``."""
+        self.confirming = bool(await self.outbox.get_meta(_META_CONFIRMS))
+        self._distrust_retained = bool(await self.outbox.get_meta(_META_DISTRUST))
+        self._waited_s = float(await self.outbox.get_meta(_META_WAITED))
         failures = 0
         while not self._stopping.is_set():
             refused = False
@@ -248,19 +237,31 @@ class Uplink:
         self.last_error = None
         self.disconnected_since = None
         timeout = self.cfg.broker.publish_timeout_s
-        await client.subscribe(topic(self.device, Kind.CMD), qos=1, timeout=timeout)
+        # One SUBSCRIBE for both (each packet costs mobile data). The retained ack,
+        # if any, arrives right after SUBACK.
+        await client.subscribe(
+            [(topic(self.device, Kind.CMD), 1), (topic(self.device, Kind.ACK), 1)], timeout=timeout
+        )
+        # Whatever the broker took before may be lost with it (a crash before
+        # it persisted): send everything unconfirmed again.
+        resend = await self.outbox.unhand()
+        if resend:
+            self.resent += resend
+            log.info("uplink: sending %d unconfirmed message(s) again", resend)
         birth = self._presence(await self.outbox.reserve_seq(), PresenceStatus.ONLINE)
         await client.publish(
             topic(self.device, Kind.PRESENCE), birth, qos=1, retain=True, timeout=timeout
         )
         drain = asyncio.create_task(self._drain(client), name="uplink.drain")
         listen = asyncio.create_task(self._listen(client), name="uplink.cmd")
+        watch = asyncio.create_task(self._watch_confirmations(), name="uplink.confirm")
+        tasks = {drain, listen, watch}
         try:
-            done, _ = await asyncio.wait({drain, listen}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (drain, listen):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(drain, listen, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         for t in done:
             t.result()  # re-raise the link failure, if that is why we stopped
         if self._stopping.is_set():
@@ -289,7 +290,10 @@ class Uplink:
                 *(self._publish(client, p, timeout) for p in items), return_exceptions=True
             )
             acked = [p.seq for p, r in zip(items, results, strict=True) if r is None]
-            await self.outbox.ack(acked)
+            if self.confirming:
+                await self.outbox.handed(acked)
+            else:
+                await self.outbox.ack(acked)
             self.published += len(acked)
             for r in results:
                 if isinstance(r, BaseException):
@@ -299,11 +303,88 @@ class Uplink:
     async def _publish(client: aiomqtt.Client, p: Pending, timeout: float) -> None:
         await client.publish(p.topic, p.payload, qos=1, retain=p.retain, timeout=timeout)
 
+    async def _watch_confirmations(self) -> None:
+        """Re-send what the collector skipped; fall back when it stops confirming."""
+        o = self.cfg.outbox
+        tick = max(0.5, min(60.0, o.resend_after_s / 4))
+        unsaved = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            if not self.confirming or not self.outbox.handed_count:
+                continue
+            now = time.monotonic()
+            if self._last_ack is not None and now - self._last_ack < o.resend_after_s:
+                # The collector is confirming: what it has not confirmed although
+                # handed resend_after_s before its latest ack was lost on the way.
+                n = await self.outbox.unhand(handed_before=self._last_ack - o.resend_after_s)
+                if n:
+                    self.resent += n
+                    log.info(
+                        "uplink: %d message(s) unconfirmed for %.0f s: sending again",
+                        n,
+                        o.resend_after_s,
+                    )
+                continue
+            self._waited_s += tick
+            unsaved += tick
+            if self._waited_s >= o.confirm_fallback_s:
+                await self._fall_back()
+                unsaved = 0.0
+            elif unsaved >= min(600.0, o.confirm_fallback_s / 10):
+                await self.outbox.set_meta(_META_WAITED, int(self._waited_s))
+                unsaved = 0.0
+
+    async def _fall_back(self) -> None:
+        dropped = await self.outbox.drop_handed()
+        log.warning(
+            "uplink: no store confirmation from the collector for %.0f s of connected time: "
+            "taking broker acknowledgements as delivery again (%d handed message(s) deleted); "
+            "a live confirmation switches back",
+            self._waited_s,
+            dropped,
+        )
+        self.confirming = False
+        self._distrust_retained = True
+        self._waited_s = 0.0
+        await self.outbox.set_meta(_META_CONFIRMS, 0)
+        await self.outbox.set_meta(_META_DISTRUST, 1)
+        await self.outbox.set_meta(_META_WAITED, 0)
+
+    async def _on_ack(self, payload: bytes, retained: bool) -> None:
+        try:
+            ack = decode_ack(payload, topic_device=self.device)
+        except ProtocolError as exc:
+            self.bad_acks += 1
+            if self.bad_acks == 1 or self.bad_acks % 100 == 0:
+                log.warning("uplink: rejected ack (%d so far): %s", self.bad_acks, exc)
+            return
+        ranges = ack.seqs()
+        self.confirmed += await self.outbox.confirm(ranges)
+        if self.stamper is not None:
+            self.stamper.confirmed(ranges)
+        if retained and self._distrust_retained:
+            return  # proof of a collector that confirmed once, not of one that does now
+        self._last_ack = time.monotonic()
+        if self._waited_s >= 1.0:
+            await self.outbox.set_meta(_META_WAITED, 0)
+        self._waited_s = 0.0
+        if not self.confirming or (self._distrust_retained and not retained):
+            log.info("uplink: the collector confirms what it stores: keeping messages until then")
+            self.confirming = True
+            self._distrust_retained = False
+            await self.outbox.set_meta(_META_CONFIRMS, 1)
+            await self.outbox.set_meta(_META_DISTRUST, 0)
+            await self.outbox.set_meta(_META_WAITED, 0)
+
     async def _listen(self, client: aiomqtt.Client) -> None:
+        ack_topic = topic(self.device, Kind.ACK)
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = str(payload).encode()
+            if message.topic.matches(ack_topic):
+                await self._on_ack(bytes(payload), bool(message.retain))
+                continue
             try:
                 cmd = decode(Kind.CMD, payload, topic_device=self.device)
             except ProtocolError as exc:

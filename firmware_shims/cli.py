@@ -1,8 +1,9 @@
-"""``loa-sim``: hardware simulators for development, tests and the demo.
+"""``loa-sim``'s hardware subcommands: ``modem``, ``amp`` and ``ctl``.
 
-Subcommands register themselves here; each lives with its simulator:
-``modem`` (firmware_shims.modem.sim), ``amp`` (firmware_shims.amp.sim),
-``fleet`` (firmware_shims.fleet), and ``ctl`` (the control interface).
+Each lives with its simulator: ``modem`` (firmware_shims.modem.sim), ``amp``
+(firmware_shims.amp.sim), ``ctl`` (the control interface). The console script
+itself is ``fleet_sim.cli``, which adds ``fleet`` and ``demo`` from the layer
+above; ``python -m firmware_shims.cli`` offers the hardware subcommands alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from firmware_shims import control
 
 #: module implementing ``add_parser(subparsers) -> None``; it sets ``func`` on its parser.
-SUBCOMMAND_MODULES = ("firmware_shims.modem.sim", "firmware_shims.amp.sim", "firmware_shims.fleet")
+SUBCOMMAND_MODULES = ("firmware_shims.modem.sim", "firmware_shims.amp.sim")
 
 
 def _ctl(args: argparse.Namespace) -> int:
@@ -29,17 +30,14 @@ def _ctl(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loa-sim", description=__doc__.splitlines()[0])
+def build_parser(modules: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``loa-sim`` parser with the hardware subcommands and those of ``modules``."""
+    parser = argparse.ArgumentParser(
+        prog="loa-sim", description="hardware simulators for development, tests and the demo"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # not built yet
-        module.add_parser(sub)
+    for name in (*SUBCOMMAND_MODULES, *modules):
+        importlib.import_module(name).add_parser(sub)
     ctl = sub.add_parser("ctl", help="set, clear or list a running simulator's faults")
     ctl.add_argument("--socket", required=True, help="the simulator's control socket")
     ctl.add_argument("op", choices=["set", "clear", "list"])
@@ -48,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, modules: Sequence[str] = ()) -> int:
+    args = build_parser(modules).parse_args(argv)
     rc = args.func(args)
     return int(rc or 0)
 

@@ -2,14 +2,22 @@
 
 Every message carries ``v`` (protocol version), ``device``, ``seq`` (per device,
 strictly increasing across restarts) and ``ts`` (device clock, UTC, seconds
-since the epoch). Fields that are ``None`` are left out on the wire to save the
-SIM's data allowance; unknown fields are ignored so that v1 can grow.
+since the epoch). Newer agents add the clock's provenance: ``boot_id`` and
+``mono`` (seconds since that boot, which no clock step moves) and
+``clock_synced: false`` while the kernel says the wall clock is not
+synchronised; all three are optional, so older agents still validate. Fields
+that are ``None`` are left out on the wire to save the SIM's data allowance;
+unknown fields are ignored so that v1 can grow.
+
+The collector's store confirmations (``Ack``, topic kind ``ack``) are not a
+device message: they carry no ``seq`` and are decoded with ``decode_ack``.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
@@ -20,6 +28,7 @@ from fleet_protocol.errors import ProtocolError
 from fleet_protocol.faults import FaultCode, Severity, fault_info
 from fleet_protocol.topics import (
     DEVICE_ID_RE,
+    MAX_DEPTH,
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     Kind,
@@ -170,12 +179,24 @@ class Fault(_Section, frozen=True):
         )
 
 
+BootId = Annotated[str, Meta(pattern=r"^[0-9a-f-]{4,36}$")]
+#: Seconds since the device booted (CLOCK_BOOTTIME): immune to wall-clock steps.
+Mono = Annotated[float, Meta(ge=0, le=1e10)]
+
+
 class _Message(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     #: Always PROTOCOL_VERSION when sent; required on the wire.
     v: Annotated[int, Meta(ge=1, le=1000)]
     device: DeviceId
     seq: Seq
     ts: Timestamp
+    #: The boot that stamped ``mono`` (a prefix of the kernel's boot id).
+    boot_id: BootId | None = None
+    #: Seconds since that boot when the message was made.
+    mono: Mono | None = None
+    #: False while the device's kernel said its wall clock was not synchronised
+    #: (``ts`` is then untrustworthy); left out when synchronised or unknown.
+    clock_synced: bool | None = None
 
 
 class StateReport(_Message, frozen=True):
@@ -234,6 +255,47 @@ class Reply(_Message, frozen=True):
     error: Text | None = None
 
 
+#: A seq range ``[first, last]``, or a single seq.
+SeqRange = Annotated[list[Seq], Meta(min_length=1, max_length=2)] | Seq
+
+
+class Ack(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The collector's store confirmation for one device (topic ``loa/v1/{device}/ack``).
+
+    ``stored`` lists seqs the collector has committed (duplicates included);
+    ``rejected`` seqs it will never store (invalid): the agent may delete both.
+    """
+
+    v: Annotated[int, Meta(ge=1, le=1000)]
+    device: DeviceId
+    stored: Annotated[list[SeqRange], Meta(max_length=4096)] = []
+    rejected: Annotated[list[SeqRange], Meta(max_length=4096)] = []
+
+    def seqs(self) -> list[tuple[int, int]]:
+        """Every range confirmed (stored or rejected) as ``(first, last)``, first <= last."""
+        out: list[tuple[int, int]] = []
+        for r in (*self.stored, *self.rejected):
+            a, b = (r, r) if isinstance(r, int) else (r[0], r[-1])
+            out.append((min(a, b), max(a, b)))
+        return out
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[int | list[int]]:
+    """Consecutive seqs folded into ``[first, last]`` ranges (single seqs stay bare)."""
+    out: list[int | list[int]] = []
+    start = prev = None
+    for s in sorted(set(seqs)):
+        if prev is not None and s == prev + 1:
+            prev = s
+            continue
+        if start is not None and prev is not None:
+            out.append(start if start == prev else [start, prev])
+        start = prev = s
+    if start is not None and prev is not None:
+        out.append(start if start == prev else [start, prev])
+    return out
+
+
 Message = StateReport | Event | Presence | Command | Reply
 M = TypeVar("M", StateReport, Event, Presence, Command, Reply)
 
@@ -246,11 +308,48 @@ MESSAGE_TYPES: Final[dict[Kind, type[Message]]] = {
 }
 
 _DECODERS: Final = {k: msgspec.json.Decoder(t) for k, t in MESSAGE_TYPES.items()}
+_ACK_DECODER: Final = msgspec.json.Decoder(Ack)
 _ENCODER: Final = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+#: Strings (skipped whole, escapes included) and brackets: what nesting depth is made of.
+_OPEN: Final = frozenset(b"[{")
+_CLOSE: Final = frozenset(b"]}")
+_NESTING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
-def encode(message: Message) -> bytes:
+def nesting_depth(payload: bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> int:
+    """How deeply ``payload``'s JSON nests, scanning bytes (no parsing, no recursion).
+
+    Stops counting once past ``limit`` (the answer is then ``limit + 1``), and
+    answers 0 without scanning when the payload has too few brackets to nest
+    past ``limit`` (every ordinary message). Brackets inside strings do not count.
+    """
+    data = bytes(payload)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return 0
+    depth = deepest = 0
+    for m in _NESTING_RE.finditer(data):
+        c = m.group()[0]
+        if c in _OPEN:
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+        elif c in _CLOSE:
+            depth -= 1
+    return deepest
+
+
+def _check_size_and_depth(payload: bytes | bytearray | memoryview) -> None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "$", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}", kind="oversize"
+        )
+    if nesting_depth(payload) > MAX_DEPTH:
+        raise ProtocolError("$", f"JSON nested deeper than {MAX_DEPTH} levels", kind="depth")
+
+
+def encode(message: Message | Ack) -> bytes:
     """Compact UTF-8 JSON for the wire."""
     return _ENCODER.encode(message)
 
@@ -263,27 +362,10 @@ def _field_of(error_text: str) -> tuple[str, str]:
     return path, error_text[: m.start()]
 
 
-def decode(
-    kind: Kind, payload: bytes | bytearray | memoryview | str, *, topic_device: str | None = None
-) -> Message:
-    """Decode and validate one payload of topic ``kind``.
-
-    Raises ProtocolError (never anything else) naming the bad field: ``oversize``
-    for payloads over MAX_PAYLOAD_BYTES, ``json`` for malformed JSON, ``schema``
-    for a wrong or missing field, ``version`` for an unsupported ``v``, and
-    ``mismatch`` when ``topic_device`` is given and the payload names another device.
-    """
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8", "surrogatepass")
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(
-            "$", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}", kind="oversize"
-        )
-    decoder = _DECODERS.get(kind)
-    if decoder is None:
-        raise ProtocolError("topic", f"unknown message kind {kind!r}", kind="topic")
+def _decode_with(decoder: msgspec.json.Decoder[Any], payload: Any) -> Any:
+    """Decode with ``decoder``; schema, JSON and version failures as ProtocolError."""
     try:
-        msg: Message = decoder.decode(payload)
+        msg = decoder.decode(payload)
     except msgspec.ValidationError as exc:
         field, reason = _field_of(str(exc))
         raise ProtocolError(field, reason, kind="schema") from None
@@ -291,6 +373,27 @@ def decode(
         raise ProtocolError("$", f"malformed JSON: {exc}", kind="json") from None
     if msg.v != PROTOCOL_VERSION:
         raise ProtocolError("v", f"unsupported protocol version {msg.v}", kind="version")
+    return msg
+
+
+def decode(
+    kind: Kind, payload: bytes | bytearray | memoryview | str, *, topic_device: str | None = None
+) -> Message:
+    """Decode and validate one payload of topic ``kind``.
+
+    Raises ProtocolError (never anything else) naming the bad field: ``oversize``
+    for payloads over MAX_PAYLOAD_BYTES, ``depth`` for JSON nested deeper than
+    MAX_DEPTH (checked before parsing), ``json`` for malformed JSON, ``schema``
+    for a wrong or missing field, ``version`` for an unsupported ``v``, and
+    ``mismatch`` when ``topic_device`` is given and the payload names another device.
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    _check_size_and_depth(payload)
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise ProtocolError("topic", f"unknown message kind {kind!r}", kind="topic")
+    msg: Message = _decode_with(decoder, payload)
     if topic_device is not None and msg.device != topic_device:
         raise ProtocolError(
             "device",
@@ -298,6 +401,44 @@ def decode(
             kind="mismatch",
         )
     return msg
+
+
+def decode_ack(payload: bytes | bytearray | memoryview, *, topic_device: str | None = None) -> Ack:
+    """Decode and validate a store confirmation; raises ProtocolError like ``decode``."""
+    _check_size_and_depth(payload)
+    ack: Ack = _decode_with(_ACK_DECODER, payload)
+    if topic_device is not None and ack.device != topic_device:
+        raise ProtocolError(
+            "device",
+            f"ack for {ack.device!r} on the topic of {topic_device!r}",
+            kind="mismatch",
+        )
+    return ack
+
+
+class _Envelope(msgspec.Struct):
+    device: str
+    seq: int
+
+
+_ENVELOPE_DECODER: Final = msgspec.json.Decoder(_Envelope)
+
+
+def peek_seq(payload: bytes, device: str) -> int | None:
+    """The seq of a payload that failed validation, if it plainly names ``device`` and one.
+
+    Lets the collector confirm a device's invalid messages as rejected, so the
+    agent stops re-sending them. Never raises.
+    """
+    try:
+        if len(payload) > MAX_PAYLOAD_BYTES or nesting_depth(payload) > MAX_DEPTH:
+            return None
+        env = _ENVELOPE_DECODER.decode(payload)
+    except Exception:
+        return None
+    if env.device != device or not 0 <= env.seq <= 2**53:
+        return None
+    return env.seq
 
 
 def decode_as(cls: type[M], payload: bytes | str) -> M:
@@ -317,6 +458,7 @@ def to_builtins(message: Message | _Section) -> dict[str, Any]:
 
 __all__ = [
     "AccessTech",
+    "Ack",
     "AmpState",
     "Command",
     "Event",
@@ -334,7 +476,11 @@ __all__ = [
     "SystemState",
     "check_device_id",
     "decode",
+    "decode_ack",
     "decode_as",
     "encode",
+    "nesting_depth",
+    "peek_seq",
+    "seq_ranges",
     "to_builtins",
 ]

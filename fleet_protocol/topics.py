@@ -12,6 +12,9 @@ PREFIX = "loa/v1"
 DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,62}")
 #: Largest payload the collector accepts; larger ones are rejected as ``oversize``.
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: Deepest JSON nesting accepted (ours is at most 6); checked before parsing, so a
+#: payload nested thousands deep is rejected as ``depth`` instead of recursing.
+MAX_DEPTH = 32
 
 
 class Kind(enum.StrEnum):
@@ -22,6 +25,12 @@ class Kind(enum.StrEnum):
     PRESENCE = "presence"
     CMD = "cmd"
     REPLY = "cmd/reply"
+    #: Store confirmations, collector → agent (retained, QoS 1).
+    ACK = "ack"
+
+
+#: Kinds the agent sends from its outbox, which the collector confirms on ``ACK``.
+CONFIRMED_KINDS: frozenset[Kind] = frozenset({Kind.STATE, Kind.EVENT, Kind.REPLY})
 
 
 def valid_device_id(device: str) -> bool:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one-command demo: install what is missing (scripts/setup.sh: mosquitto,
 # .venv with loa-fleet), then run Mosquitto, the collector and a simulated
-# district (loa-sim demo: firmware_shims/fleet/demo.py). Ctrl-C stops it all.
+# district (loa-sim demo: fleet_sim/demo.py). Ctrl-C stops it all.
 #
 #   bash scripts/demo.sh [--scenario lam-thao] [--http-port 8080] [--duration S] ...
 #

@@ -37,8 +37,8 @@ prefix = "demo"
 seed = 5
 
 [time]
-backfill_days = 1
-acceleration = 20000
+backfill_days = 3
+acceleration = 40000
 backfill_step_s = 3600
 
 [agent]
@@ -68,6 +68,14 @@ never_reporting = 1
 fault = "stream.lost"
 cluster = "demo-lamthao-02"
 start = "-2h"
+
+# A breakdown in the backfilled past: the repair crews open its ticket a day in
+# and resolve it an hour after, at those simulated times, through the REST API.
+[[faults]]
+fault = "stream.lost"
+cluster = "demo-xuanlung-02"
+start = "-60h"
+duration = "30h"
 """
 
 
@@ -163,6 +171,15 @@ def test_demo_comes_up_shows_the_fleet_and_stops_on_sigint(tmp_path: Path) -> No
             assert time.monotonic() < deadline, f"fleet not shown: {summary}"
             time.sleep(0.5)
         assert summary["never_reported"] == 1
+        deadline = time.monotonic() + 60
+        while True:
+            tickets = _api(opener, url + "api/v1/repairs?device=demo-xuanlung-02")["repairs"]
+            if tickets and tickets[0]["state"] == "resolved":
+                break
+            assert time.monotonic() < deadline, f"no resolved ticket: {tickets}"
+            time.sleep(0.5)
+        # Opened a day into the breakdown (36 h ago), by the crew, on the simulated clock.
+        assert abs(tickets[0]["opened_at"] - (time.time() - 36 * 3600)) < 2 * 3600
         # The dashboard page itself answers for the logged-in user.
         with opener.open(url, timeout=10) as resp:
             assert resp.status == 200 and "Lâm Thao" in resp.read().decode()
@@ -175,6 +192,9 @@ def test_demo_comes_up_shows_the_fleet_and_stops_on_sigint(tmp_path: Path) -> No
         out.join()
     assert rc == 0, "\n".join(out.lines[-30:])
     assert out.lines[-1] == "loa-sim demo: stopped"
+    # One writer on the collector's database: the crews go through its API.
+    logs = "\n".join(out.lines) + (workdir / "collector.log").read_text(encoding="utf-8")
+    assert "database is locked" not in logs
     leftovers = [
         p.info["cmdline"]
         for p in psutil.process_iter(["cmdline"])

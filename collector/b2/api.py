@@ -10,7 +10,8 @@ date-time, or absent (now). Reading needs ``read``; a commune officer sees only
 their communes. Importing needs ``inventory.write``; a bad file answers 400
 with every row-level error and stores nothing.
 
-Registered by ``collector.app.create_app`` through :func:`add_routes`.
+The handlers are registered, with their parameter and answer Structs
+(``collector.schemas``), in the route table ``collector.routes.ROUTES``.
 """
 
 from __future__ import annotations
@@ -22,25 +23,24 @@ from dataclasses import replace
 from typing import Any, Final
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from collector.api import ApiError, bad
 from collector.auth import PRINCIPAL, Permission, Principal, require
-from collector.b2.dates import AsOfError, parse_as_of
 from collector.b2.service import b2_table, import_inventory, month_over_month
 from collector.b2.settings import ReportSettings
-from collector.b2.table import Scope
-from collector.exports import Format, file_name, parse_format, render
+from collector.exports import Format, file_name, render
 from collector.exports.as_json import table_to_dict
 from collector.inventory import InventoryError, inventory_to_csv, inventory_to_xlsx
 from collector.keys import CONFIG, REPO
 from collector.model import InventoryDevice
+from collector.params import ApiError, bad, parse_time
+from collector.schemas import B2Params, B2SummaryParams, ImportParams, InventoryParams
 
 log = logging.getLogger("loa.collector.b2")
 
 #: Largest inventory upload. Well above a province (2,000 clusters is ~0.4 MB of
 #: CSV); the app-wide JSON body limit is far smaller, so uploads are read here.
 MAX_INVENTORY_BYTES: Final = 8 * 1024 * 1024
-_MAX_PARAM: Final = 200
 
 
 def settings_of(request: web.Request) -> ReportSettings:
@@ -48,37 +48,10 @@ def settings_of(request: web.Request) -> ReportSettings:
     return request.app[CONFIG].report
 
 
-def _param(request: web.Request, name: str) -> str | None:
-    raw = request.query.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    if len(raw) > _MAX_PARAM or any(ord(c) < 32 for c in raw):
-        raise bad(name, f"longer than {_MAX_PARAM} characters or has control characters")
-    return raw.strip()
-
-
-def _choice(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = _param(request, name)
-    if raw is None:
-        return default
-    if raw not in choices:
-        raise bad(name, f"must be one of {', '.join(choices)}")
-    return raw
-
-
-def _as_of(request: web.Request, settings: ReportSettings) -> dt.datetime:
-    raw = _param(request, "as_of")
+def as_of_param(raw: str | None, settings: ReportSettings) -> dt.datetime:
+    """The ``as_of`` parameter (already pattern-checked) in ``[report]``'s time zone; none: now."""
     tz = settings.tz()
-    if raw is None:
-        return dt.datetime.now(tz)
-    try:
-        return parse_as_of(raw, tz)
-    except AsOfError:
-        raise bad("as_of", "expected YYYY-MM-DD, dd/mm/yyyy or an ISO 8601 date-time") from None
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    return _choice(request, name, ("0", "1", "true", "false"), "0") in ("1", "true")
+    return dt.datetime.now(tz) if raw is None else parse_time(raw, tz)
 
 
 def _communes(request: web.Request) -> frozenset[str] | None:
@@ -86,28 +59,28 @@ def _communes(request: web.Request) -> frozenset[str] | None:
     return principal.communes
 
 
-async def b2_view(request: web.Request) -> web.StreamResponse:
+async def b2_view(
+    request: web.Request, p: B2Params, b: None
+) -> web.StreamResponse | dict[str, Any]:
     require(request, Permission.READ)
     settings = settings_of(request)
-    try:
-        fmt = parse_format(request.query.get("format", "json"))
-    except ValueError:
-        raise bad("format", "must be one of json, csv, xlsx, html") from None
-    unit = _param(request, "unit")
-    if unit is not None:
-        settings = replace(settings, unit_name=unit)
+    if p.unit is not None:
+        settings = replace(settings, unit_name=p.unit)
     table = await b2_table(
         request.app[REPO],
-        as_of=_as_of(request, settings),
+        as_of=as_of_param(p.as_of, settings),
         settings=settings,
-        scope=Scope(_choice(request, "scope", tuple(s.value for s in Scope), "commune")),
-        lang=_choice(request, "lang", ("vi", "en"), settings.lang),
-        district=_param(request, "district"),
-        province=_param(request, "province"),
+        scope=p.scope,
+        lang=p.lang or settings.lang,
+        district=p.district,
+        province=p.province,
         communes=_communes(request),
     )
+    fmt = Format(p.format)
+    if fmt is Format.JSON:
+        return table_to_dict(table)
     out = render(table, fmt)
-    disposition = "inline" if fmt in (Format.JSON, Format.HTML) else "attachment"
+    disposition = "inline" if fmt is Format.HTML else "attachment"
     return web.Response(
         body=out.body,
         headers={
@@ -117,11 +90,11 @@ async def b2_view(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def b2_summary_view(request: web.Request) -> web.Response:
+async def b2_summary_view(request: web.Request, p: B2SummaryParams, b: None) -> dict[str, Any]:
     require(request, Permission.READ)
     settings = settings_of(request)
-    as_of = _as_of(request, settings)
-    lang = _choice(request, "lang", ("vi", "en"), settings.lang)
+    as_of = as_of_param(p.as_of, settings)
+    lang = p.lang or settings.lang
     repo = request.app[REPO]
     communes = _communes(request)
     table = await b2_table(repo, as_of=as_of, settings=settings, lang=lang, communes=communes)
@@ -133,7 +106,7 @@ async def b2_summary_view(request: web.Request) -> web.Response:
         "summary": table.summary,
         "total": data["total"],
     }
-    if _flag(request, "compare"):
+    if p.compare == "1":
         change = await month_over_month(repo, as_of=as_of, lang=lang, communes=communes)
         answer["comparison"] = {
             "since": change.before.isoformat(),
@@ -150,7 +123,7 @@ async def b2_summary_view(request: web.Request) -> web.Response:
             ],
             "sentence": change.sentence,
         }
-    return _json(answer)
+    return answer
 
 
 def _device_json(d: InventoryDevice) -> dict[str, Any]:
@@ -172,10 +145,11 @@ def _device_json(d: InventoryDevice) -> dict[str, Any]:
     }
 
 
-async def inventory_view(request: web.Request) -> web.Response:
+async def inventory_view(
+    request: web.Request, p: InventoryParams, b: None
+) -> web.Response | dict[str, Any]:
     require(request, Permission.READ)
-    fmt = _choice(request, "format", ("json", "csv", "xlsx"), "json")
-    lang = _choice(request, "lang", ("vi", "en"), "vi")
+    fmt, lang = p.format, p.lang
     communes = _communes(request)
     devices = [
         d
@@ -183,7 +157,7 @@ async def inventory_view(request: web.Request) -> web.Response:
         if communes is None or d.commune_code in communes
     ]
     if fmt == "json":
-        return _json({"devices": [_device_json(d) for d in devices]})
+        return {"devices": [_device_json(d) for d in devices]}
     if fmt == "csv":
         body, content_type = inventory_to_csv(devices, lang=lang), "text/csv; charset=utf-8"
     else:
@@ -201,13 +175,19 @@ async def inventory_view(request: web.Request) -> web.Response:
 async def _read_upload(request: web.Request) -> tuple[bytes, str]:
     """The uploaded file and its name: a raw body, or the first file part of a form."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                raise bad("file", "the form has no file part")
-            if isinstance(part, BodyPartReader) and part.filename:
-                return await _read_limited(part), part.filename
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise bad("file", "the form has no file part")
+                if isinstance(part, BodyPartReader) and part.filename:
+                    return await _read_limited(part), part.filename
+        except (ValueError, HttpProcessingError) as exc:
+            # No boundary, broken part headers: aiohttp's parser refuses the form.
+            raise bad(
+                "file", f"malformed multipart form: {str(exc).splitlines()[0]:.100}"
+            ) from None
     return await _read_limited(request.content), "upload"
 
 
@@ -228,9 +208,11 @@ async def _read_limited(source: Any) -> bytes:
         chunks.append(chunk)
 
 
-async def inventory_import(request: web.Request) -> web.Response:
+async def inventory_import(
+    request: web.Request, p: ImportParams, b: None
+) -> web.Response | dict[str, Any]:
     principal = require(request, Permission.INVENTORY_WRITE)
-    remove_missing = _flag(request, "remove_missing")
+    remove_missing = p.remove_missing == "1"
     data, name = await _read_upload(request)
     if not data:
         raise bad("file", "empty upload")
@@ -261,26 +243,15 @@ async def inventory_import(request: web.Request) -> web.Response:
         )
     plan = outcome.plan
     log.info("inventory import by %s: %s", principal.name, plan.describe())
-    return _json(
-        {
-            "devices": outcome.devices,
-            "added": len(plan.added),
-            "updated": len(plan.updated),
-            "unchanged": len(plan.unchanged),
-            "removed": list(plan.removed),
-            "kept": [] if remove_missing else list(plan.missing),
-        }
-    )
+    return {
+        "devices": outcome.devices,
+        "added": len(plan.added),
+        "updated": len(plan.updated),
+        "unchanged": len(plan.unchanged),
+        "removed": list(plan.removed),
+        "kept": [] if remove_missing else list(plan.missing),
+    }
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
-
-
-def add_routes(app: web.Application) -> None:
-    """Register the B2 and inventory routes on the collector app."""
-    r = app.router
-    r.add_get("/api/v1/reports/b2", b2_view)
-    r.add_get("/api/v1/reports/b2/summary", b2_summary_view)
-    r.add_get("/api/v1/inventory", inventory_view)
-    r.add_post("/api/v1/inventory/import", inventory_import)

@@ -2,7 +2,7 @@
 
     loa-collector inventory import FILE [--remove-missing]
     loa-collector inventory export [--format csv|xlsx] [-o FILE]
-    loa-collector report b2 [--as-of 2023-07-31] [--format json|csv|xlsx|html|summary]
+    loa-collector report b2 [--as-of 2023-07-31] [--format text|summary|json|csv|xlsx|html]
                             [--lang vi|en] [--scope commune|district|province] [-o FILE]
 
 Each takes ``--config collector.toml`` (its [db] and [report] sections), or
@@ -28,6 +28,7 @@ from collector.b2.service import b2_table, export_inventory, import_inventory, m
 from collector.b2.settings import ReportSettings
 from collector.b2.table import Scope
 from collector.exports import Format, render
+from collector.exports.as_text import to_text
 from collector.inventory import InventoryError
 from collector.store.base import Repository, StoreError
 
@@ -154,7 +155,7 @@ def run_inventory(args: argparse.Namespace) -> int:
 # --- report ---------------------------------------------------------------------------------
 
 
-def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
+def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> Any:
     p = sub.add_parser("report", help="reports")
     rsub = p.add_subparsers(dest="report_command", required=True)
     b2 = rsub.add_parser("b2", parents=[parent], help="the B2 table as of a date (default: now)")
@@ -164,9 +165,9 @@ def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     b2.add_argument(
         "--format",
-        choices=[*(f.value for f in Format), "summary"],
-        default="html",
-        help="summary: only the summary sentence (and --compare's) as text",
+        choices=["text", "summary", *(f.value for f in Format)],
+        help="text: the table for a terminal (the default, unless -o names a .html, .csv, "
+        ".xlsx or .json file); summary: only the summary sentence (and --compare's)",
     )
     b2.add_argument("--lang", choices=["vi", "en"], help="default: [report] lang")
     b2.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.COMMUNE.value)
@@ -182,16 +183,31 @@ def _configure_report(sub: Any, parent: argparse.ArgumentParser) -> None:
     b2.add_argument("-o", "--output", help="file to write (default: standard output)")
     _db_argument(b2)
     b2.set_defaults(func=run_report)
+    return rsub
 
 
-def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+def register(
+    sub: Any,
+    parent: argparse.ArgumentParser,
+    *,
+    report_commands: Sequence[Callable[[Any, argparse.ArgumentParser], None]] = (),
+) -> None:
     """Add ``inventory`` and ``report`` to ``loa-collector``'s subcommands.
 
     ``parent`` carries the shared ``--config`` option; each leaf command gets
-    ``func(args) -> int`` (0 ok, 1 with a message on stderr).
+    ``func(args) -> int`` (0 ok, 1 with a message on stderr). ``report_commands``
+    add more ``report ...`` commands (``report send`` of collector.alerts.cli).
     """
     _configure_inventory(sub, parent)
-    _configure_report(sub, parent)
+    rsub = _configure_report(sub, parent)
+    for add in report_commands:
+        add(rsub, parent)
+
+
+def _format_for(output: str | None) -> str:
+    """The format a file name asks for (``b2.html``); text for a terminal or anything else."""
+    suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
+    return suffix if suffix in {f.value for f in Format} else "text"
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -208,7 +224,7 @@ def run_report(args: argparse.Namespace) -> int:
         except AsOfError as exc:
             raise CliError(str(exc)) from exc
         lang = args.lang or settings.lang
-        fmt = args.format
+        fmt = args.format or _format_for(args.output)
         if args.output is None and fmt == "xlsx" and sys.stdout.isatty():
             raise CliError("XLSX is binary: give -o FILE")
 
@@ -222,6 +238,8 @@ def run_report(args: argparse.Namespace) -> int:
                 district=args.district,
                 province=args.province,
             )
+            if fmt == "text":
+                return to_text(table).encode()
             if fmt != "summary":
                 return render(table, Format(fmt)).body
             text = table.summary

@@ -15,13 +15,15 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from collector.b2.availability import evaluate, month_start
 from collector.b2.dates import DEFAULT_TZ, end_of_day, zone
-from collector.b2.table import B2Table, compute_b2
+from collector.b2.table import B2Table, commune_label, compute_b2
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
+from collector.store.base import StatusTimeline
 from fleet_protocol import B2Cause
 
 DISTRICT: Final = "Huyện Lâm Thao"
@@ -171,10 +173,41 @@ def demo_statuses(as_of: float) -> list[DeviceStatus]:
     return statuses
 
 
+def demo_timelines(as_of: float) -> list[StatusTimeline]:
+    """July as the demo state implies it: every cluster that reported worked from
+    the start of the month until its status at ``as_of`` began."""
+    out = []
+    for s in demo_statuses(as_of):
+        changes: tuple[tuple[float, Status], ...] = ()
+        if s.status is Status.BROKEN and s.since is not None:
+            changes = ((s.since, Status.BROKEN),)
+        out.append(
+            StatusTimeline(
+                device_id=s.device_id,
+                commune_code=s.commune_code,
+                counted_from=None,
+                initial=None if s.never_reported else Status.WORKING,
+                changes=changes,
+            )
+        )
+    return out
+
+
 def demo_table(lang: str = "vi") -> B2Table:
-    """The demo district's B2 table as of :data:`DEMO_DAY` (end of day, Asia/Ho_Chi_Minh)."""
+    """The demo district's B2 table as of :data:`DEMO_DAY` (end of day, Asia/Ho_Chi_Minh),
+    with July's evaluation."""
     as_of = end_of_day(DEMO_DAY, zone(DEFAULT_TZ))
-    return compute_b2(demo_inventory(), demo_statuses(as_of.timestamp()), as_of=as_of, lang=lang)
+    inventory = demo_inventory()
+    table = compute_b2(inventory, demo_statuses(as_of.timestamp()), as_of=as_of, lang=lang)
+    evaluation = evaluate(
+        inventory,
+        demo_timelines(as_of.timestamp()),
+        start=month_start(as_of),
+        end=as_of,
+        label=lambda d: commune_label(d.commune_kind, d.commune_name, lang),
+        lang=lang,
+    )
+    return replace(table, evaluation=evaluation)
 
 
 def write_samples(directory: Path) -> list[Path]:

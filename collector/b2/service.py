@@ -10,10 +10,11 @@ import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
+from collector.b2.availability import Evaluation, Thresholds, evaluate, month_start
 from collector.b2.compare import Comparison, compare_statuses
 from collector.b2.dates import previous_month_end
 from collector.b2.settings import ReportSettings
-from collector.b2.table import B2Table, Scope, compute_b2
+from collector.b2.table import B2Table, Scope, commune_label, compute_b2, select_devices
 from collector.inventory import (
     ImportPlan,
     inventory_to_csv,
@@ -36,10 +37,11 @@ async def b2_table(
     province: str | None = None,
     communes: Collection[str] | None = None,
 ) -> B2Table:
-    """The B2 table as of ``as_of`` from the stored inventory and status history."""
+    """The B2 table as of ``as_of`` from the stored inventory and status history,
+    with the evaluation of its communes over ``as_of``'s month up to ``as_of``."""
     inventory = await repo.list_inventory()
     statuses = await repo.statuses_as_of(as_of.timestamp())
-    return compute_b2(
+    table = compute_b2(
         inventory,
         statuses,
         as_of=as_of,
@@ -50,6 +52,38 @@ async def b2_table(
         district=district,
         province=province,
         communes=communes,
+    )
+    devices = select_devices(inventory, district=district, province=province, communes=communes)
+    evaluation = await monthly_evaluation(
+        repo, devices, as_of=as_of, settings=settings, lang=table.lang
+    )
+    return replace(table, evaluation=evaluation)
+
+
+async def monthly_evaluation(
+    repo: Repository,
+    devices: list[InventoryDevice],
+    *,
+    as_of: dt.datetime,
+    settings: ReportSettings = ReportSettings(),  # noqa: B008 - frozen
+    lang: str = "vi",
+) -> Evaluation:
+    """Availability and ranking of ``devices``' communes from the start of
+    ``as_of``'s month (in its zone) to ``as_of``, from the stored transitions."""
+    start = month_start(as_of)
+    timelines = await repo.status_timelines(start.timestamp(), as_of.timestamp())
+    return evaluate(
+        devices,
+        timelines,
+        start=start,
+        end=as_of,
+        label=lambda d: commune_label(d.commune_kind, d.commune_name, lang),
+        lang=lang,
+        thresholds=Thresholds(
+            good_pct=settings.rank_good_pct,
+            fair_pct=settings.rank_fair_pct,
+            average_pct=settings.rank_average_pct,
+        ),
     )
 
 

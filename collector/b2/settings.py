@@ -24,6 +24,11 @@ class ReportSettings:
     unit_name: str = ""
     #: Language of labels and the summary sentence: "vi" or "en".
     lang: str = "vi"
+    #: Monthly evaluation ("xếp loại"): lowest share of cluster-hours working, in
+    #: percent, graded Tốt, Khá and Trung bình; below rank_average_pct is Yếu.
+    rank_good_pct: float = 90.0
+    rank_fair_pct: float = 75.0
+    rank_average_pct: float = 50.0
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, as "[report] field: reason" lines."""
@@ -36,6 +41,11 @@ class ReportSettings:
             out.append("[report] offline_days: must be > 0")
         if self.lang not in ("vi", "en"):
             out.append("[report] lang: must be vi or en")
+        if not (0 <= self.rank_average_pct <= self.rank_fair_pct <= self.rank_good_pct <= 100):
+            out.append(
+                "[report] rank_good_pct, rank_fair_pct, rank_average_pct:"
+                " need 0 <= average <= fair <= good <= 100"
+            )
         return out
 
     def tz(self) -> dt.tzinfo:

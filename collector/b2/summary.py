@@ -48,15 +48,32 @@ def summary_sentence(
     not_repaired: int,
     causes: Mapping[B2Cause, int],
     lang: str = "vi",
+    no_data: bool = False,
 ) -> str:
-    """The summary paragraph for these counts as of ``day`` ("vi" or "en")."""
+    """The summary paragraph for these counts as of ``day`` ("vi" or "en");
+    ``no_data``: no cluster counted yet at that date (:func:`no_data_sentence`)."""
     if min(working, in_repair, not_repaired, *causes.values(), 0) < 0:
         raise ValueError("counts must not be negative")
     broken = in_repair + not_repaired
     phrases = [_cause_phrase(c, lang) for c, _ in ranked_causes(causes)]
+    if no_data:
+        return no_data_sentence(day, lang)
     if lang == "en":
         return _english(day, working, broken, in_repair, not_repaired, phrases)
     return _vietnamese(day, working, broken, in_repair, not_repaired, phrases)
+
+
+def no_data_sentence(day: dt.date, lang: str = "vi") -> str:
+    """What the report says for a date before any listed cluster existed."""
+    if lang == "en":
+        return (
+            f"No data as of {day.day} {day:%B} {day.year}: no speaker cluster of the inventory"
+            " had been installed, listed or heard from by then."
+        )
+    return (
+        f"Không có dữ liệu (tính đến ngày {short_date(day)}): chưa có cụm loa nào trong danh mục"
+        " được lắp đặt, đưa vào danh mục hoặc báo cáo."
+    )
 
 
 def _vietnamese(

@@ -12,7 +12,11 @@ the same way. The table guarantees, for every row and for the total row:
 Inventory devices with no status count as broken with cause ``unknown`` and
 "never reported" (as does a status flagged ``never_reported``); a broken status
 without a cause counts as ``unknown``. Statuses of devices that are not in the
-inventory are left out of the table and listed in ``unlisted``.
+inventory are left out of the table and listed in ``unlisted``. A cluster whose
+status says it did not exist yet (``exists=False``: installed, listed and first
+heard from only later) is not counted at all; when no cluster of the table's
+scope existed, the table has no rows and ``no_data`` is set: a B2 for a month
+before the fleet existed says "no data" instead of counting it broken.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
+from collector.b2.availability import Evaluation
 from collector.b2.summary import ranked_causes, summary_sentence
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from fleet_protocol import B2Cause
@@ -69,6 +74,7 @@ TEXT: Final[dict[str, tuple[str, str]]] = {
     "unknown_district": ("(chưa rõ huyện)", "(district not set)"),
     "unknown_province": ("(chưa rõ tỉnh)", "(province not set)"),
     "all_units": ("Toàn bộ danh mục", "Whole inventory"),
+    "no_data": ("Không có dữ liệu", "No data"),
 }
 
 
@@ -177,6 +183,10 @@ class B2Table:
     summary: str
     #: Devices that have a status but are not in the inventory (not counted).
     unlisted: tuple[str, ...] = field(default=())
+    #: No cluster of the scope existed at ``as_of``: no rows, "no data".
+    no_data: bool = False
+    #: Monthly availability and ranking of the rows' communes (``collector.b2.availability``).
+    evaluation: Evaluation | None = None
 
     @property
     def day(self) -> dt.date:
@@ -301,6 +311,26 @@ def default_unit_name(devices: Sequence[InventoryDevice], scope: Scope, lang: st
     return text("all_units", lang)
 
 
+def select_devices(
+    inventory: Iterable[InventoryDevice],
+    *,
+    district: str | None = None,
+    province: str | None = None,
+    communes: Collection[str] | None = None,
+) -> list[InventoryDevice]:
+    """The part of the inventory a table covers, in inventory order."""
+    return sorted(
+        (
+            d
+            for d in inventory
+            if (district is None or d.district == district)
+            and (province is None or d.province == province)
+            and (communes is None or d.commune_code in communes)
+        ),
+        key=lambda d: d.position,
+    )
+
+
 def compute_b2(
     inventory: Iterable[InventoryDevice],
     statuses: Iterable[DeviceStatus],
@@ -327,16 +357,8 @@ def compute_b2(
     if lang not in ("vi", "en"):
         raise ValueError(f"lang {lang!r}: expected 'vi' or 'en'")
     inventory = list(inventory)
-    devices = sorted(
-        (
-            d
-            for d in inventory
-            if (district is None or d.district == district)
-            and (province is None or d.province == province)
-            and (communes is None or d.commune_code in communes)
-        ),
-        key=lambda d: d.position,
-    )
+    scoped = select_devices(inventory, district=district, province=province, communes=communes)
+    devices = scoped
     by_id: dict[str, DeviceStatus] = {}
     for status in statuses:
         if status.device_id in by_id:
@@ -348,6 +370,7 @@ def compute_b2(
 
     offline_before = as_of.timestamp() - offline_days * 86400.0
     tallies: dict[str, tuple[str, _Tally]] = {}
+    devices = [d for d in scoped if d.device_id not in by_id or by_id[d.device_id].exists]
     for device in devices:
         key = _group_key(device, scope)
         if key not in tallies:
@@ -362,11 +385,14 @@ def compute_b2(
     total = grand.row(
         stt=None, unit=text("total_row", lang), key="", lang=lang, offline_days=offline_days
     )
+    no_data = bool(scoped) and not devices
+    if no_data:
+        total = replace(total, notes=text("no_data", lang))
     return B2Table(
         as_of=as_of,
         scope=scope,
         lang=lang,
-        unit_name=unit_name if unit_name is not None else default_unit_name(devices, scope, lang),
+        unit_name=unit_name if unit_name is not None else default_unit_name(scoped, scope, lang),
         offline_days=offline_days,
         rows=tuple(rows),
         total=total,
@@ -377,6 +403,8 @@ def compute_b2(
             not_repaired=total.not_repaired,
             causes=total.cause_counts(),
             lang=lang,
+            no_data=no_data,
         ),
         unlisted=tuple(sorted(d for d in by_id if d not in all_listed)),
+        no_data=no_data,
     )

@@ -2,7 +2,9 @@
 
 One header row ("Hỏng, không hoạt động - Đang sửa chữa" for grouped
 columns), the rows, the total row; then an empty line and the summary sentence
-in the first column, so the file opens in Excel as the whole report.
+in the first column, so the file opens in Excel as the whole report. With a
+monthly evaluation: an empty line, its title, its header, one row per commune
+in ranking order, the total, and the grading thresholds.
 """
 
 from __future__ import annotations
@@ -23,4 +25,12 @@ def to_csv(table: B2Table) -> bytes:
         writer.writerow([csv_text(v) if isinstance(v, str) else v for v in row.cells()])
     writer.writerow([])
     writer.writerow([f"{text('summary', table.lang)}: {table.summary}"])
+    ev = table.evaluation
+    if ev is not None:
+        writer.writerow([])
+        writer.writerow([f"{ev.title()} ({ev.period()})"])
+        writer.writerow(ev.columns())
+        for r in ev.all_rows():
+            writer.writerow([csv_text(v) if isinstance(v, str) else v for v in ev.cells(r)])
+        writer.writerow([ev.thresholds_note()])
     return out.getvalue().encode("utf-8-sig")

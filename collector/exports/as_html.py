@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from html import escape
 from typing import Final
 
+from markupsafe import Markup
+
 from collector.b2.dates import title_date
-from collector.b2.table import B2Table, column_groups, text
+from collector.b2.table import B2Table, text
+from collector.templating import render
 
 _CSS: Final = """
 @page { size: A4 landscape; margin: 12mm; }
@@ -16,6 +18,7 @@ body { font-family: "Times New Roman", "Liberation Serif", "DejaVu Serif", serif
 .top { display: flex; justify-content: space-between; font-weight: bold; }
 .form { font-style: italic; }
 h1 { font-size: 15pt; text-align: center; margin: 14px 0 2px; }
+h2 { font-size: 13pt; text-align: center; margin: 22px 0 2px; page-break-before: auto; }
 .sub { text-align: center; font-style: italic; margin: 0 0 12px; }
 table { border-collapse: collapse; width: 100%; font-size: 10pt; line-height: 1.2; }
 th, td { border: 1px solid #000; padding: 2px 4px; text-align: center; vertical-align: middle; }
@@ -32,58 +35,23 @@ tr { page-break-inside: avoid; }
 """
 
 
-def _head(lang: str) -> str:
-    top: list[str] = []
-    bottom: list[str] = []
-    for group, subs in column_groups(lang):
-        if subs:
-            top.append(f'<th colspan="{len(subs)}" scope="colgroup">{escape(group)}</th>')
-            bottom.extend(f'<th scope="col">{escape(s)}</th>' for s in subs)
-        else:
-            top.append(f'<th rowspan="2" scope="col">{escape(group)}</th>')
-    return f"<tr>{''.join(top)}</tr>\n<tr>{''.join(bottom)}</tr>"
-
-
 def to_html(table: B2Table) -> bytes:
-    """The table as a UTF-8 HTML document that prints on A4 landscape."""
+    """The table as a UTF-8 HTML document that prints on A4 landscape.
+
+    Drawn by ``b2_export.html`` with the B2 page's own table template
+    (``_b2_table.html``), so the two cannot disagree.
+    """
+    from collector.web.pages import b2_groups
+
     lang = table.lang
-    width = sum(len(subs) or 1 for _, subs in column_groups(lang))
-    text_columns = {1, width - 2, width - 1}
-    body: list[str] = []
-    for row in table.all_rows():
-        cells = "".join(
-            f'<td class="text{" unit" if i == 1 else ""}">{escape(str(v))}</td>'
-            if i in text_columns
-            else f"<td>{v}</td>"
-            for i, v in enumerate(row.cells())
-        )
-        css = ' class="total"' if row.stt is None else ""
-        body.append(f"<tr{css}>{cells}</tr>")
-    rows = "\n".join(body)
-    title = text("title", lang)
-    as_of = f"{text('as_of', lang)} {title_date(table.day)}"
-    doc = f"""<!DOCTYPE html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<title>{escape(text("form", lang))} - {escape(table.unit_name)} - {escape(as_of)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<div class="top"><span>{escape(table.unit_name.upper())}</span>\
-<span class="form">{escape(text("form", lang))}</span></div>
-<h1>{escape(title)}</h1>
-<p class="sub">{escape(text("unit_label", lang))}: {escape(table.unit_name)} ({escape(as_of)})</p>
-<table>
-<thead>
-{_head(lang)}
-</thead>
-<tbody>
-{rows}
-</tbody>
-</table>
-<p class="summary">{escape(table.summary)}</p>
-</body>
-</html>
-"""
-    return doc.encode()
+    return render(
+        "b2_export.html",
+        lang=lang,
+        table=table,
+        groups=b2_groups(lang),
+        form=text("form", lang),
+        title=text("title", lang),
+        unit_label=text("unit_label", lang),
+        as_of=f"{text('as_of', lang)} {title_date(table.day)}",
+        css=Markup(_CSS),
+    ).encode()

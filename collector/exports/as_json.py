@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from collector.b2.availability import CommuneAvailability, Evaluation
 from collector.b2.table import CAUSES, B2Row, B2Table, text
 
 
@@ -28,6 +29,35 @@ def _row(row: B2Row) -> dict[str, Any]:
     }
 
 
+def _availability(row: CommuneAvailability, lang: str) -> dict[str, Any]:
+    share = row.share
+    return {
+        "rank": row.rank,
+        "unit": row.unit,
+        "key": row.key,
+        "clusters": row.clusters,
+        "cluster_hours": round(row.cluster_hours, 3),
+        "working_hours": round(row.working_hours, 3),
+        "share": None if share is None else round(share, 6),
+        "grade": None if row.grade is None else row.grade.value,
+        "grade_label": None if row.grade is None else row.grade.label(lang),
+    }
+
+
+def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
+    """The monthly evaluation as JSON-ready data (ranking order, then the total)."""
+    t = ev.thresholds
+    return {
+        "title": ev.title(),
+        "month": ev.start.strftime("%Y-%m"),
+        "start": ev.start.isoformat(),
+        "end": ev.end.isoformat(),
+        "thresholds_pct": {"good": t.good_pct, "fair": t.fair_pct, "average": t.average_pct},
+        "rows": [_availability(r, ev.lang) for r in ev.rows],
+        "total": _availability(ev.total, ev.lang),
+    }
+
+
 def table_to_dict(table: B2Table) -> dict[str, Any]:
     """The table as plain JSON-ready data (the API's ``format=json`` body)."""
     lang = table.lang
@@ -45,7 +75,9 @@ def table_to_dict(table: B2Table) -> dict[str, Any]:
         "rows": [_row(r) for r in table.rows],
         "total": _row(table.total),
         "summary": table.summary,
+        "no_data": table.no_data,
         "unlisted_devices": list(table.unlisted),
+        "evaluation": None if table.evaluation is None else evaluation_to_dict(table.evaluation),
     }
 
 

@@ -9,6 +9,10 @@ Layout (row numbers are fixed so readers and tests can rely on them):
 - row 7 on: one row per commune, then the bold total row;
 - after an empty row: the summary sentence, merged across the table.
 
+With a monthly evaluation, a second sheet "Xếp loại" ("Ranking" in English):
+row 1 its title, row 2 the period, row 4 the header, then one row per commune
+in ranking order, the bold total row, and the grading thresholds.
+
 Printing: A4 landscape, fit to one page wide, header rows repeated.
 """
 
@@ -137,6 +141,44 @@ def to_xlsx(table: B2Table) -> bytes:
     sheet.page_margins.left = sheet.page_margins.right = 0.4
     sheet.page_margins.top = sheet.page_margins.bottom = 0.5
 
+    _evaluation_sheet(book, table)
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+def _evaluation_sheet(book: Workbook, table: B2Table) -> None:
+    ev = table.evaluation
+    if ev is None:
+        return
+    sheet = book.create_sheet("Ranking" if table.lang == "en" else "Xếp loại")
+    columns = ev.columns()
+    last = get_column_letter(len(columns))
+    sheet["A1"] = ev.title()
+    sheet["A1"].font = Font(name=FONT, bold=True, size=14)
+    sheet["A2"] = ev.period()
+    sheet["A2"].font = Font(name=FONT, italic=True, size=12)
+    for title_row in (1, 2):
+        sheet.merge_cells(f"A{title_row}:{last}{title_row}")
+        sheet[f"A{title_row}"].alignment = Alignment(horizontal="center", vertical="center")
+    for c, label in enumerate(columns, start=1):
+        cell = sheet.cell(4, c, label)
+        cell.font = Font(name=FONT, bold=True, size=11)
+        cell.alignment = _CENTER
+        cell.border = _BOX
+        cell.fill = _HEAD_FILL
+    row = 5
+    for r in ev.all_rows():
+        for c, value in enumerate(ev.cells(r), start=1):
+            cell = sheet.cell(row, c, value)
+            if isinstance(value, str):
+                cell.data_type = "s"  # never a formula
+            cell.font = Font(name=FONT, bold=r is ev.total, size=11)
+            cell.border = _BOX
+            cell.alignment = _LEFT if c == 2 else _CENTER
+        row += 1
+    sheet.cell(row + 1, 1, ev.thresholds_note()).font = Font(name=FONT, italic=True, size=11)
+    for index, w in enumerate((9, 24, 11, 14, 14, 14, 12), start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = w
+    sheet.page_setup.orientation = "portrait"
+    sheet.page_setup.paperSize = sheet.PAPERSIZE_A4

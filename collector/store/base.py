@@ -35,7 +35,14 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
-    """The change is not allowed in the row's current state (e.g. start a closed ticket)."""
+    """The change is not allowed in the row's current state (e.g. start a closed ticket).
+
+    ``ticket_id`` names the repair ticket in the way, when there is one.
+    """
+
+    def __init__(self, message: str, *, ticket_id: int | None = None) -> None:
+        super().__init__(message)
+        self.ticket_id = ticket_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +72,16 @@ class IncomingMessage:
     #: For state reports: a compact heartbeat, whose missing sections mean
     #: "unchanged since the last full report" (its fault list is authoritative).
     heartbeat: bool = False
+    #: The clock's provenance as the device stamped it (``collector.clocktruth``):
+    #: its own ts, its boot, seconds since that boot, and False when the device
+    #: said its clock was not synchronised. ``ts`` above is the caller's choice
+    #: before the store applies the boot offsets and install dates it holds.
+    device_ts: float | None = None
+    boot_id: str | None = None
+    mono: float | None = None
+    clock_synced: bool | None = None
+    #: Content digest; a stored (device, seq) arriving with another digest is a replay conflict.
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +92,28 @@ class BatchResult:
     duplicates: int
     #: Devices whose status changed in this batch.
     changed_devices: tuple[str, ...] = ()
+    #: Duplicates whose content differs from what is stored: (device, seq).
+    conflicts: tuple[tuple[str, int], ...] = ()
+    #: New messages by how their time was decided (``clocktruth.Dating`` values),
+    #: plus "restamped": stored messages re-dated because their boot's offset became known.
+    dating: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusTimeline:
+    """A cluster's status over a window (``Repository.status_timelines``).
+
+    ``initial`` is its status at the window's start (None: no transition yet,
+    never reported); ``changes`` the (time, status) of every transition inside
+    the window, in order; ``counted_from`` when it starts to count (install
+    date, else first listing or first report; None: at every moment).
+    """
+
+    device_id: str
+    commune_code: str
+    counted_from: float | None
+    initial: Status | None
+    changes: tuple[tuple[float, Status], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +238,30 @@ class User:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleRule:
+    """How one login-throttle key counts attempts (``Repository.throttle_attempt``).
+
+    The first ``free`` attempts within ``forget_s`` of each other go ahead at once;
+    from then on each attempt must wait ``first_delay_s``, doubling per attempt,
+    at most ``max_delay_s``. A key not tried for ``forget_s`` starts over.
+    """
+
+    key: str
+    #: The user name the key is about (None for address-only keys): unlock finds it by this.
+    name: str | None
+    free: int
+    first_delay_s: float
+    max_delay_s: float
+    forget_s: float
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds the next attempt must wait once ``attempts`` have been counted."""
+        if attempts < self.free:
+            return 0.0
+        return min(self.max_delay_s, self.first_delay_s * 2.0 ** min(attempts - self.free, 60))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Session:
     user: User
     csrf_token: str
@@ -241,15 +304,33 @@ class Repository(Protocol):
         history, so any past moment works (within what was recorded): a device
         with no transition at or before ``t`` is ``never_reported`` (broken,
         cause unknown); ``in_repair`` is True when a ticket for it was started at
-        or before ``t`` and not closed by ``t``.
+        or before ``t`` and not closed by ``t``; ``exists`` is False when the
+        cluster did not count yet at ``t`` (its install date, else its first
+        inventory listing or first report, is later).
         """
+        ...
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        """One StatusTimeline per inventory device (inventory order) over (t0, t1]:
+        its status at ``t0`` and every transition after it up to ``t1``."""
         ...
 
     # -- ingest ----------------------------------------------------------------------------
     async def write_batch(
-        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+        self,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float = 300.0,
     ) -> BatchResult:
         """Store a batch of validated messages in one transaction.
+
+        Event times follow ``collector.clocktruth`` for messages that carry
+        ``device_ts``: boot offsets learned from synchronised messages re-date
+        unsynchronised ones (also ones stored earlier), times before the
+        install date or ``max_future_s`` ahead become the receive time.
+        Duplicates whose content differs from the stored message are reported
+        in ``BatchResult.conflicts``.
 
         Duplicates by (device, seq) -- also against messages stored earlier or by
         another instance -- are dropped and counted. Status transitions are
@@ -397,6 +478,24 @@ class Repository(Protocol):
     async def drop_session(self, session_hash: str) -> None: ...
 
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
+
+    # -- login throttle (shared by every instance on the database) ---------------------------
+    async def throttle_attempt(self, rules: Sequence[ThrottleRule], *, at: float) -> float:
+        """Count one login attempt against every key in one transaction.
+
+        Returns 0.0 when the attempt may go ahead: it is then counted on every key
+        *before* the password is checked, so concurrent attempts cannot overtake
+        the count. Otherwise returns the seconds until it may, and counts nothing.
+        """
+        ...
+
+    async def throttle_clear(self, keys: Sequence[str]) -> None:
+        """Forget the counts of ``keys`` (a successful login)."""
+        ...
+
+    async def throttle_unlock(self, name: str, *, actor: str) -> int:
+        """Forget every count about user ``name`` (audited); returns how many keys."""
+        ...
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]: ...
 

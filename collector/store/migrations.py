@@ -177,7 +177,143 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT '{}'
     );
     """,
-    # 2: remote commands from the district (collector.remote): what was sent to
+    # 2: login throttle counts, shared by every collector instance on this database.
+    """
+    CREATE TABLE login_throttle (
+        key      TEXT PRIMARY KEY,   -- "pair:ADDR|NAME", "name:NAME" or "addr:ADDR"
+        name     TEXT,               -- the user name the key is about (unlock)
+        attempts INTEGER NOT NULL,
+        next_at  REAL NOT NULL,      -- no attempt before this moment
+        last_at  REAL NOT NULL       -- last counted attempt
+    );
+    CREATE INDEX login_throttle_name ON login_throttle(name);
+    CREATE INDEX login_throttle_last ON login_throttle(last_at);
+    """,
+    # 3: when each cluster was first listed in the inventory (it counts from then,
+    # or from its install date or first report). Rows already listed take the
+    # first inventory import the audit log remembers.
+    """
+    ALTER TABLE inventory ADD COLUMN listed_at REAL;
+    UPDATE inventory SET listed_at =
+        (SELECT min(at) FROM audit_log WHERE action = 'inventory.upsert');
+    """,
+    # 4: alerts -- rules, group state, notifications and their delivery outbox,
+    # recipients' channels, the monthly report's runs and its sending log.
+    """
+    CREATE TABLE alert_rules (
+        name       TEXT PRIMARY KEY,
+        data       TEXT NOT NULL,          -- the rule as JSON (collector.alerts.rules)
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+
+    -- What was last notified per (rule, group): collector.alerts.evaluate.GroupState.
+    CREATE TABLE alert_groups (
+        rule          TEXT NOT NULL,
+        grp           TEXT NOT NULL,
+        members       TEXT NOT NULL DEFAULT '{}',
+        pending_since REAL,
+        last_sent_at  REAL,
+        seq           INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rule, grp)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE notifications (
+        id         INTEGER PRIMARY KEY,
+        key        TEXT NOT NULL UNIQUE,
+        rule       TEXT NOT NULL,
+        grp        TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        critical   INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        data       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX notifications_created ON notifications(created_at);
+
+    -- The outbox: one row per (notification, recipient, channel). A worker claims
+    -- due rows (state 'sending' with a lease), and a lease that expires is taken
+    -- again, so a dead instance's claims are retried. 'sent' rows are final.
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id),
+        recipient       TEXT NOT NULL,
+        channel         TEXT NOT NULL,
+        address         TEXT NOT NULL,
+        idem_key        TEXT NOT NULL UNIQUE,
+        lang            TEXT NOT NULL DEFAULT 'vi',
+        subject         TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        payload         TEXT NOT NULL DEFAULT '{}',
+        attachment      BLOB,
+        attachment_name TEXT NOT NULL DEFAULT '',
+        state           TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        not_before      REAL NOT NULL,
+        lease_until     REAL,
+        claimed_by      TEXT,
+        last_error      TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        sent_at         REAL,
+        UNIQUE (notification_id, recipient, channel)
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, not_before);
+
+    -- Recipients' own settings (key "user:<name>") and contractors' contacts
+    -- (key "contractor:<name>", the name as tickets and the inventory write it).
+    CREATE TABLE alert_contacts (
+        key            TEXT PRIMARY KEY,
+        email          TEXT NOT NULL DEFAULT '',
+        telegram       TEXT NOT NULL DEFAULT '',
+        zalo           TEXT NOT NULL DEFAULT '',
+        webhook_url    TEXT NOT NULL DEFAULT '',
+        webhook_secret TEXT NOT NULL DEFAULT '',
+        communes       TEXT NOT NULL DEFAULT '[]',
+        quiet_start    TEXT NOT NULL DEFAULT '',
+        quiet_end      TEXT NOT NULL DEFAULT '',
+        lang           TEXT NOT NULL DEFAULT '',
+        updated_at     REAL NOT NULL
+    );
+
+    -- One row per scheduled monthly report: whoever inserts it sends it.
+    CREATE TABLE report_runs (
+        period     TEXT PRIMARY KEY,
+        claimed_by TEXT NOT NULL,
+        claimed_at REAL NOT NULL
+    );
+
+    CREATE TABLE report_log (
+        id               INTEGER PRIMARY KEY,
+        at               REAL NOT NULL,
+        period           TEXT NOT NULL,
+        as_of            TEXT NOT NULL,
+        trigger          TEXT NOT NULL,
+        actor            TEXT NOT NULL,
+        notification_key TEXT NOT NULL,
+        recipients       TEXT NOT NULL DEFAULT '[]',
+        summary          TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # 5: end-to-end delivery and clock truth (issue 11): a content digest per
+    # message (replays with other content), the clock's provenance per message,
+    # and each boot's learned wall-clock offset.
+    """
+    ALTER TABLE messages ADD COLUMN digest BLOB;
+    ALTER TABLE messages ADD COLUMN boot_id TEXT;
+    ALTER TABLE messages ADD COLUMN mono REAL;
+    -- 1 while ts is the receive time standing in for an unknown true time.
+    ALTER TABLE messages ADD COLUMN time_estimated INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_estimated ON messages(device_id, boot_id) WHERE time_estimated = 1;
+
+    -- wall clock = mono + offset for every message of that boot.
+    CREATE TABLE boot_clocks (
+        device_id  TEXT NOT NULL,
+        boot_id    TEXT NOT NULL,
+        offset     REAL NOT NULL,
+        learned_at REAL NOT NULL,
+        PRIMARY KEY (device_id, boot_id)
+    ) WITHOUT ROWID;
+    """,
+    # 7: remote commands from the district (collector.remote): what was sent to
     # which device by whom, until when it may run, and the device's reply.
     """
     CREATE TABLE remote_commands (

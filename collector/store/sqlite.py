@@ -9,6 +9,9 @@ snapshot and never block the writer).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
 import json
 import sqlite3
 import statistics
@@ -22,6 +25,7 @@ from typing import Any, Final
 import aiosqlite
 import msgspec
 
+from collector.clocktruth import date_message, install_floor, learned_offset
 from collector.fleet import INITIAL, FleetState, Observation, ObsKind, Transition, fold
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from collector.store.base import (
@@ -36,7 +40,9 @@ from collector.store.base import (
     Role,
     Session,
     SignalPoint,
+    StatusTimeline,
     StoreError,
+    ThrottleRule,
     Ticket,
     TicketEntry,
     TicketState,
@@ -54,6 +60,30 @@ _INVENTORY_COLS: Final = (
     "device_id, commune_code, commune_name, commune_kind, district, province, address, "
     "latitude, longitude, contractor, sim_iccid, sim_phone, install_date, position"
 )
+
+
+#: Install dates are days in Vietnam's one time zone: a cluster counts from 00:00 there.
+_INSTALL_TZ: Final = dt.timezone(dt.timedelta(hours=7))
+
+
+def _install_ts(day: str) -> float | None:
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(0), _INSTALL_TZ).timestamp()
+    except ValueError:
+        return None
+
+
+def counted_from(
+    install_date: str, listed_at: float | None, first_report: float | None
+) -> float | None:
+    """When a cluster starts to count: its install date, else the earlier of its
+    first inventory listing and its first report; None when nothing says (it
+    then counts at every moment)."""
+    installed = _install_ts(install_date) if install_date else None
+    if installed is not None:
+        return installed
+    known = [t for t in (listed_at, first_report) if t is not None]
+    return min(known) if known else None
 
 
 def _cause(v: str | None) -> B2Cause | None:
@@ -106,6 +136,24 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
 
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """The content digest stored per message (replay conflicts compare it)."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMessage:
+    """``m`` at event time ``ts``; a report's promptness follows its new time."""
+    if ts == m.ts:
+        return m
+    obs = m.observation
+    if obs is not None:
+        prompt = obs.prompt
+        if obs.kind is ObsKind.REPORT:
+            prompt = m.received_at - ts <= late_after_s
+        obs = dataclasses.replace(obs, ts=ts, prompt=prompt)
+    return dataclasses.replace(m, ts=ts, observation=obs)
 
 
 #: State-report sections a compact heartbeat may leave out (unchanged).
@@ -242,9 +290,11 @@ class SQLiteRepository:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise Conflict(f"inventory lists device {dup!r} twice")
+        now = time.time()
         async with self._tx() as db:
-            async with db.execute("SELECT device_id FROM inventory") as cur:
-                existing = {r[0] for r in await cur.fetchall()}
+            async with db.execute("SELECT device_id, listed_at FROM inventory") as cur:
+                listed = {r[0]: r[1] for r in await cur.fetchall()}
+            existing = set(listed)
             rows = [
                 (
                     d.device_id,
@@ -261,11 +311,14 @@ class SQLiteRepository:
                     d.sim_phone,
                     d.install_date,
                     d.position,
+                    # First listed: kept across re-imports (a cluster counts from then).
+                    listed.get(d.device_id) or now,
                 )
                 for d in devices
             ]
             await db.executemany(
-                f"INSERT OR REPLACE INTO inventory ({_INVENTORY_COLS}) VALUES ({_qmarks(14)})",
+                f"INSERT OR REPLACE INTO inventory ({_INVENTORY_COLS}, listed_at)"
+                f" VALUES ({_qmarks(15)})",
                 rows,
             )
             removed = existing - set(ids) if remove_missing else set()
@@ -313,6 +366,7 @@ class SQLiteRepository:
                 (t, t),
             ) as cur:
                 repairing = {r[0] for r in await cur.fetchall()}
+            starts = await self._counted_from(db)
             async with db.execute(
                 """
                 SELECT i.device_id,
@@ -326,6 +380,8 @@ class SQLiteRepository:
         out: list[DeviceStatus] = []
         for d in inventory:
             found = states.get(d.device_id)
+            start = starts.get(d.device_id)
+            exists = start is None or start <= t
             if found is None:
                 out.append(
                     DeviceStatus(
@@ -335,6 +391,7 @@ class SQLiteRepository:
                         cause=B2Cause.UNKNOWN,
                         in_repair=d.device_id in repairing,
                         never_reported=True,
+                        exists=exists,
                     )
                 )
                 continue
@@ -350,44 +407,102 @@ class SQLiteRepository:
                     online=state.online,
                     since=state.status_since,
                     last_seen=last if last is not None else tr_ts,
+                    exists=exists,
                 )
             )
         return out
 
+    async def _counted_from(self, db: aiosqlite.Connection) -> dict[str, float | None]:
+        """Per inventory device, when it starts to count (``counted_from``)."""
+        async with db.execute(
+            "SELECT i.device_id, i.install_date, i.listed_at,"
+            " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
+            " FROM inventory i"
+        ) as cur:
+            return {r[0]: counted_from(r[1], r[2], r[3]) for r in await cur.fetchall()}
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT device_id, commune_code FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [(r[0], r[1]) for r in await cur.fetchall()]
+            starts = await self._counted_from(db)
+            async with db.execute(
+                """
+                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since
+                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
+                                                   ORDER BY ts DESC, seq DESC) AS rn
+                      FROM transitions WHERE ts <= ?)
+                WHERE rn = 1
+                """,
+                (t0,),
+            ) as cur:
+                initial = {r[0]: _state_of(r, 1).status for r in await cur.fetchall()}
+            changes: dict[str, list[tuple[float, Status]]] = {}
+            async with db.execute(
+                "SELECT device_id, ts, online, has_diag, diag_broken, diag_cause, status_since"
+                " FROM transitions WHERE ts > ? AND ts <= ? ORDER BY device_id, ts, seq",
+                (t0, t1),
+            ) as cur:
+                async for r in cur:
+                    changes.setdefault(r[0], []).append((float(r[1]), _state_of(r, 2).status))
+        return [
+            StatusTimeline(
+                device_id=device,
+                commune_code=commune,
+                counted_from=starts.get(device),
+                initial=initial.get(device),
+                changes=tuple(changes.get(device, ())),
+            )
+            for device, commune in inventory
+        ]
+
     # -- ingest ----------------------------------------------------------------------------
 
     async def write_batch(
-        self, messages: Sequence[IncomingMessage], *, late_after_s: float
+        self,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float = 300.0,
     ) -> BatchResult:
-        del late_after_s  # promptness is decided by the caller and carried in observations
         if not messages:
             return BatchResult(0, 0)
-        rows = [
-            (
-                m.device_id,
-                m.seq,
-                m.kind,
-                m.ts,
-                m.received_at,
-                None if m.observation is None else str(m.observation.kind),
-                1 if m.observation is None or m.observation.prompt else 0,
-                1 if m.observation is not None and m.observation.broken else 0,
-                None
-                if m.observation is None or m.observation.cause is None
-                else str(m.observation.cause),
-                *(m.signal or (None, None, None, None, None)),
-                m.payload,
-            )
-            for m in messages
-        ]
         async with self._tx() as db:
+            dated, dating, learned = await self._date(
+                db, messages, late_after_s=late_after_s, max_future_s=max_future_s
+            )
+            rows = [
+                (
+                    m.device_id,
+                    m.seq,
+                    m.kind,
+                    m.ts,
+                    m.received_at,
+                    None if m.observation is None else str(m.observation.kind),
+                    1 if m.observation is None or m.observation.prompt else 0,
+                    1 if m.observation is not None and m.observation.broken else 0,
+                    None
+                    if m.observation is None or m.observation.cause is None
+                    else str(m.observation.cause),
+                    *(m.signal or (None, None, None, None, None)),
+                    m.payload,
+                    m.digest if m.digest is not None else payload_digest(m.payload),
+                    m.boot_id,
+                    m.mono,
+                    int(est),
+                )
+                for m, est in dated
+            ]
             async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
                 row = await cur.fetchone()
             high = int(row[0]) if row else 0
             await db.executemany(
                 "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"
-                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload,"
+                " digest, boot_id, mono, time_estimated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             async with db.execute(
@@ -395,12 +510,193 @@ class SQLiteRepository:
             ) as cur:
                 fresh = {(r[0], r[1]) for r in await cur.fetchall()}
             new: list[IncomingMessage] = []
-            for m in messages:
+            dups: list[IncomingMessage] = []
+            for m, _est in dated:
                 if (m.device_id, m.seq) in fresh:
                     fresh.discard((m.device_id, m.seq))
                     new.append(m)
-            changed = await self._apply(db, new)
-        return BatchResult(len(new), len(messages) - len(new), tuple(changed))
+                else:
+                    dups.append(m)
+            conflicts = await self._replay_conflicts(db, dups)
+            refold_from, restamped = await self._restamp(
+                db, learned, late_after_s=late_after_s, max_future_s=max_future_s
+            )
+            if restamped:
+                dating["restamped"] = restamped
+            changed = await self._apply(db, new, refold_from)
+        return BatchResult(
+            len(new),
+            len(messages) - len(new),
+            tuple(changed),
+            conflicts=conflicts,
+            dating=tuple(sorted(dating.items())),
+        )
+
+    # -- clock truth (collector.clocktruth holds the rules) ------------------------------
+
+    async def _floors(self, db: aiosqlite.Connection, devices: Sequence[str]) -> dict[str, float]:
+        floors: dict[str, float] = {}
+        for chunk in _chunks(devices):
+            async with db.execute(
+                "SELECT device_id, install_date FROM inventory WHERE install_date != ''"
+                f" AND device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    floor = install_floor(r[1])
+                    if floor is not None:
+                        floors[r[0]] = floor
+        return floors
+
+    async def _date(
+        self,
+        db: aiosqlite.Connection,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float,
+    ) -> tuple[list[tuple[IncomingMessage, bool]], dict[str, int], dict[tuple[str, str], float]]:
+        """Date every message (boot offsets, install dates); learn the batch's new offsets."""
+        devices = sorted({m.device_id for m in messages})
+        floors = await self._floors(db, devices)
+        boots = sorted({(m.device_id, m.boot_id) for m in messages if m.boot_id is not None})
+        offsets: dict[tuple[str, str], float] = {}
+        for dev, boot in boots:
+            async with db.execute(
+                "SELECT offset FROM boot_clocks WHERE device_id = ? AND boot_id = ?", (dev, boot)
+            ) as cur:
+                r = await cur.fetchone()
+            if r is not None:
+                offsets[(dev, boot)] = float(r[0])
+        learned: dict[tuple[str, str], float] = {}
+        # Synchronised messages first: they may teach the offset that dates the others.
+        for m in messages:
+            if m.device_ts is None or m.boot_id is None or (m.device_id, m.boot_id) in offsets:
+                continue
+            dated = date_message(
+                ts=m.device_ts,
+                received_at=m.received_at,
+                clock_synced=m.clock_synced,
+                mono=m.mono,
+                offset=None,
+                floor=floors.get(m.device_id),
+                max_future_s=max_future_s,
+            )
+            off = learned_offset(
+                ts=m.device_ts,
+                clock_synced=m.clock_synced,
+                boot_id=m.boot_id,
+                mono=m.mono,
+                dated=dated,
+            )
+            if off is not None:
+                offsets[(m.device_id, m.boot_id)] = learned[(m.device_id, m.boot_id)] = off
+        if learned:
+            now = time.time()
+            await db.executemany(
+                "INSERT OR IGNORE INTO boot_clocks (device_id, boot_id, offset, learned_at)"
+                " VALUES (?,?,?,?)",
+                [(d, b, off, now) for (d, b), off in learned.items()],
+            )
+        out: list[tuple[IncomingMessage, bool]] = []
+        dating: dict[str, int] = defaultdict(int)
+        for m in messages:
+            if m.device_ts is None:
+                out.append((m, False))
+                continue
+            dated = date_message(
+                ts=m.device_ts,
+                received_at=m.received_at,
+                clock_synced=m.clock_synced,
+                mono=m.mono,
+                offset=None if m.boot_id is None else offsets.get((m.device_id, m.boot_id)),
+                floor=floors.get(m.device_id),
+                max_future_s=max_future_s,
+            )
+            dating[str(dated.how)] += 1
+            out.append((_redated(m, dated.ts, late_after_s), dated.how.estimated))
+        return out, dating, learned
+
+    async def _restamp(
+        self,
+        db: aiosqlite.Connection,
+        learned: dict[tuple[str, str], float],
+        *,
+        late_after_s: float,
+        max_future_s: float,
+    ) -> tuple[dict[str, tuple[float, int]], int]:
+        """Re-date the stored estimated messages of boots whose offset was just learned.
+
+        Returns, per device, the earliest observation key touched (old or new
+        time), from which its history must be re-derived, and how many were re-dated.
+        """
+        refold_from: dict[str, tuple[float, int]] = {}
+        count = 0
+        floors = await self._floors(db, sorted({d for d, _ in learned}))
+        for (device, boot), offset in learned.items():
+            async with db.execute(
+                "SELECT seq, ts, received_at, mono, obs_kind FROM messages WHERE device_id = ?"
+                " AND boot_id = ? AND time_estimated = 1 AND mono IS NOT NULL",
+                (device, boot),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            updates: list[tuple[Any, ...]] = []
+            for seq, old_ts, received_at, mono, obs_kind in rows:
+                dated = date_message(
+                    ts=float(mono) + offset,
+                    received_at=float(received_at),
+                    clock_synced=None,
+                    mono=None,
+                    offset=None,
+                    floor=floors.get(device),
+                    max_future_s=max_future_s,
+                )
+                if dated.how.estimated:
+                    continue
+                late = obs_kind == ObsKind.REPORT and received_at - dated.ts > late_after_s
+                prompt = 0 if late else 1
+                updates.append((dated.ts, prompt, device, seq))
+                key = min((float(old_ts), int(seq)), (dated.ts, int(seq)))
+                refold_from[device] = min(refold_from.get(device, key), key)
+            if updates:
+                await db.executemany(
+                    "UPDATE messages SET ts = ?, prompt = ?, time_estimated = 0"
+                    " WHERE device_id = ? AND seq = ?",
+                    updates,
+                )
+                await db.executemany(
+                    "UPDATE events SET ts = ? WHERE device_id = ? AND seq = ?",
+                    [(ts, d, s) for ts, _p, d, s in updates],
+                )
+                count += len(updates)
+        return refold_from, count
+
+    async def _replay_conflicts(
+        self, db: aiosqlite.Connection, dups: Sequence[IncomingMessage]
+    ) -> tuple[tuple[str, int], ...]:
+        """Duplicates whose content differs from the stored message of that (device, seq)."""
+        by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
+        for m in dups:
+            by_device[m.device_id].append(m)
+        out: list[tuple[str, int]] = []
+        for device, msgs in sorted(by_device.items()):
+            stored: dict[int, bytes] = {}
+            for chunk in _chunks(sorted({m.seq for m in msgs})):
+                async with db.execute(
+                    "SELECT seq, digest, payload FROM messages WHERE device_id = ?"
+                    f" AND seq IN ({_qmarks(len(chunk))})",
+                    (device, *chunk),
+                ) as cur:
+                    for seq, digest, payload in await cur.fetchall():
+                        # Rows stored before digests existed: hash the kept payload.
+                        stored[int(seq)] = (
+                            bytes(digest) if digest is not None else payload_digest(payload or b"")
+                        )
+            for m in msgs:
+                digest = m.digest if m.digest is not None else payload_digest(m.payload)
+                if m.seq in stored and stored[m.seq] != digest:
+                    out.append((device, m.seq))
+        return tuple(out)
 
     async def _merged_report(
         self,
@@ -440,8 +736,18 @@ class SQLiteRepository:
                 new[section] = old[section]
         return msgspec.json.encode(new)
 
-    async def _apply(self, db: aiosqlite.Connection, new: Sequence[IncomingMessage]) -> list[str]:
-        """Fold the new messages of a batch into devices, transitions, events and faults."""
+    async def _apply(
+        self,
+        db: aiosqlite.Connection,
+        new: Sequence[IncomingMessage],
+        refold_from: dict[str, tuple[float, int]] | None = None,
+    ) -> list[str]:
+        """Fold the new messages of a batch into devices, transitions, events and faults.
+
+        ``refold_from`` forces a device's history to be re-derived from that key
+        (its stored messages were re-dated).
+        """
+        refold_from = refold_from or {}
         by_device: dict[str, list[IncomingMessage]] = defaultdict(list)
         for m in new:
             by_device[m.device_id].append(m)
@@ -470,10 +776,14 @@ class SQLiteRepository:
             obs_key: tuple[float, int] | None = (
                 None if cur_row is None or cur_row[6] is None else (cur_row[6], cur_row[7])
             )
-            if obs:
-                if obs_key is not None and obs[0].key < obs_key:
-                    # Late arrivals: re-derive this device's history from the earliest.
-                    state, trs = await self._refold(db, device, obs[0].key)
+            redo = refold_from.get(device)
+            if obs or (redo is not None and obs_key is not None):
+                first = min(obs[0].key, redo) if obs and redo else (obs[0].key if obs else redo)
+                assert first is not None
+                if obs_key is not None and (first < obs_key or redo is not None):
+                    # Late arrivals or re-dated ones: re-derive this device's history
+                    # from the earliest.
+                    state, trs = await self._refold(db, device, first)
                 else:
                     state, trs = fold(state, obs)
                 if trs:
@@ -493,8 +803,8 @@ class SQLiteRepository:
                     )
                     for tr in trs
                 )
-                last_obs = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
-                obs_key = last_obs
+                if obs:
+                    obs_key = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
             newest = max(msgs, key=lambda m: (m.ts, m.seq))
             last_ts, last_seq = (newest.ts, newest.seq)
             if (
@@ -723,6 +1033,7 @@ class SQLiteRepository:
             cur = await db.execute("DELETE FROM messages WHERE received_at < ?", (older_than,))
             n = cur.rowcount
             await cur.close()
+            await db.execute("DELETE FROM boot_clocks WHERE learned_at < ?", (older_than,))
         return int(n)
 
     # -- fleet views -----------------------------------------------------------------------
@@ -983,8 +1294,15 @@ class SQLiteRepository:
                     (device_id, commune, "open", cause and str(cause), at, actor, at, note),
                 )
             except sqlite3.IntegrityError:
+                async with db.execute(
+                    "SELECT id FROM tickets WHERE device_id = ? AND state IN ('open', 'in_repair')",
+                    (device_id,),
+                ) as c:
+                    row = await c.fetchone()
+                active = int(row[0]) if row else None
                 raise Conflict(
-                    f"device {device_id!r} already has an active repair ticket"
+                    f"device {device_id!r} already has an active repair ticket ({active})",
+                    ticket_id=active,
                 ) from None
             ticket_id = int(cur.lastrowid or 0)
             await cur.close()
@@ -994,7 +1312,7 @@ class SQLiteRepository:
     async def _active(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
         t = await self._ticket(db, ticket_id)
         if not t.state.active:
-            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open")
+            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open", ticket_id=ticket_id)
         return t
 
     async def start_ticket(
@@ -1010,7 +1328,9 @@ class SQLiteRepository:
         async with self._tx() as db:
             t = await self._active(db, ticket_id)
             if t.state is TicketState.IN_REPAIR:
-                raise Conflict(f"repair ticket {ticket_id} is already in repair")
+                raise Conflict(
+                    f"repair ticket {ticket_id} is already in repair", ticket_id=ticket_id
+                )
             await db.execute(
                 "UPDATE tickets SET state = 'in_repair', contractor = ?, technician = ?,"
                 " started_at = ?, last_progress_at = ? WHERE id = ?",
@@ -1228,6 +1548,51 @@ class SQLiteRepository:
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
         async with self._tx() as db:
             await self._audit(db, actor, action, target, detail)
+
+    # -- login throttle ------------------------------------------------------------------------
+
+    async def throttle_attempt(self, rules: Sequence[ThrottleRule], *, at: float) -> float:
+        async with self._tx() as db:
+            counted: list[tuple[ThrottleRule, int]] = []
+            wait = 0.0
+            for rule in rules:
+                async with db.execute(
+                    "SELECT attempts, next_at, last_at FROM login_throttle WHERE key = ?",
+                    (rule.key,),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None or at - float(row[2]) > rule.forget_s:
+                    counted.append((rule, 0))
+                    continue
+                wait = max(wait, float(row[1]) - at)
+                counted.append((rule, int(row[0])))
+            if wait > 0:
+                return wait
+            for rule, before in counted:
+                attempts = before + 1
+                await db.execute(
+                    "INSERT INTO login_throttle (key, name, attempts, next_at, last_at)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET"
+                    " attempts = excluded.attempts, next_at = excluded.next_at,"
+                    " last_at = excluded.last_at",
+                    (rule.key, rule.name, attempts, at + rule.delay_after(attempts), at),
+                )
+            if rules:
+                horizon = max(r.forget_s for r in rules)
+                await db.execute("DELETE FROM login_throttle WHERE last_at < ?", (at - horizon,))
+        return 0.0
+
+    async def throttle_clear(self, keys: Sequence[str]) -> None:
+        async with self._tx() as db:
+            await db.executemany("DELETE FROM login_throttle WHERE key = ?", [(k,) for k in keys])
+
+    async def throttle_unlock(self, name: str, *, actor: str) -> int:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM login_throttle WHERE name = ?", (name,))
+            cleared = cur.rowcount
+            await cur.close()
+            await self._audit(db, actor, "auth.unlock", f"user:{name}", {"keys": cleared})
+        return cleared
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]:
         rows = await self._all(

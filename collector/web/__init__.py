@@ -29,10 +29,13 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
+import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from collector.templating import ENV
 from collector.web import pages
+from collector.web.layout import remember_lang
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 #: Route names served without a session: the inner auth middleware would answer 401.
@@ -75,6 +78,7 @@ async def dashboard_middleware(request: web.Request, handler: Handler) -> web.St
     else:
         resp = await handler(request)
     if resp.content_type == "text/html":
+        remember_lang(request, resp)
         resp.headers.setdefault("Content-Security-Policy", CSP)
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
@@ -97,6 +101,8 @@ def setup_dashboard(app: web.Application) -> None:
     Call once, after the API routes, before the app starts.
     """
     app.middlewares.insert(0, dashboard_middleware)
+    # The pages' templates: the environment the HTML export renders with too.
+    app[aiohttp_jinja2.APP_KEY] = ENV
     r = app.router
     r.add_get("/login", pages.login_page, name="web-login")
     r.add_get("/", pages.overview, name="web-page-overview")

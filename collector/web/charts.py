@@ -285,10 +285,16 @@ def online_band(
 
 
 def trend_bars(
-    months: Sequence[tuple[str, int, int]], *, title: str, labels: tuple[str, str]
+    months: Sequence[tuple[str, int | None, int | None]],
+    *,
+    title: str,
+    labels: tuple[str, str],
+    no_data: str = "no data",
 ) -> Html:
-    """Stacked bars per month: working (green, bottom) and broken (red, top)."""
-    top_value = max((w + b for _, w, b in months), default=0)
+    """Stacked bars per month: working (green, bottom) and broken (red, top); a
+    month whose counts are None (no cluster existed yet) shows ``no_data`` in its
+    slot instead of a bar."""
+    top_value = max(((w or 0) + (b or 0) for _, w, b in months), default=0)
     ticks = _nice_ticks(0, max(top_value, 1))
     hi = ticks[-1] or 1
     plot_h = _H - _T - _B
@@ -315,8 +321,26 @@ def trend_bars(
     n = max(len(months), 1)
     slot = (_W - _L - _R) / n
     bar = slot * 0.64
-    for i, (label, working, broken) in enumerate(months):
+    for i, (label, working_or_none, broken_or_none) in enumerate(months):
         x = _L + i * slot + (slot - bar) / 2
+        if working_or_none is None or broken_or_none is None:
+            parts.append(
+                html(
+                    '<g class="no-data"><title>{label}: {nd}</title>'
+                    '<text x="{tx}" y="{ty}" text-anchor="end" font-size="11" fill="{m}"'
+                    ' transform="rotate(-90 {tx} {ty})">{nd}</text></g>'
+                    '<text x="{tx}" y="{ly}" text-anchor="middle" font-size="12" fill="{m}">'
+                    "{label}</text>",
+                    label=label,
+                    nd=no_data,
+                    tx=f"{x + bar / 2:.1f}",
+                    ty=f"{_T + 4:.1f}",
+                    ly=_H - 8,
+                    m=MUTED,
+                )
+            )
+            continue
+        working, broken = working_or_none, broken_or_none
         yw = y_of(working)
         yb = y_of(working + broken)
         parts.append(

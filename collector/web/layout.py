@@ -1,17 +1,25 @@
-"""The page frame every dashboard page shares, and the request context pages render with."""
+"""What every dashboard page renders with: the caller's context and the page frame's data.
+
+Pages are Jinja2 templates (``collector/web/templates/``, autoescaped, through
+aiohttp-jinja2): ``base.html`` is the frame with navigation and live updates,
+``bare.html`` the frame without a session (login, errors). A handler gathers
+its data and returns ``page_context(ctx, ...) | {...}``; it builds no markup.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from collector.auth import PRINCIPAL, Permission, Principal
 from collector.b2.api import settings_of
+from collector.templating import render
 from collector.web.i18n import LANG_COOKIE, LANGS, Tr, pick_lang
-from collector.web.markup import Html, attrs, html, join
+from collector.web.markup import Html
 
 #: Seconds between the pages' live-update polls.
 LIVE_POLL_S = 2.0
@@ -45,122 +53,46 @@ class Ctx:
         return self.tr.datetime(ts, self.tz)
 
 
-def lang_switch(request: web.Request, lang: str) -> Html:
-    links = []
-    for code in LANGS:
-        url = request.rel_url.update_query(lang=code)
-        links.append(
-            html(
-                '<a href="{u}"{a} hreflang="{c}">{label}</a>',
-                u=str(url),
-                a=attrs(aria_current="true" if code == lang else None),
-                c=code,
-                label=code.upper(),
-            )
-        )
-    return html('<span class="lang">{links}</span>', links=join(links, " | "))
+def lang_links(request: web.Request) -> list[tuple[str, str]]:
+    """(language code, this page's URL in that language) for the language switch."""
+    return [(code, str(request.rel_url.update_query(lang=code))) for code in LANGS]
 
 
-def finish(request: web.Request, resp: web.Response) -> web.Response:
+def remember_lang(request: web.Request, resp: web.StreamResponse) -> None:
     """Remember an explicit ``?lang=`` choice in a cookie (a year)."""
     wanted = request.query.get("lang")
     if wanted in LANGS:
         resp.set_cookie(LANG_COOKIE, wanted, max_age=365 * 86400, samesite="Lax", path="/")
-    return resp
+
+
+def page_context(ctx: Ctx, *, title: str, active: str = "") -> dict[str, Any]:
+    """The frame's context (``base.html``): header, navigation, live updates."""
+    nav = [("overview", "/"), ("b2", "/b2"), ("repairs", "/repairs"), ("my_alerts", "/me/alerts")]
+    if ctx.principal.may(Permission.USERS_ADMIN):
+        nav.append(("users", "/users"))
+        nav.append(("alerts", "/alerts"))
+    return {
+        "ctx": ctx,
+        "tr": ctx.tr,
+        "title": title,
+        "active": active,
+        "nav": nav,
+        "lang_links": lang_links(ctx.request),
+        "live_poll_ms": int(LIVE_POLL_S * 1000),
+    }
 
 
 def page(ctx: Ctx, *, title: str, body: Html, active: str = "", status: int = 200) -> web.Response:
-    """A complete HTML page: header, navigation, ``body`` in ``<main>``, live updates."""
-    tr = ctx.tr
-    nav_items = [("overview", "/"), ("b2", "/b2"), ("repairs", "/repairs")]
-    if ctx.principal.may(Permission.USERS_ADMIN):
-        nav_items.append(("users", "/users"))
-    nav = join(
-        html(
-            '<a href="{href}"{a}>{label}</a>',
-            href=href,
-            a=attrs(aria_current="page" if key == active else None),
-            label=tr(key),
-        )
-        for key, href in nav_items
-    )
-    user = ctx.principal.user
-    doc = html(
-        """<!DOCTYPE html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="csrf-token" content="{csrf}">
-<title>{title} · {app}</title>
-<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body data-live-url="/ui/live" data-live-poll-ms="{poll}" data-lang="{lang}">
-<header class="top">
-<a class="brand" href="/"><img src="/static/favicon.svg" alt="" width="24" height="24"> {app}</a>
-<nav class="main-nav">{nav}</nav>
-<div class="who"><span class="user">{user} · {role}</span> {switch}
-<button type="button" class="link" data-logout>{logout}</button>
-<span class="live-dot" id="live-dot" title="{live}" data-ok="{live}" data-lost="{lost}"></span>
-</div>
-</header>
-<main id="main">
-<h1>{title}</h1>
-{body}
-</main>
-<div id="toast" class="toast" role="status" aria-live="polite" hidden></div>
-</body>
-</html>
-""",
-        lang=ctx.lang,
-        csrf=ctx.principal.csrf_token or "",
-        title=title,
-        app=tr("app_name"),
-        poll=int(LIVE_POLL_S * 1000),
-        nav=nav,
-        user=user.name,
-        role=tr(f"role_{user.role}"),
-        switch=lang_switch(ctx.request, ctx.lang),
-        logout=tr("logout"),
-        live=tr("live"),
-        lost=tr("live_lost"),
-        body=body,
-    )
-    resp = web.Response(text=doc, content_type="text/html", charset="utf-8", status=status)
-    return finish(ctx.request, resp)
+    """The frame (``base.html``) around a body already built as trusted markup.
+
+    For the alert pages, whose forms are assembled from escaped fragments
+    (``collector.web.markup``); every other page is a template of its own.
+    """
+    text = render("fragment.html", **page_context(ctx, title=title, active=active), body=body)
+    return web.Response(text=text, content_type="text/html", charset="utf-8", status=status)
 
 
-def bare_page(request: web.Request, *, title: str, body: Html, status: int = 200) -> web.Response:
-    """A page without navigation (login, errors before a session exists)."""
+def bare_context(request: web.Request, *, title: str) -> dict[str, Any]:
+    """The context of ``bare.html``: a page without a session or navigation."""
     tr = Tr(pick_lang(request))
-    doc = html(
-        """<!DOCTYPE html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · {app}</title>
-<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body class="bare">
-<main id="main" class="narrow">
-<div class="bare-head"><img src="/static/favicon.svg" alt="" width="40" height="40">
-<span>{app}</span> {switch}</div>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>
-""",
-        lang=tr.lang,
-        title=title,
-        app=tr("app_name"),
-        switch=lang_switch(request, tr.lang),
-        body=body,
-    )
-    resp = web.Response(text=doc, content_type="text/html", charset="utf-8", status=status)
-    return finish(request, resp)
+    return {"tr": tr, "lang": tr.lang, "title": title, "lang_links": lang_links(request)}

@@ -13,9 +13,12 @@ from html import escape
 
 
 class Html(str):
-    """A string of trusted markup (never re-escaped)."""
+    """A string of trusted markup (never re-escaped, by ``esc`` or by Jinja2)."""
 
     __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
 
 
 def esc(value: object) -> Html:

@@ -1,11 +1,12 @@
 """The dashboard's pages: overview, commune, cluster, B2, repairs, users, login.
 
 Handlers read through the store and the same role checks as the REST API
-(``collector.auth.require``: an out-of-scope commune or device answers 404).
-Writes go through the REST API from the page's script (cookie session plus
-the ``X-CSRF-Token`` header, checked by the auth middleware), except user
-administration, which has no REST route and is served here as JSON
-endpoints under the same CSRF rule.
+(``collector.auth.require``: an out-of-scope commune or device answers 404),
+and return a template's context; the markup is in ``collector/web/templates/``
+(Jinja2, autoescaped). Writes go through the REST API from the page's script
+(cookie session plus the ``X-CSRF-Token`` header, checked by the auth
+middleware), except user administration, which has no REST route and is
+served here as JSON endpoints under the same CSRF rule.
 """
 
 from __future__ import annotations
@@ -14,27 +15,29 @@ import datetime as dt
 from typing import Any, Final
 from urllib.parse import quote
 
+import aiohttp_jinja2
 from aiohttp import web
 
-from collector import repairs
+from collector import repairs, schemas, users
 from collector.api import bad, body, scope, summarize, text
 from collector.auth import Permission, hash_password, require
-from collector.b2.api import settings_of
-from collector.b2.dates import AsOfError, parse_as_of
-from collector.b2.service import b2_table
+from collector.b2.api import as_of_param, settings_of
+from collector.b2.service import b2_table, monthly_evaluation
 from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
 from collector.keys import CONFIG, REPO
 from collector.model import Status
-from collector.store.base import DeviceRow, NotFound, Role, Ticket
+from collector.params import page_params, safe_next
+from collector.store.base import FaultRow, NotFound, Role
 from collector.web import charts, views
-from collector.web.i18n import MESSAGES, Tr, pick_lang
-from collector.web.layout import Ctx, bare_page, page
-from collector.web.markup import Html, attrs, esc, html, join
+from collector.web.i18n import MESSAGES, Tr
+from collector.web.layout import Ctx, bare_context, page_context
 from collector.web.remote import remote_panel
 from fleet_protocol import B2Cause, fault_info, valid_device_id
 
 RANGES: Final = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+
+Context = dict[str, Any]
 
 
 # -- small pieces ------------------------------------------------------------------------------
@@ -46,27 +49,6 @@ def action_label(tr: Tr, action: str) -> str:
     return tr(key) if key in MESSAGES else action
 
 
-def status_badge(tr: Tr, d: DeviceRow) -> Html:
-    if d.status is Status.WORKING:
-        return html('<span class="badge ok">{t}</span>', t=tr("working"))
-    label = tr("in_repair") if d.in_repair else tr("broken")
-    return html('<span class="badge bad">{t}</span>', t=label)
-
-
-def link_badge(tr: Tr, online: bool, never_reported: bool = False) -> Html:
-    if never_reported:
-        return html('<span class="badge off">{t}</span>', t=tr("never_reported"))
-    return html(
-        '<span class="badge {c}">{t}</span>',
-        c="ok" if online else "off",
-        t=tr("online" if online else "offline"),
-    )
-
-
-def cause_label(tr: Tr, cause: B2Cause | None) -> str:
-    return cause.label(tr.lang) if cause else "—"
-
-
 def fault_title(tr: Tr, code: str) -> str:
     try:
         info = fault_info(code)
@@ -75,99 +57,23 @@ def fault_title(tr: Tr, code: str) -> str:
     return info.title_en if tr.lang == "en" else info.title_vi
 
 
-def card(key: str, label: str, value: object, css: str = "") -> Html:
-    return html(
-        '<div class="card {css}"><div class="num" data-stat="{key}">{v}</div>'
-        '<div class="label">{label}</div></div>',
-        css=css,
-        key=key,
-        v=value,
-        label=label,
-    )
-
-
-def headline(tr: Tr, s: dict[str, Any]) -> Html:
-    offline = s["total"] - s["online"] - s["never_reported"]
-    return html(
-        '<section class="cards" id="headline" data-live-region>{cards}</section>',
-        cards=join(
-            [
-                card("total", tr("total_clusters"), s["total"]),
-                card("working", tr("working"), s["working"], "ok"),
-                card("broken", tr("broken"), s["broken"], "bad"),
-                card("in_repair", tr("in_repair"), s["in_repair"], "warn"),
-                card("not_repaired", tr("not_repaired"), s["not_repaired"], "bad"),
-                card("offline", tr("offline_now"), offline, "off"),
-                card("never_reported", tr("never_reported"), s["never_reported"], "off"),
-            ]
-        ),
-    )
-
-
-def cause_table(tr: Tr, causes: list[tuple[str, int]]) -> Html:
-    """Broken clusters per cause as rows with a bar (a ``<meter>``: no inline styles)."""
-    top = max((n for _, n in causes), default=0) or 1
-    return html(
-        '<table class="causes"><tbody>{rows}</tbody></table>',
-        rows=join(
-            html(
-                '<tr class="{css}"><td>{label}</td><td class="n">{n}</td>'
-                '<td class="bar"><meter min="0" max="{top}" value="{n}">{n}</meter></td></tr>',
-                css="zero" if n == 0 else "",
-                label=label,
-                n=n,
-                top=top,
-            )
-            for label, n in causes
-        ),
-    )
-
-
-def ticket_state(tr: Tr, t: Ticket | None) -> str:
-    return tr(f"state_{t.state}") if t else "—"
-
-
-def table(head: list[str], rows: list[Html], *, css: str = "", empty: str = "") -> Html:
-    if not rows and empty:
-        return html('<p class="empty">{e}</p>', e=empty)
-    return html(
-        '<div class="scroll"><table class="{css}"><thead><tr>{h}</tr></thead>'
-        "<tbody>{rows}</tbody></table></div>",
-        css=css,
-        h=join(html("<th>{x}</th>", x=x) for x in head),
-        rows=join(rows),
-    )
+def b2_groups(lang: str) -> list[dict[str, Any]]:
+    """The B2 table's two-level header for ``_b2_table.html``: label, sub-labels, width."""
+    return [
+        {"label": group, "subs": subs, "width": len(subs) or 1}
+        for group, subs in column_groups(lang)
+    ]
 
 
 async def _labels(request: web.Request, lang: str) -> dict[str, str]:
     return views.commune_labels(await request.app[REPO].list_inventory(), lang)
 
 
-def _overdue_table(ctx: Ctx, late: list[Ticket], labels: dict[str, str]) -> Html:
-    tr = ctx.tr
-    rows = [
-        html(
-            '<tr class="overdue"><td><a href="/devices/{d}">{d}</a></td><td>{c}</td>'
-            "<td>{s}</td><td>{who}</td><td>{age}</td></tr>",
-            d=t.device_id,
-            c=labels.get(t.commune_code, t.commune_code),
-            s=ticket_state(tr, t),
-            who=t.contractor or "—",
-            age=tr.duration(ctx.now - t.last_progress_at),
-        )
-        for t in late
-    ]
-    return table(
-        [tr("cluster"), tr("commune"), tr("status"), tr("contractor"), tr("age")],
-        rows,
-        empty=tr("none"),
-    )
-
-
 # -- overview ----------------------------------------------------------------------------------
 
 
-async def overview(request: web.Request) -> web.Response:
+@aiohttp_jinja2.template("overview.html")
+async def overview(request: web.Request) -> Context:
     require(request, Permission.READ)
     ctx = Ctx.of(request)
     tr, repo, allowed = ctx.tr, request.app[REPO], scope(request)
@@ -178,89 +84,40 @@ async def overview(request: web.Request) -> web.Response:
     causes = [(c.label(ctx.lang), int(s["by_cause"][c.value])) for c in B2Cause]
     ends = views.month_ends(dt.datetime.fromtimestamp(ctx.now, ctx.tz))
     months = await views.trend(repo, ends, allowed)
+    evaluation = await monthly_evaluation(
+        repo,
+        [d for d in await repo.list_inventory() if allowed is None or d.commune_code in allowed],
+        as_of=ends[-1],
+        settings=settings_of(request),
+        lang=ctx.lang,
+    )
     tickets = await repo.list_tickets(communes=allowed, states=views.ACTIVE_STATES, limit=100000)
     late = repairs.overdue(
         tickets, now=ctx.now, after_s=request.app[CONFIG].repairs.overdue_after_s
     )
-    commune_rows = [
-        html(
-            '<tr><td data-sort="{label}"><a href="/communes/{code}">{label}</a></td>'
-            "<td>{total}</td><td>{w}</td><td>{b}</td><td>{ir}</td><td>{nr}</td>"
-            '<td data-sort="{ratio_raw}"><span class="ratio">{ratio}</span></td></tr>',
-            code=st.code,
-            label=st.label,
-            total=st.total,
-            w=st.working,
-            b=st.broken,
-            ir=st.in_repair,
-            nr=st.not_repaired,
-            ratio_raw=f"{st.ratio:.4f}",
-            ratio=tr.percent(st.working, st.total),
-        )
-        for st in stats
-    ]
-    worst = views.worst_communes(stats)
-    worst_html = (
-        html(
-            '<ol class="worst">{items}</ol>',
-            items=join(
-                html(
-                    '<li><a href="/communes/{c}">{label}</a>: {b}/{t} {broken} ({r})</li>',
-                    c=w.code,
-                    label=w.label,
-                    b=w.broken,
-                    t=w.total,
-                    broken=tr("broken").lower(),
-                    r=tr.percent(w.working, w.total),
-                )
-                for w in worst
-            ),
-        )
-        if worst
-        else html('<p class="empty">{n}</p>', n=tr("none"))
-    )
-    body = html(
-        """{headline}
-<div class="grid2">
-<section id="causes" data-live-region><h2>{by_cause}</h2>{cause_chart}</section>
-<section id="worst" data-live-region><h2>{worst_t}</h2>{worst}</section>
-</div>
-<section id="communes" data-live-region><h2>{per_commune}</h2>{communes}</section>
-<section id="trend" data-live-region><h2>{trend_t}</h2><p class="note">{trend_note}</p>
-<div class="scroll chart-box">{trend}</div></section>
-<section id="overdue" data-live-region><h2>{overdue_t}</h2>{overdue}</section>""",
-        headline=headline(tr, s),
-        by_cause=tr("by_cause"),
-        cause_chart=cause_table(tr, causes),
-        worst_t=tr("worst"),
-        worst=worst_html,
-        per_commune=tr("per_commune"),
-        communes=table(
-            [
-                tr("commune"),
-                tr("total_clusters"),
-                tr("working"),
-                tr("broken"),
-                tr("in_repair"),
-                tr("not_repaired"),
-                tr("working_ratio"),
-            ],
-            commune_rows,
-            css="sortable",
+    return page_context(ctx, title=tr("overview"), active="overview") | {
+        "s": s,
+        "causes": causes,
+        "cause_top": max((n for _, n in causes), default=0) or 1,
+        "worst": views.worst_communes(stats),
+        "stats": stats,
+        "trend": charts.trend_bars(
+            months,
+            title=tr("trend"),
+            labels=(tr("working"), tr("broken")),
+            no_data=tr("trend_no_data"),
         ),
-        trend_t=tr("trend"),
-        trend_note=tr("trend_note"),
-        trend=charts.trend_bars(months, title=tr("trend"), labels=(tr("working"), tr("broken"))),
-        overdue_t=tr("overdue"),
-        overdue=_overdue_table(ctx, late, labels),
-    )
-    return page(ctx, title=tr("overview"), body=body, active="overview")
+        "evaluation": evaluation,
+        "late": late,
+        "labels": labels,
+    }
 
 
 # -- commune -----------------------------------------------------------------------------------
 
 
-async def commune(request: web.Request) -> web.Response:
+@aiohttp_jinja2.template("commune.html")
+async def commune(request: web.Request) -> Context:
     code = request.match_info["code"]
     if len(code) > 64:
         raise web.HTTPNotFound()
@@ -277,7 +134,7 @@ async def commune(request: web.Request) -> web.Response:
             communes=frozenset({code}), states=views.ACTIVE_STATES, limit=100000
         )
     }
-    body_rows = []
+    clusters = []
     points = []
     for d in rows:
         grade, value, unit = views.signal_grade(d.last_report)
@@ -291,25 +148,16 @@ async def commune(request: web.Request) -> web.Response:
             if d.status is Status.BROKEN and d.since is not None
             else "—"
         )
-        inv = d.inventory
-        body_rows.append(
-            html(
-                '<tr class="{css}"><td><a href="/devices/{id}">{id}</a></td><td>{addr}</td>'
-                "<td>{status}</td><td>{link}</td><td>{cause}</td><td>{broken_for}</td>"
-                '<td>{repair}</td><td class="sig {grade}">{signal}</td><td>{seen}</td></tr>',
-                css="row-bad" if d.status is Status.BROKEN else "",
-                id=d.device_id,
-                addr=inv.address if inv and inv.address else "—",
-                status=status_badge(tr, d),
-                link=link_badge(tr, d.online, d.never_reported),
-                cause=cause_label(tr, d.cause),
-                broken_for=broken_for,
-                repair=ticket_state(tr, tickets.get(d.device_id)),
-                grade=grade,
-                signal=signal,
-                seen=ctx.when(d.last_seen),
-            )
+        clusters.append(
+            {
+                "device": d,
+                "grade": grade,
+                "signal": signal,
+                "broken_for": broken_for,
+                "ticket": tickets.get(d.device_id),
+            }
         )
+        inv = d.inventory
         if inv and inv.latitude is not None and inv.longitude is not None:
             points.append(
                 charts.MapPoint(
@@ -320,147 +168,39 @@ async def commune(request: web.Request) -> web.Response:
                     href=f"/devices/{d.device_id}",
                 )
             )
-    map_html = (
-        charts.position_map(points, title=tr("map"))
-        if points
-        else html('<p class="empty">{t}</p>', t=tr("no_coordinates"))
-    )
-    title = labels.get(code, code)
-    body = html(
-        """{headline}
-<section id="clusters" data-live-region><h2>{clusters_t}</h2>{clusters}</section>
-<section id="map" data-live-region><h2>{map_t}</h2>{map}</section>""",
-        headline=headline(tr, summarize(rows)),
-        clusters_t=tr("clusters"),
-        clusters=table(
-            [
-                tr("device_id"),
-                tr("address"),
-                tr("status"),
-                tr("online"),
-                tr("cause"),
-                tr("broken_for"),
-                tr("repair_state"),
-                tr("signal"),
-                tr("last_seen"),
-            ],
-            body_rows,
-            css="sortable",
-        ),
-        map_t=tr("map"),
-        map=map_html,
-    )
-    return page(ctx, title=title, body=body, active="overview")
+    return page_context(ctx, title=labels.get(code, code), active="overview") | {
+        "s": summarize(rows),
+        "clusters": clusters,
+        "map": charts.position_map(points, title=tr("map")) if points else None,
+    }
 
 
 # -- cluster (device) --------------------------------------------------------------------------
 
 
-def _form(action: str, title: str, fields: Html, button: str, *, danger: bool = False) -> Html:
-    return html(
-        '<form class="api-form" data-api="{action}"><h3>{title}</h3>{fields}'
-        '<p class="form-error" role="alert" hidden></p>'
-        '<button type="submit" class="{css}">{button}</button></form>',
-        action=action,
-        title=title,
-        fields=fields,
-        css="danger" if danger else "primary",
-        button=button,
-    )
-
-
-def _field(name: str, label: str, *, value: str = "", required: bool = False) -> Html:
-    return html(
-        '<label>{label}<input name="{name}" value="{value}" maxlength="200"{req}></label>',
-        label=label,
-        name=name,
-        value=value,
-        req=attrs(required=required),
-    )
-
-
-def _note(label: str, *, required: bool = False) -> Html:
-    return html(
-        '<label>{label}<textarea name="note" rows="2" maxlength="2000"{req}></textarea></label>',
-        label=label,
-        req=attrs(required=required),
-    )
-
-
-def _actions(ctx: Ctx, d: DeviceRow, active: Ticket | None) -> Html:
-    tr, p = ctx.tr, ctx.principal
-    forms: list[Html] = []
+def _forms(ctx: Ctx, contractor: str, active: Any) -> list[dict[str, str]]:
+    """The repair forms the caller may use on this cluster, in page order."""
+    p = ctx.principal
     if active is None:
-        if p.may(Permission.REPAIR_OPEN):
-            forms.append(
-                _form(
-                    "/api/v1/repairs",
-                    tr("open_repair"),
-                    join(
-                        [
-                            html(
-                                '<input type="hidden" name="device_id" value="{d}">',
-                                d=d.device_id,
-                            ),
-                            _note(tr("note")),
-                        ]
-                    ),
-                    tr("open_repair"),
-                )
-            )
-    else:
-        base = f"/api/v1/repairs/{active.id}"
-        contractor = d.inventory.contractor if d.inventory else ""
-        if p.may(Permission.REPAIR_WORK) and active.state.value == "open":
-            forms.append(
-                _form(
-                    base + "/start",
-                    tr("start_repair"),
-                    join(
-                        [
-                            _field("contractor", tr("contractor"), value=contractor, required=True),
-                            _field("technician", tr("technician")),
-                            _note(tr("note")),
-                        ]
-                    ),
-                    tr("start_repair"),
-                )
-            )
-        if p.may(Permission.REPAIR_WORK):
-            forms.append(
-                _form(
-                    base + "/comment",
-                    tr("add_note"),
-                    _note(tr("note"), required=True),
-                    tr("add_note"),
-                )
-            )
-        if p.may(Permission.REPAIR_CANCEL):
-            forms.append(
-                _form(
-                    base + "/cancel",
-                    tr("cancel_repair"),
-                    _note(tr("note"), required=True),
-                    tr("cancel_repair"),
-                    danger=True,
-                )
-            )
-    if not forms:
-        return Html("")
-    return html(
-        '<section id="actions" data-live-region><h2>{t}</h2><div class="forms">{f}</div></section>',
-        t=tr("actions"),
-        f=join(forms),
-    )
+        return [{"kind": "open"}] if p.may(Permission.REPAIR_OPEN) else []
+    base = f"/api/v1/repairs/{active.id}"
+    forms: list[dict[str, str]] = []
+    if p.may(Permission.REPAIR_WORK) and active.state.value == "open":
+        forms.append({"kind": "start", "base": base, "contractor": contractor})
+    if p.may(Permission.REPAIR_WORK):
+        forms.append({"kind": "comment", "base": base})
+    if p.may(Permission.REPAIR_CANCEL):
+        forms.append({"kind": "cancel", "base": base})
+    return forms
 
 
-def _report_facts(tr: Tr, report: dict[str, Any] | None) -> Html:
+def _report_facts(tr: Tr, report: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not report:
-        return Html("")
+        return []
     modem = report.get("modem") or {}
     amp = report.get("amp") or {}
     stream = report.get("stream") or {}
-    facts: list[tuple[str, object]] = []
+    facts: list[tuple[str, str]] = []
     if modem:
         parts = [
             f"{name} {modem[key]:.0f} {unit}"
@@ -478,10 +218,27 @@ def _report_facts(tr: Tr, report: dict[str, Any] | None) -> Html:
         facts.append(
             (tr("stream"), tr("receiving") if stream["receiving"] else tr("not_receiving"))
         )
-    return join(html("<dt>{k}</dt><dd>{v}</dd>", k=k, v=v) for k, v in facts)
+    return facts
 
 
-async def device(request: web.Request) -> web.Response:
+def _fault_view(ctx: Ctx, f: FaultRow) -> dict[str, Any]:
+    tr = ctx.tr
+    return {
+        "code": f.code,
+        "title": fault_title(tr, f.code),
+        "severity": f.severity,
+        "severity_label": tr(f.severity) if f.severity in ("critical", "warning") else f.severity,
+        "cause_label": B2Cause(f.cause).label(ctx.lang)
+        if f.cause in B2Cause.__members__.values()
+        else f.cause,
+        "since": f.since,
+        "cleared_at": f.cleared_at,
+        "evidence": f.evidence,
+    }
+
+
+@aiohttp_jinja2.template("device.html")
+async def device(request: web.Request) -> Context:
     device_id = request.match_info["device_id"]
     if not valid_device_id(device_id):
         raise web.HTTPNotFound()
@@ -493,9 +250,7 @@ async def device(request: web.Request) -> web.Response:
     require(request, Permission.READ, d.commune_code)
     ctx = Ctx.of(request)
     tr = ctx.tr
-    range_key = request.query.get("range", "24h")
-    if range_key not in RANGES:
-        range_key = "24h"
+    range_key = page_params(request, schemas.DevicePageParams).range
     end = ctx.now
     start = end - RANGES[range_key]
     labels = await _labels(request, ctx.lang)
@@ -506,30 +261,6 @@ async def device(request: web.Request) -> web.Response:
     signal = await repo.signal_history(device_id, since=start, until=end, limit=5000)
     reports = await repo.state_reports(device_id, since=start, until=end, limit=5000)
     history = await repo.status_history(device_id, until=end)
-
-    faults_html = (
-        table(
-            [tr("active_faults"), tr("severity"), tr("cause"), tr("since"), tr("evidence")],
-            [
-                html(
-                    '<tr class="{css}"><td>{title} <code>{code}</code></td><td>{sev}</td>'
-                    "<td>{cause}</td><td>{since}</td><td>{ev}</td></tr>",
-                    css="row-bad" if f.severity == "critical" else "",
-                    title=fault_title(tr, f.code),
-                    code=f.code,
-                    sev=tr(f.severity) if f.severity in ("critical", "warning") else f.severity,
-                    cause=B2Cause(f.cause).label(ctx.lang)
-                    if f.cause in B2Cause.__members__.values()
-                    else f.cause,
-                    since=ctx.when(f.since),
-                    ev=f.evidence or "—",
-                )
-                for f in active_faults
-            ],
-        )
-        if active_faults
-        else html('<p class="empty ok-text">{t}</p>', t=tr("no_faults"))
-    )
     signal_chart = charts.time_series(
         [
             charts.Series("RSSI", [(p.ts, p.rssi_dbm) for p in signal]),
@@ -558,125 +289,43 @@ async def device(request: web.Request) -> web.Response:
         title=tr("online_chart"),
         labels=(tr("online"), tr("offline")),
     )
-    tabs = join(
-        html(
-            '<a href="?range={k}"{a}>{label}</a>',
-            k=k,
-            a=attrs(aria_current="true" if k == range_key else None),
-            label=tr(f"range_{k}"),
-        )
-        for k in RANGES
-    )
-    timeline = table(
-        [tr("fault_timeline"), tr("cause"), tr("since"), tr("cleared"), tr("age")],
-        [
-            html(
-                "<tr><td>{title} <code>{code}</code></td><td>{cause}</td><td>{since}</td>"
-                "<td>{cleared}</td><td>{dur}</td></tr>",
-                title=fault_title(tr, f.code),
-                code=f.code,
-                cause=B2Cause(f.cause).label(ctx.lang)
-                if f.cause in B2Cause.__members__.values()
-                else f.cause,
-                since=ctx.when(f.since),
-                cleared=ctx.when(f.cleared_at) if f.cleared_at else tr("still_active"),
-                dur=tr.duration((f.cleared_at or ctx.now) - f.since),
-            )
-            for f in all_faults
-        ],
-        empty=tr("none"),
-    )
-    repair_html = join(
-        html(
-            '<article class="ticket"><h3>{ticket} #{id}: {state}</h3>'
-            "<p>{opened} {at} ({by}){contractor}</p><ol>{history}</ol></article>",
-            ticket=tr("ticket"),
-            id=t.id,
-            state=ticket_state(tr, t),
-            opened=tr("opened"),
-            at=ctx.when(t.opened_at),
-            by=t.opened_by,
-            contractor=html(" · {c}: {n}", c=tr("contractor"), n=t.contractor)
-            if t.contractor
-            else Html(""),
-            history=join(
-                html(
-                    "<li>{at} · {actor} · {action}{note}</li>",
-                    at=ctx.when(h.at),
-                    actor=h.actor,
-                    action=action_label(tr, h.action),
-                    note=html(": {n}", n=h.note) if h.note else Html(""),
-                )
-                for h in t.history
-            ),
-        )
-        for t in tickets
-    ) or html('<p class="empty">{t}</p>', t=tr("none"))
-    commune_name = labels.get(d.commune_code, d.commune_code)
-    body = html(
-        """<p class="crumbs"><a href="/communes/{code}">{commune}</a></p>
-<section id="status" data-live-region class="status-panel">
-<div class="status-main">{badge} {link} <span class="cause">{cause}</span></div>
-<dl class="facts"><dt>{since_t}</dt><dd>{since}</dd><dt>{seen_t}</dt><dd>{seen}</dd>
-<dt>{repair_t}</dt><dd>{repair}</dd>{facts}</dl>
-<h2>{faults_t}</h2>{faults}
-</section>
-{actions}
-{remote}
-<section id="charts" data-live-region><h2>{charts_t}</h2><nav class="tabs">{tabs}</nav>
-<h3>{signal_t}</h3><div class="scroll chart-box">{signal}</div>
-<h3>{temp_t}</h3><div class="scroll chart-box">{temp}</div>
-<h3>{online_t}</h3><div class="scroll chart-box">{band}</div></section>
-<section id="timeline" data-live-region><h2>{timeline_t}</h2>{timeline}</section>
-<section id="repairs" data-live-region><h2>{repairs_t}</h2>{repairs}</section>""",
-        code=d.commune_code,
-        commune=commune_name,
-        badge=status_badge(tr, d),
-        link=link_badge(tr, d.online, d.never_reported),
-        cause=cause_label(tr, d.cause) if d.status is Status.BROKEN else "",
-        since_t=tr("since"),
-        since=ctx.when(d.since),
-        seen_t=tr("last_seen"),
-        seen=ctx.when(d.last_seen),
-        repair_t=tr("repair_state"),
-        repair=ticket_state(tr, active) if active else tr("no_ticket"),
-        facts=_report_facts(tr, d.last_report),
-        faults_t=tr("active_faults"),
-        faults=faults_html,
-        actions=_actions(ctx, d, active),
-        remote=remote_panel(ctx, d),
-        charts_t=tr("charts"),
-        tabs=tabs,
-        signal_t=tr("signal_chart"),
-        signal=signal_chart,
-        temp_t=tr("temp_chart"),
-        temp=temp_chart,
-        online_t=tr("online_chart"),
-        band=band,
-        timeline_t=tr("fault_timeline"),
-        timeline=timeline,
-        repairs_t=tr("repair_history"),
-        repairs=repair_html,
-    )
-    return page(ctx, title=f"{tr('cluster')} {device_id}", body=body, active="overview")
+    contractor = d.inventory.contractor if d.inventory else ""
+    return page_context(ctx, title=f"{tr('cluster')} {device_id}", active="overview") | {
+        "d": d,
+        "commune_name": labels.get(d.commune_code, d.commune_code),
+        "active_ticket": active,
+        "facts": _report_facts(tr, d.last_report),
+        "active_faults": [_fault_view(ctx, f) for f in active_faults],
+        "all_faults": [_fault_view(ctx, f) for f in all_faults],
+        "forms": _forms(ctx, contractor, active),
+        "ranges": list(RANGES),
+        "range_key": range_key,
+        "signal_chart": signal_chart,
+        "temp_chart": temp_chart,
+        "band": band,
+        "tickets": tickets,
+        "remote": remote_panel(ctx, d),
+        "action_label": lambda action: action_label(tr, action),
+    }
 
 
 # -- B2 ----------------------------------------------------------------------------------------
 
 
-async def b2(request: web.Request) -> web.Response:
+#: The query parameters the B2 page reads (``lang`` is the language switch's).
+
+
+@aiohttp_jinja2.template("b2.html")
+async def b2(request: web.Request) -> Context:
     require(request, Permission.READ)
     ctx = Ctx.of(request)
     tr = ctx.tr
     settings = settings_of(request)
-    raw = (request.query.get("as_of") or "").strip()
-    try:
-        as_of = parse_as_of(raw, ctx.tz) if raw else dt.datetime.fromtimestamp(ctx.now, ctx.tz)
-    except AsOfError as exc:
-        raise bad("as_of", str(exc)) from None
-    scope_raw = request.query.get("scope", "commune")
-    if scope_raw not in {s.value for s in Scope}:
-        raise bad("scope", "must be one of " + ", ".join(s.value for s in Scope))
+    # The API's parameters and rules (collector.schemas.B2Params); an empty
+    # field of the page's form means "not given".
+    p = page_params(request, schemas.B2PageParams)
+    as_of = as_of_param(p.as_of, settings)
+    scope_raw = p.scope.value
     table_ = await b2_table(
         request.app[REPO],
         as_of=as_of,
@@ -685,78 +334,16 @@ async def b2(request: web.Request) -> web.Response:
         lang=ctx.lang,
         communes=ctx.principal.communes,
     )
-    top: list[Html] = []
-    bottom: list[Html] = []
-    for group, subs in column_groups(ctx.lang):
-        if subs:
-            top.append(html('<th colspan="{n}" scope="colgroup">{g}</th>', n=len(subs), g=group))
-            bottom.extend(html('<th scope="col">{s}</th>', s=s) for s in subs)
-        else:
-            top.append(html('<th rowspan="2" scope="col">{g}</th>', g=group))
-    rows = join(
-        html(
-            "<tr{css}>{cells}</tr>",
-            css=attrs(class_="total" if row.stt is None else None),
-            cells=join(
-                html('<td class="{c}">{v}</td>', c="text" if isinstance(v, str) else "n", v=v)
-                for v in row.cells()
-            ),
-        )
-        for row in table_.all_rows()
-    )
     day = table_.day.isoformat()
-    query = f"as_of={day}&scope={scope_raw}&lang={ctx.lang}"
-    downloads = join(
-        html(
-            '<a class="button" href="/api/v1/reports/b2?{q}&amp;format={f}" download'
-            ' data-format="{f}">{d} {F}</a>',
-            q=Html(esc(query)),
-            f=f,
-            F=f.upper(),
-            d=tr("download"),
-        )
-        for f in ("xlsx", "csv", "json")
-    )
-    scopes = join(
-        html(
-            '<option value="{v}"{sel}>{label}</option>',
-            v=s.value,
-            sel=attrs(selected=s.value == scope_raw),
-            label=tr(f"scope_{s.value}"),
-        )
-        for s in Scope
-    )
-    body = html(
-        """<form class="filters" method="get" action="/b2">
-<label>{as_of_t}<input type="date" name="as_of" value="{day}" required></label>
-<label>{scope_t}<select name="scope">{scopes}</select></label>
-<button type="submit" class="primary">{show}</button>
-</form>
-<p class="b2-title"><strong>{title}</strong><br>{unit} · {as_of_t} {day_vn}</p>
-<div class="scroll"><table class="b2"><thead><tr>{top}</tr><tr>{bottom}</tr></thead>
-<tbody>{rows}</tbody></table></div>
-<section class="summary"><h2>{summary_t}</h2>
-<p id="b2-summary">{summary}</p>
-<button type="button" data-copy="#b2-summary" data-done="{copied}">{copy}</button></section>
-<section class="downloads">{downloads}</section>""",
-        as_of_t=tr("as_of_date"),
-        day=day,
-        day_vn=table_.day.strftime("%d/%m/%Y"),
-        scope_t=tr("scope"),
-        scopes=scopes,
-        show=tr("show"),
-        title=column_title(ctx.lang),
-        unit=table_.unit_name,
-        top=join(top),
-        bottom=join(bottom),
-        rows=rows,
-        summary_t=tr("summary_sentence"),
-        summary=table_.summary,
-        copied=tr("copied"),
-        copy=tr("copy"),
-        downloads=downloads,
-    )
-    return page(ctx, title=tr("b2"), body=body, active="b2")
+    return page_context(ctx, title=tr("b2"), active="b2") | {
+        "table": table_,
+        "groups": b2_groups(ctx.lang),
+        "day": day,
+        "scope": scope_raw,
+        "scopes": [s.value for s in Scope],
+        "b2_title": column_title(ctx.lang),
+        "query": f"as_of={day}&scope={scope_raw}&lang={ctx.lang}",
+    }
 
 
 def column_title(lang: str) -> str:
@@ -766,7 +353,8 @@ def column_title(lang: str) -> str:
 # -- repairs -----------------------------------------------------------------------------------
 
 
-async def repairs_page(request: web.Request) -> web.Response:
+@aiohttp_jinja2.template("repairs.html")
+async def repairs_page(request: web.Request) -> Context:
     require(request, Permission.READ)
     ctx = Ctx.of(request)
     tr, repo = ctx.tr, request.app[REPO]
@@ -779,12 +367,9 @@ async def repairs_page(request: web.Request) -> web.Response:
             tickets, now=ctx.now, after_s=request.app[CONFIG].repairs.overdue_after_s
         )
     }
-    want_commune = request.query.get("commune", "")
-    want_contractor = request.query.get("contractor", "")
-    try:
-        min_days = float(request.query.get("min_age_days") or 0)
-    except ValueError:
-        raise bad("min_age_days", "expected a number of days") from None
+    q = page_params(request, schemas.RepairsPageParams)
+    want_commune, want_contractor = q.commune or "", q.contractor or ""
+    min_days = q.min_age_days
     contractors = sorted({t.contractor for t in tickets if t.contractor})
     communes = sorted({t.commune_code for t in tickets}, key=lambda c: labels.get(c, c))
     shown = [
@@ -795,162 +380,44 @@ async def repairs_page(request: web.Request) -> web.Response:
         and ctx.now - t.opened_at >= min_days * 86400
     ]
     shown.sort(key=lambda t: (t.id not in late, t.opened_at))
-
-    def options(values: list[str], chosen: str, label_of: dict[str, str]) -> Html:
-        return join(
-            [
-                html('<option value="">{a}</option>', a=tr("all")),
-                *(
-                    html(
-                        '<option value="{v}"{s}>{label}</option>',
-                        v=v,
-                        s=attrs(selected=v == chosen),
-                        label=label_of.get(v, v),
-                    )
-                    for v in values
-                ),
-            ]
-        )
-
-    rows = [
-        html(
-            '<tr class="{css}"><td>#{id}</td><td><a href="/devices/{d}">{d}</a></td>'
-            "<td>{c}</td><td>{state}{flag}</td><td>{cause}</td><td>{opened}</td>"
-            "<td>{age}</td><td>{contractor}</td><td>{tech}</td></tr>",
-            css="overdue" if t.id in late else "",
-            id=t.id,
-            d=t.device_id,
-            c=labels.get(t.commune_code, t.commune_code),
-            state=ticket_state(tr, t),
-            flag=html(' <span class="badge bad">{o}</span>', o=tr("is_overdue"))
-            if t.id in late
-            else Html(""),
-            cause=cause_label(tr, t.cause),
-            opened=ctx.when(t.opened_at),
-            age=tr.duration(ctx.now - t.opened_at),
-            contractor=t.contractor or "—",
-            tech=t.technician or "—",
-        )
-        for t in shown
-    ]
-    body = html(
-        """<form class="filters" method="get" action="/repairs">
-<label>{commune_t}<select name="commune">{communes}</select></label>
-<label>{contractor_t}<select name="contractor">{contractors}</select></label>
-<label>{age_t}<input type="number" name="min_age_days" min="0" step="1" value="{min_days}"></label>
-<button type="submit" class="primary">{filter}</button>
-</form>
-<section id="tickets" data-live-region>{table}</section>""",
-        commune_t=tr("commune"),
-        communes=options(communes, want_commune, labels),
-        contractor_t=tr("contractor"),
-        contractors=options(contractors, want_contractor, {}),
-        age_t=tr("min_age_days"),
-        min_days=f"{min_days:g}" if min_days else "",
-        filter=tr("filter"),
-        table=table(
-            [
-                tr("ticket"),
-                tr("cluster"),
-                tr("commune"),
-                tr("status"),
-                tr("cause"),
-                tr("opened"),
-                tr("age"),
-                tr("contractor"),
-                tr("technician"),
-            ],
-            rows,
-            css="sortable",
-            empty=tr("none"),
-        ),
-    )
-    return page(ctx, title=tr("open_tickets"), body=body, active="repairs")
+    return page_context(ctx, title=tr("open_tickets"), active="repairs") | {
+        "communes": [(c, labels.get(c, c)) for c in communes],
+        "want_commune": want_commune,
+        "contractors": [(c, c) for c in contractors],
+        "want_contractor": want_contractor,
+        "min_days": f"{min_days:g}" if min_days else "",
+        "shown": shown,
+        "late": late,
+        "labels": labels,
+    }
 
 
 # -- users -------------------------------------------------------------------------------------
 
 
-def _role_options(tr: Tr, chosen: Role | None) -> Html:
-    return join(
-        html(
-            '<option value="{v}"{s}>{label}</option>',
-            v=r.value,
-            s=attrs(selected=r is chosen),
-            label=tr(f"role_{r.value}"),
-        )
-        for r in Role
-    )
-
-
-def _commune_options(labels: dict[str, str], chosen: frozenset[str]) -> Html:
-    return join(
-        html(
-            '<option value="{c}"{s}>{label}</option>',
-            c=code,
-            s=attrs(selected=code in chosen),
-            label=label,
-        )
-        for code, label in labels.items()
-    )
-
-
-async def users_page(request: web.Request) -> web.Response:
+@aiohttp_jinja2.template("users.html")
+async def users_page(request: web.Request) -> Context:
     require(request, Permission.USERS_ADMIN)
     ctx = Ctx.of(request)
     tr, repo = ctx.tr, request.app[REPO]
     labels = await _labels(request, ctx.lang)
-    rows = []
-    for u in await repo.list_users():
-        rows.append(
-            html(
-                '<tr><td>{name}<div class="note">{scope_text}</div></td><td colspan="4">'
-                '<form class="api-form inline" data-api="/users/{quoted}">'
-                '<select name="role" aria-label="{role_t}">{roles}</select>'
-                '<select name="communes" multiple size="3" aria-label="{communes_t}">'
-                "{communes}</select>"
-                '<label class="check"><input type="checkbox" name="disabled"{dis}> {dis_t}</label>'
-                '<button type="submit">{save}</button>'
-                '<p class="form-error" role="alert" hidden></p></form></td></tr>',
-                name=u.name,
-                quoted=quote(u.name, safe=""),
-                scope_text=", ".join(labels.get(c, c) for c in sorted(u.communes))
-                or tr("all_communes"),
-                role_t=tr("role"),
-                roles=_role_options(tr, u.role),
-                communes_t=tr("communes"),
-                communes=_commune_options(labels, u.communes),
-                dis=attrs(checked=u.disabled),
-                dis_t=tr("disabled"),
-                save=tr("save"),
-            )
-        )
-    body = html(
-        """<section id="users-list"><div class="scroll"><table class="users"><thead><tr>
-<th>{name_t}</th><th colspan="4">{role_t} · {communes_t} · {disabled_t}</th></tr></thead>
-<tbody>{rows}</tbody></table></div></section>
-<section><form class="api-form" data-api="/users" data-reload="1"><h2>{create_t}</h2>
-<label>{name_t}<input name="name" required maxlength="128" autocomplete="off"></label>
-<label>{password_t}<input name="password" type="password" required minlength="8"
- autocomplete="new-password"></label>
-<label>{role_t}<select name="role">{roles}</select></label>
-<label>{communes_t}<select name="communes" multiple size="5">{communes}</select></label>
-<p class="note">{hint}</p>
-<p class="form-error" role="alert" hidden></p>
-<button type="submit" class="primary">{create}</button></form></section>""",
-        name_t=tr("username"),
-        role_t=tr("role"),
-        communes_t=tr("communes"),
-        disabled_t=tr("disabled"),
-        rows=join(rows),
-        create_t=tr("create_user"),
-        password_t=tr("password"),
-        roles=_role_options(tr, Role.COMMUNE_OFFICER),
-        communes=_commune_options(labels, frozenset()),
-        hint=tr("communes_hint"),
-        create=tr("create"),
-    )
-    return page(ctx, title=tr("users_title"), body=body, active="users")
+    accounts = [
+        {
+            "name": u.name,
+            "quoted": quote(u.name, safe=""),
+            "scope_text": ", ".join(labels.get(c, c) for c in sorted(u.communes))
+            or tr("all_communes"),
+            "role": u.role.value,
+            "communes": u.communes,
+            "disabled": u.disabled,
+        }
+        for u in await repo.list_users()
+    ]
+    return page_context(ctx, title=tr("users_title"), active="users") | {
+        "users": accounts,
+        "roles": [(r.value, tr(f"role_{r.value}")) for r in Role],
+        "communes": list(labels.items()),
+    }
 
 
 def _user_fields(data: dict[str, Any], known: set[str]) -> tuple[Role, frozenset[str]]:
@@ -963,22 +430,21 @@ def _user_fields(data: dict[str, Any], known: set[str]) -> tuple[Role, frozenset
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
         raise bad("communes", "expected a list of commune codes")
     communes = frozenset(c.strip() for c in raw if c.strip())
-    unknown = sorted(communes - known)
-    if unknown:
-        raise bad("communes", f"unknown commune {unknown[0][:64]!r}")
-    if role is Role.COMMUNE_OFFICER and not communes:
-        raise bad("communes", "a commune officer needs at least one commune")
-    if role in (Role.ADMIN, Role.DISTRICT_VIEWER) and communes:
-        raise bad("communes", f"do not apply to role {role}")
+    try:
+        users.check_scope(role, communes, known)
+    except users.UserRuleError as exc:
+        raise bad(exc.field, exc.message) from None
     return role, communes
 
 
 async def users_create(request: web.Request) -> web.Response:
     principal = require(request, Permission.USERS_ADMIN)
     data = await body(request)
-    name = text(data, "name", required=True, max_len=128)
-    if not name.isprintable():
-        raise bad("name", "must be printable characters")
+    name = text(data, "name", required=True, max_len=users.MAX_NAME)
+    try:
+        users.check_name(name)
+    except users.UserRuleError as exc:
+        raise bad(exc.field, exc.message) from None
     password = data.get("password")
     if not isinstance(password, str) or not 8 <= len(password) <= 1024:
         raise bad("password", "must be 8 to 1024 characters")
@@ -1021,30 +487,13 @@ async def users_update(request: web.Request) -> web.Response:
 # -- login and live ----------------------------------------------------------------------------
 
 
-def safe_next(raw: str | None) -> str:
-    """A local path to go to after login; anything else (other hosts, schemes) is "/"."""
-    if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
-        return "/"
-    return raw[:500]
-
-
-async def login_page(request: web.Request) -> web.Response:
-    tr = Tr(pick_lang(request))
-    body_html = html(
-        """<form class="login-form" id="login-form" data-next="{next}">
-<label>{user_t}<input name="name" required autocomplete="username" autofocus></label>
-<label>{pw_t}<input name="password" type="password" required autocomplete="current-password">
-</label>
-<p class="form-error" role="alert" hidden data-failed="{failed}"></p>
-<button type="submit" class="primary">{login}</button>
-</form>""",
-        next=safe_next(request.query.get("next")),
-        user_t=tr("username"),
-        pw_t=tr("password"),
-        failed=tr("login_failed"),
-        login=tr("login"),
-    )
-    return bare_page(request, title=tr("login_title"), body=body_html)
+@aiohttp_jinja2.template("login.html")
+async def login_page(request: web.Request) -> Context:
+    context = bare_context(request, title="")
+    return context | {
+        "title": context["tr"]("login_title"),
+        "next": safe_next(request.query.get("next")),
+    }
 
 
 async def live(request: web.Request) -> web.Response:
@@ -1062,9 +511,7 @@ async def live(request: web.Request) -> web.Response:
 
 
 def error_page(request: web.Request, status: int, message: str) -> web.Response:
-    tr = Tr(pick_lang(request))
+    context = bare_context(request, title="")
     key = {403: "forbidden", 404: "not_found"}.get(status, "error")
-    body_html = html(
-        '<p class="error-text">{m}</p><p><a href="/">{home}</a></p>', m=message, home=tr("overview")
-    )
-    return bare_page(request, title=f"{status} · {tr(key)}", body=body_html, status=status)
+    context |= {"title": f"{status} · {context['tr'](key)}", "message": message}
+    return aiohttp_jinja2.render_template("error.html", request, context, status=status)

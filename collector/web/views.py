@@ -98,19 +98,29 @@ def month_ends(now: dt.datetime, n: int = 12) -> list[dt.datetime]:
     return list(reversed(ends))
 
 
+#: One month of the trend: (``mm/yy`` label, working, broken); counts are None
+#: when no cluster existed yet at that month's end ("no data").
+TrendMonth = tuple[str, int | None, int | None]
+
+
 async def trend(
     repo: Repository, ends: Sequence[dt.datetime], scope: frozenset[str] | None
-) -> list[tuple[str, int, int]]:
-    """(``mm/yy`` label, working, broken) as of each moment in ``ends``."""
-    out = []
+) -> list[TrendMonth]:
+    """(``mm/yy`` label, working, broken) as of each moment in ``ends``, counting
+    only the clusters that existed then (installed, listed or heard from)."""
+    out: list[TrendMonth] = []
     for end in ends:
         statuses = [
             s
             for s in await repo.statuses_as_of(end.timestamp())
-            if scope is None or s.commune_code in scope
+            if s.exists and (scope is None or s.commune_code in scope)
         ]
+        label = end.strftime("%m/%y")
+        if not statuses:
+            out.append((label, None, None))
+            continue
         working = sum(1 for s in statuses if s.status is Status.WORKING)
-        out.append((end.strftime("%m/%y"), working, len(statuses) - working))
+        out.append((label, working, len(statuses) - working))
     return out
 
 

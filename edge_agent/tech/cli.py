@@ -968,7 +968,11 @@ def _hardware() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("hardware, used only when no agent is running")
     g.add_argument("--port", help="modem AT port, e.g. /dev/ttyUSB2")
-    g.add_argument("--dialect", help="modem dialect: generic, quectel or simcom")
+    g.add_argument(
+        "--dialect",
+        help="modem dialect: generic, quectel, quectel-eg21, quectel-ec200, quectel-eg800k,"
+        " simcom, simcom-a7670, simcom-a7672",
+    )
     g.add_argument("--baud", type=int, help="modem baud rate")
     g.add_argument("--amp-tcp", metavar="HOST:PORT", help="amplifier over Modbus TCP")
     g.add_argument("--amp-port", metavar="PATH", help="amplifier over Modbus RTU on this port")

@@ -83,11 +83,12 @@ import enum
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from fleet_protocol import FaultCode
+from fleet_protocol.config_schema import ConfigFieldError, build
 
 PROFILES_DIR: Final = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -340,90 +341,114 @@ class Profile:
         return tuple(out)
 
 
-class _Reader:
-    """Pulls typed values out of a TOML table, raising ProfileError with the field path."""
+# --- the file as written: read by the shared typed-config builder ------------------------
+#
+# These mirror the TOML tables key for key; ``fleet_protocol.config_schema.build``
+# checks every type and refuses unknown keys, naming the dotted field
+# (``registers[1].bits[0].flag``). The rules between fields follow in ``_register``
+# and ``parse_profile``.
+
+
+@dataclass(frozen=True, kw_only=True)
+class _HeadToml:
+    name: str
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _LinkToml:
+    baudrate: int = 9600
+    parity: str = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+    frame_gap_ms: float = 20.0
+    timeout_s: float = 1.0
+    max_read: int = 125
+    unit: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FieldToml:
+    name: str
+    shift: int
+    width: int
+    meaning: str = ""
+    quantity: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    signed: bool = False
+    unit: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BitToml:
+    bit: int
+    name: str
+    meaning: str
+    flag: str | None = None
+    quantity: str | None = None
+    invert: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RegisterToml:
+    name: str
+    function: str
+    address: int
+    count: int = 1
+    meaning: str
+    poll: bool = True
+    writable: bool = False
+    fields: tuple[_FieldToml, ...] = ()
+    bits: tuple[_BitToml, ...] = ()
+    # A plain register's own value (None: not given; a register with fields
+    # gives its values in the fields).
+    quantity: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    signed: bool | None = None
+    unit: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ProfileToml:
+    profile: _HeadToml
+    link: _LinkToml = field(default_factory=_LinkToml)
+    simulator: SimDefaults = field(default_factory=SimDefaults)
+    registers: tuple[_RegisterToml, ...]
+
+
+_VALUE_KEYS = ("quantity", "scale", "offset", "signed", "unit")
+
+
+class _Rules:
+    """The cross-field rules, raising ProfileError with the field's path."""
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.seen: dict[str, str] = {}
 
     def fail(self, path: str, reason: str) -> ProfileError:
         return ProfileError(self.source, path, reason)
 
-    def table(self, data: Mapping[str, Any], path: str, allowed: set[str]) -> Mapping[str, Any]:
-        if not isinstance(data, dict):
-            raise self.fail(path, f"must be a table, got {type(data).__name__}")
-        for key in data:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else key
-                raise self.fail(where, f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        return data
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        path: str,
-        key: str,
-        kind: type | tuple[type, ...],
-        default: Any = ...,
-    ) -> Any:
-        where = f"{path}.{key}" if path else key
-        if key not in data:
-            if default is ...:
-                raise self.fail(where, "missing")
-            return default
-        value = data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds:
-            kinds = (*kinds, int)
-        # TOML booleans are ints in Python; never accept one where a number is meant.
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(where, f"must be {_kind_name(kinds)}, got a boolean")
-        if not isinstance(value, kinds):
-            raise self.fail(where, f"must be {_kind_name(kinds)}, got {value!r}")
-        if float in kinds and isinstance(value, int):
-            value = float(value)
-        return value
-
-    def int_in(
-        self, data: Mapping[str, Any], path: str, key: str, lo: int, hi: int, default: Any = ...
-    ) -> int:
-        value = self.get(data, path, key, int, default)
+    def within(self, path: str, value: int | float, lo: float, hi: float) -> None:
         if not lo <= value <= hi:
-            raise self.fail(f"{path}.{key}", f"must be {lo}..{hi}, got {value}")
-        return int(value)
+            raise self.fail(path, f"must be {lo}..{hi}, got {value}")
 
-    def name(self, data: Mapping[str, Any], path: str, seen: dict[str, str]) -> str:
-        value: str = self.get(data, path, "name", str)
+    def name(self, path: str, value: str) -> str:
         if not _NAME_RE.match(value):
             raise self.fail(
                 f"{path}.name", f"{value!r} must match [a-z][a-z0-9_]* (at most 48 characters)"
             )
-        if value in seen:
-            raise self.fail(f"{path}.name", f"{value!r} already used by {seen[value]}")
-        seen[value] = path
+        if value in self.seen:
+            raise self.fail(f"{path}.name", f"{value!r} already used by {self.seen[value]}")
+        self.seen[value] = path
         return value
 
 
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    if float in kinds:
-        return "a number"
-    names = {
-        int: "an integer",
-        str: "a string",
-        bool: "true or false",
-        list: "a list",
-        dict: "a table",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-_VALUE_KEYS = {"quantity", "scale", "offset", "signed", "unit"}
-
-
-def _field(
-    r: _Reader, data: Mapping[str, Any], path: str, name: str, shift: int, width: int
-) -> Field:
-    quantity = r.get(data, path, "quantity", str, None)
+def _field(r: _Rules, raw: _FieldToml | _RegisterToml, path: str, shift: int, width: int) -> Field:
+    quantity = raw.quantity
     if quantity is not None:
         if quantity not in QUANTITIES:
             raise r.fail(
@@ -431,45 +456,37 @@ def _field(
             )
         if quantity == "power":
             raise r.fail(f"{path}.quantity", "'power' is a boolean: give it with a bit")
-    scale = r.get(data, path, "scale", float, 1.0)
+    scale = 1.0 if raw.scale is None else raw.scale
     if scale == 0:
         raise r.fail(f"{path}.scale", "must not be 0")
     return Field(
-        name=name,
+        name=raw.name,
         shift=shift,
         width=width,
-        meaning=r.get(data, path, "meaning", str, ""),
+        meaning=raw.meaning,
         quantity=quantity,
         scale=scale,
-        offset=r.get(data, path, "offset", float, 0.0),
-        signed=r.get(data, path, "signed", bool, False),
-        unit=r.get(data, path, "unit", str, ""),
+        offset=raw.offset or 0.0,
+        signed=bool(raw.signed),
+        unit=raw.unit or "",
     )
 
 
-def _register(r: _Reader, data: Any, path: str, seen: dict[str, str]) -> Register:
-    data = r.table(
-        data,
-        path,
-        {"name", "function", "address", "count", "meaning", "poll", "writable", "fields", "bits"}
-        | _VALUE_KEYS,
-    )
-    name = r.name(data, path, seen)
-    fn_text = r.get(data, path, "function", str)
+def _register(r: _Rules, raw: _RegisterToml, path: str) -> Register:
+    r.name(path, raw.name)
     try:
-        function = Function(fn_text)
+        function = Function(raw.function)
     except ValueError:
-        raise r.fail(f"{path}.function", f"must be 'input' or 'holding', got {fn_text!r}") from None
-    address = r.int_in(data, path, "address", 0, 65535)
-    count = r.int_in(data, path, "count", 1, 2, 1)
-    if address + count - 1 > 65535:
+        raise r.fail(
+            f"{path}.function", f"must be 'input' or 'holding', got {raw.function!r}"
+        ) from None
+    r.within(f"{path}.address", raw.address, 0, 65535)
+    r.within(f"{path}.count", raw.count, 1, 2)
+    if raw.address + raw.count - 1 > 65535:
         raise r.fail(f"{path}.address", "register runs past address 65535")
-    meaning = r.get(data, path, "meaning", str)
-    poll = r.get(data, path, "poll", bool, True)
-    writable = r.get(data, path, "writable", bool, False)
-    if writable and function is not Function.HOLDING:
+    if raw.writable and function is not Function.HOLDING:
         raise r.fail(f"{path}.writable", "only holding registers can be written")
-    width = 16 * count
+    width = 16 * raw.count
 
     used: dict[int, str] = {}
 
@@ -479,58 +496,52 @@ def _register(r: _Reader, data: Any, path: str, seen: dict[str, str]) -> Registe
                 raise r.fail(where, f"bit {b} already used by {used[b]}")
             used[b] = where
 
+    given = [k for k in _VALUE_KEYS if getattr(raw, k) is not None]
+    if raw.fields and given:
+        raise r.fail(f"{path}.{given[0]}", "a register with fields gives its values in the fields")
     fields: list[Field] = []
-    raw_fields = r.get(data, path, "fields", list, [])
-    has_value = any(k in data for k in _VALUE_KEYS)
-    if raw_fields and has_value:
-        key = next(k for k in _VALUE_KEYS if k in data)
-        raise r.fail(f"{path}.{key}", "a register with fields gives its values in the fields")
-    for i, fd in enumerate(raw_fields):
+    for i, fd in enumerate(raw.fields):
         fpath = f"{path}.fields[{i}]"
-        fd = r.table(fd, fpath, {"name", "shift", "width", "meaning"} | _VALUE_KEYS)
-        fname = r.name(fd, fpath, seen)
-        shift = r.int_in(fd, fpath, "shift", 0, width - 1)
-        fwidth = r.int_in(fd, fpath, "width", 1, width - shift)
-        claim(shift, fwidth, fpath)
-        fields.append(_field(r, fd, fpath, fname, shift, fwidth))
+        r.name(fpath, fd.name)
+        r.within(f"{fpath}.shift", fd.shift, 0, width - 1)
+        r.within(f"{fpath}.width", fd.width, 1, width - fd.shift)
+        claim(fd.shift, fd.width, fpath)
+        fields.append(_field(r, fd, fpath, fd.shift, fd.width))
 
     bits: list[Bit] = []
-    for i, bd in enumerate(r.get(data, path, "bits", list, [])):
+    for i, bd in enumerate(raw.bits):
         bpath = f"{path}.bits[{i}]"
-        bd = r.table(bd, bpath, {"bit", "name", "meaning", "flag", "quantity", "invert"})
-        bname = r.name(bd, bpath, seen)
-        index = r.int_in(bd, bpath, "bit", 0, width - 1)
-        claim(index, 1, bpath)
-        flag = r.get(bd, bpath, "flag", str, None)
-        if flag is not None and flag not in FLAGS:
-            raise r.fail(f"{bpath}.flag", f"unknown flag {flag!r}; known: {', '.join(FLAGS)}")
-        quantity = r.get(bd, bpath, "quantity", str, None)
-        if quantity is not None and quantity != "power":
-            raise r.fail(f"{bpath}.quantity", f"a bit can only give 'power', got {quantity!r}")
-        if flag is not None and quantity is not None:
+        r.name(bpath, bd.name)
+        r.within(f"{bpath}.bit", bd.bit, 0, width - 1)
+        claim(bd.bit, 1, bpath)
+        if bd.flag is not None and bd.flag not in FLAGS:
+            raise r.fail(f"{bpath}.flag", f"unknown flag {bd.flag!r}; known: {', '.join(FLAGS)}")
+        if bd.quantity is not None and bd.quantity != "power":
+            raise r.fail(f"{bpath}.quantity", f"a bit can only give 'power', got {bd.quantity!r}")
+        if bd.flag is not None and bd.quantity is not None:
             raise r.fail(f"{bpath}", "give either 'flag' or 'quantity', not both")
         bits.append(
             Bit(
-                bit=index,
-                name=bname,
-                meaning=r.get(bd, bpath, "meaning", str),
-                flag=flag,
-                quantity=quantity,
-                invert=r.get(bd, bpath, "invert", bool, False),
+                bit=bd.bit,
+                name=bd.name,
+                meaning=bd.meaning,
+                flag=bd.flag,
+                quantity=bd.quantity,
+                invert=bd.invert,
             )
         )
 
     if not fields and not bits:
         # A plain register: its whole width is one value (possibly documented only).
-        fields.append(_field(r, data, path, name, 0, width))
+        fields.append(_field(r, raw, path, 0, width))
     return Register(
-        name=name,
+        name=raw.name,
         function=function,
-        address=address,
-        count=count,
-        meaning=meaning,
-        poll=poll,
-        writable=writable,
+        address=raw.address,
+        count=raw.count,
+        meaning=raw.meaning,
+        poll=raw.poll,
+        writable=raw.writable,
         fields=tuple(fields),
         bits=tuple(bits),
     )
@@ -538,66 +549,40 @@ def _register(r: _Reader, data: Any, path: str, seen: dict[str, str]) -> Registe
 
 def parse_profile(data: Mapping[str, Any], source: str = "<profile>") -> Profile:
     """Validate a profile already parsed from TOML; ``source`` names it in errors."""
-    r = _Reader(source)
-    data = r.table(data, "", {"profile", "link", "simulator", "registers"})
-    head = r.table(r.get(data, "", "profile", dict), "profile", {"name", "description", "source"})
-    name = r.get(head, "profile", "name", str)
-    if not _PROFILE_NAME_RE.match(name):
-        raise r.fail("profile.name", f"{name!r} must match [a-z0-9][a-z0-9_-]*")
+    r = _Rules(source)
+    if not isinstance(data, dict):
+        raise r.fail("$", f"must be a table, got {type(data).__name__}")
+    try:
+        raw = build(_ProfileToml, data)
+    except ConfigFieldError as exc:
+        raise r.fail(exc.field or "$", exc.reason) from None
+    if not _PROFILE_NAME_RE.match(raw.profile.name):
+        raise r.fail("profile.name", f"{raw.profile.name!r} must match [a-z0-9][a-z0-9_-]*")
 
-    ld = r.table(
-        r.get(data, "", "link", dict, {}),
-        "link",
-        {
-            "baudrate",
-            "parity",
-            "bytesize",
-            "stopbits",
-            "frame_gap_ms",
-            "timeout_s",
-            "max_read",
-            "unit",
-        },
-    )
-    parity = r.get(ld, "link", "parity", str, "N")
-    if parity not in ("N", "E", "O"):
-        raise r.fail("link.parity", f"must be 'N', 'E' or 'O', got {parity!r}")
-    baudrate = r.int_in(ld, "link", "baudrate", 300, 1_000_000, 9600)
-    bytesize = r.int_in(ld, "link", "bytesize", 7, 8, 8)
-    stopbits = r.int_in(ld, "link", "stopbits", 1, 2, 1)
-    gap_ms = r.get(ld, "link", "frame_gap_ms", float, 20.0)
-    if not 0 <= gap_ms <= 5000:
-        raise r.fail("link.frame_gap_ms", f"must be 0..5000, got {gap_ms}")
-    timeout_s = r.get(ld, "link", "timeout_s", float, 1.0)
-    if not 0.05 <= timeout_s <= 30:
-        raise r.fail("link.timeout_s", f"must be 0.05..30, got {timeout_s}")
+    ld = raw.link
+    if ld.parity not in ("N", "E", "O"):
+        raise r.fail("link.parity", f"must be 'N', 'E' or 'O', got {ld.parity!r}")
+    r.within("link.baudrate", ld.baudrate, 300, 1_000_000)
+    r.within("link.bytesize", ld.bytesize, 7, 8)
+    r.within("link.stopbits", ld.stopbits, 1, 2)
+    r.within("link.frame_gap_ms", ld.frame_gap_ms, 0, 5000)
+    r.within("link.timeout_s", ld.timeout_s, 0.05, 30)
+    r.within("link.max_read", ld.max_read, 1, 125)
+    r.within("link.unit", ld.unit, 1, 247)
     link = Link(
-        baudrate=baudrate,
-        parity=parity,
-        bytesize=bytesize,
-        stopbits=stopbits,
-        frame_gap_s=gap_ms / 1000.0,
-        timeout_s=timeout_s,
-        max_read=r.int_in(ld, "link", "max_read", 1, 125, 125),
-        unit=r.int_in(ld, "link", "unit", 1, 247, 1),
+        baudrate=ld.baudrate,
+        parity=ld.parity,
+        bytesize=ld.bytesize,
+        stopbits=ld.stopbits,
+        frame_gap_s=ld.frame_gap_ms / 1000.0,
+        timeout_s=ld.timeout_s,
+        max_read=ld.max_read,
+        unit=ld.unit,
     )
-
-    sd = r.table(
-        r.get(data, "", "simulator", dict, {}),
-        "simulator",
-        {"output_level", "load_ohm", "firmware"},
-    )
-    simulator = SimDefaults(
-        output_level=r.get(sd, "simulator", "output_level", float, 70.0),
-        load_ohm=r.get(sd, "simulator", "load_ohm", float, 125.0),
-        firmware=r.get(sd, "simulator", "firmware", float, 100.0),
-    )
-
-    seen: dict[str, str] = {}
-    raw_regs = r.get(data, "", "registers", list)
-    if not raw_regs:
+    simulator = raw.simulator
+    if not raw.registers:
         raise r.fail("registers", "a profile needs at least one register")
-    registers = tuple(_register(r, d, f"registers[{i}]", seen) for i, d in enumerate(raw_regs))
+    registers = tuple(_register(r, d, f"registers[{i}]") for i, d in enumerate(raw.registers))
 
     owner: dict[int, str] = {}
     for i, reg in enumerate(registers):
@@ -619,9 +604,9 @@ def parse_profile(data: Mapping[str, Any], source: str = "<profile>") -> Profile
         raise r.fail("registers", "no register has poll = true: a poll would read nothing")
 
     return Profile(
-        name=name,
-        description=r.get(head, "profile", "description", str, ""),
-        source=r.get(head, "profile", "source", str, ""),
+        name=raw.profile.name,
+        description=raw.profile.description,
+        source=raw.profile.source,
         link=link,
         simulator=simulator,
         registers=registers,

@@ -1,15 +1,20 @@
 """One ``Dialect`` per modem family: what to ask in a poll and how to read it.
 
-``get_dialect("generic" | "quectel" | "simcom")`` returns the registry entry.
-A probe runs ``poll_commands``, then (unless the SIM is absent or failed) the
-``iccid_commands`` in order until one yields an ICCID, and hands all answers,
-keyed by command, to ``parse``.
+``get_dialect(name)`` returns the registry entry (``DIALECTS``): ``generic``
+(3GPP), ``quectel`` (EC2x/EG2x), ``quectel-eg21``, ``quectel-ec200``
+(EC200U/EC200A), ``quectel-eg800k``, ``simcom`` (SIM7600/SIM7000),
+``simcom-a7670`` and ``simcom-a7672``. A probe runs ``poll_commands``, then the
+``followups`` those answers call for (the generic ``AT+CESQ`` when ``+CSQ``
+gave 99), then (unless the SIM is absent or failed) the ``iccid_commands`` in
+order until one yields an ICCID, and hands all answers, keyed by command, to
+``parse``. What differs between the families and firmware builds is in the
+``quectel`` and ``simcom`` module docs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from firmware_shims.modem import generic, quectel, simcom
 from firmware_shims.modem.at import AtResponse
@@ -25,6 +30,8 @@ class Dialect:
     ``reset_command``: the soft reset that restarts the module (it goes silent,
     then prints ``RDY``; a USB module re-enumerates its ports).
     ``parse``: answers keyed by command → ModemState (never raises).
+    ``followups``: the poll's answers so far → further read-only commands to ask.
+    ``models``: the modules this dialect is for, for people.
     """
 
     name: str
@@ -32,6 +39,10 @@ class Dialect:
     iccid_commands: tuple[str, ...]
     reset_command: str
     parse: Callable[[Mapping[str, AtResponse]], ModemState]
+    followups: Callable[[Mapping[str, AtResponse]], tuple[str, ...]] = field(
+        default=lambda _responses: ()
+    )
+    models: str = ""
 
     @property
     def iccid_command(self) -> str:
@@ -40,36 +51,73 @@ class Dialect:
 
 
 def _quectel(responses: Mapping[str, AtResponse]) -> ModemState:
-    return quectel.build_state(responses)
+    return quectel.build_state(responses, "auto")
+
+
+def _quectel_cat1(responses: Mapping[str, AtResponse]) -> ModemState:
+    return quectel.build_state(responses, "db")
 
 
 def _simcom(responses: Mapping[str, AtResponse]) -> ModemState:
     return simcom.build_state(responses)
 
 
-DIALECTS: dict[str, Dialect] = {
-    "generic": Dialect(
+def _simcom_a76xx(responses: Mapping[str, AtResponse]) -> ModemState:
+    return simcom.build_state(responses, "a76xx")
+
+
+def _registry(*dialects: Dialect) -> dict[str, Dialect]:
+    return {d.name: d for d in dialects}
+
+
+def _quectel_family(name: str, models: str, *, cat1: bool) -> Dialect:
+    """EC2x-like (``cat1=False``) or EC200/EG800K-like Quectel dialect."""
+    return Dialect(
+        name=name,
+        poll_commands=quectel.CAT1_POLL if cat1 else quectel.POLL,
+        iccid_commands=quectel.CAT1_ICCID_COMMANDS if cat1 else quectel.ICCID_COMMANDS,
+        reset_command="AT+CFUN=1,1",
+        parse=_quectel_cat1 if cat1 else _quectel,
+        models=models,
+    )
+
+
+def _simcom_a76xx_dialect(name: str, models: str) -> Dialect:
+    return Dialect(
+        name=name,
+        poll_commands=simcom.POLL,
+        iccid_commands=simcom.ICCID_COMMANDS,
+        reset_command="AT+CRESET",
+        parse=_simcom_a76xx,
+        models=models,
+    )
+
+
+DIALECTS: dict[str, Dialect] = _registry(
+    Dialect(
         name="generic",
         poll_commands=generic.POLL,
         iccid_commands=generic.ICCID_COMMANDS,
         reset_command="AT+CFUN=1,1",
         parse=generic.build_state,
+        followups=generic.followups,
+        models="any 3GPP TS 27.007 modem",
     ),
-    "quectel": Dialect(
-        name="quectel",
-        poll_commands=quectel.POLL,
-        iccid_commands=quectel.ICCID_COMMANDS,
-        reset_command="AT+CFUN=1,1",
-        parse=_quectel,
-    ),
-    "simcom": Dialect(
+    _quectel_family("quectel", "Quectel EC25, EC21, EG25, EP06", cat1=False),
+    _quectel_family("quectel-eg21", "Quectel EG21-G", cat1=False),
+    _quectel_family("quectel-ec200", "Quectel EC200U, EC200A", cat1=True),
+    _quectel_family("quectel-eg800k", "Quectel EG800K", cat1=True),
+    Dialect(
         name="simcom",
         poll_commands=simcom.POLL,
         iccid_commands=simcom.ICCID_COMMANDS,
         reset_command="AT+CRESET",
         parse=_simcom,
+        models="SIMCom SIM7600, SIM7000, SIM7080",
     ),
-}
+    _simcom_a76xx_dialect("simcom-a7670", "SIMCom A7670"),
+    _simcom_a76xx_dialect("simcom-a7672", "SIMCom A7672"),
+)
 
 
 def get_dialect(name: str) -> Dialect:

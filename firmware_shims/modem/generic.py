@@ -125,6 +125,52 @@ def parse_csq(resp: AtResponse | None) -> Signal:
     return Signal(csq=csq, rssi_dbm=dbm, ber=ber if ber is not None and 0 <= ber <= 7 else None)
 
 
+@dataclass(frozen=True, slots=True)
+class ExtSignal:
+    """``+CESQ`` (3GPP TS 27.007 §8.69): the levels of whichever radio serves.
+
+    ``rssi_dbm`` from GSM ``<rxlev>`` (−111 + n for 0..63, i.e. "−110 dBm or
+    less" at 0), ``rscp_dbm`` from UTRA ``<rscp>`` (−121 + n for 0..96),
+    ``rsrq_db`` from E-UTRA ``<rsrq>`` (−20 + n/2 for 0..34) and ``rsrp_dbm``
+    from ``<rsrp>`` (−141 + n for 0..97). 99 (rxlev, ber) and 255 (the
+    others) mean not known or not this radio: None.
+    """
+
+    rssi_dbm: float | None = None
+    rscp_dbm: float | None = None
+    rsrq_db: float | None = None
+    rsrp_dbm: float | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(
+            v is not None for v in (self.rssi_dbm, self.rscp_dbm, self.rsrq_db, self.rsrp_dbm)
+        )
+
+
+def _scaled(v: int | None, top: int, base: float, step: float = 1.0) -> float | None:
+    return base + v * step if v is not None and 0 <= v <= top else None
+
+
+def parse_cesq(resp: AtResponse | None) -> ExtSignal:
+    """``AT+CESQ``: ``+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`` (see ExtSignal)."""
+    if resp is None or not resp.ok:
+        return ExtSignal()
+    answers = resp.info("+CESQ")
+    if not answers:
+        return ExtSignal()
+    parts = [to_int(p) for p in split_fields(answers[-1])]
+    if len(parts) < 6:
+        return ExtSignal()
+    rxlev, _ber, rscp, _ecno, rsrq, rsrp = parts[:6]
+    return ExtSignal(
+        rssi_dbm=_scaled(rxlev, 63, -111.0),
+        rscp_dbm=_scaled(rscp, 96, -121.0),
+        rsrq_db=_scaled(rsrq, 34, -20.0, 0.5),
+        rsrp_dbm=_scaled(rsrp, 97, -141.0),
+    )
+
+
 # --- registration -----------------------------------------------------------
 
 _STAT: dict[int, RegState] = {
@@ -457,9 +503,21 @@ CMD_COPS = "AT+COPS?"
 CMD_CCID = "AT+CCID"
 CMD_CRSM_ICCID = "AT+CRSM=176,12258,0,0,10"
 CMD_CIMI = "AT+CIMI"
+CMD_CESQ = "AT+CESQ"
 
 POLL = (CMD_CPIN, CMD_CSQ, CMD_CREG, CMD_CGREG, CMD_CEREG, CMD_COPS)
 ICCID_COMMANDS = (CMD_CCID, CMD_CRSM_ICCID)
+
+
+def csq_unknown(responses: Mapping[str, AtResponse]) -> bool:
+    """Whether ``+CSQ`` gave no level (``99``, an error, no answer)."""
+    return parse_csq(responses.get(CMD_CSQ)).rssi_dbm is None
+
+
+def followups(responses: Mapping[str, AtResponse]) -> tuple[str, ...]:
+    """What the generic poll asks next: ``AT+CESQ`` when ``+CSQ`` knew no level
+    (an LTE-only module often keeps ``+CSQ: 99,99`` while ``+CESQ`` has RSRP)."""
+    return (CMD_CESQ,) if csq_unknown(responses) else ()
 
 
 def parse_iccid(command: str, resp: AtResponse | None) -> str | None:
@@ -476,6 +534,11 @@ def draft_from(responses: Mapping[str, AtResponse]) -> StateDraft:
     d.sim = parse_cpin(responses.get(CMD_CPIN))
     sig = parse_csq(responses.get(CMD_CSQ))
     d.csq, d.rssi_dbm = sig.csq, sig.rssi_dbm
+    ext = parse_cesq(responses.get(CMD_CESQ))
+    if ext.any:
+        d.rsrp_dbm, d.rsrq_db = ext.rsrp_dbm, ext.rsrq_db
+        if d.rssi_dbm is None:
+            d.rssi_dbm = ext.rssi_dbm if ext.rssi_dbm is not None else ext.rscp_dbm
     reg = combine_registration(
         parse_reg(responses.get(CMD_CEREG), "+CEREG"),
         parse_reg(responses.get(CMD_CGREG), "+CGREG"),
@@ -502,6 +565,7 @@ __all__ = [
     "ICCID_COMMANDS",
     "OPERATORS",
     "POLL",
+    "ExtSignal",
     "Operator",
     "Registration",
     "Signal",
@@ -510,12 +574,15 @@ __all__ = [
     "build_state",
     "combine_registration",
     "csq_to_dbm",
+    "csq_unknown",
     "dec_as_hex",
     "draft_from",
+    "followups",
     "hex_field",
     "normalize_iccid",
     "operator_for",
     "parse_ccid",
+    "parse_cesq",
     "parse_cimi",
     "parse_cops",
     "parse_cpin",

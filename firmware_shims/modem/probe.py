@@ -115,6 +115,11 @@ class ModemProbe:
                 if failure is not None:
                     break
                 await ask(cmd)
+            if failure is None:
+                for cmd in self.dialect.followups(responses):
+                    if failure is not None:
+                        break
+                    await ask(cmd)
             sim = generic.parse_cpin(responses.get(generic.CMD_CPIN))
             if failure is None and sim not in (SimState.ABSENT, SimState.FAILURE):
                 for cmd in self.dialect.iccid_commands:

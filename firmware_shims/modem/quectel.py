@@ -1,4 +1,4 @@
-"""Quectel extras (EC2x, EG2x, EC200, BG96, RM5xx). Pure: no I/O; parsers never raise.
+"""Quectel extras (EC2x, EG2x, EC200, EG800K, BG96, RM5xx). Pure: no I/O; parsers never raise.
 
 - ``AT+QCCID`` → ``+QCCID: <iccid>`` (sometimes with trailing ``F``).
 - ``AT+QCSQ`` → ``+QCSQ: "NOSERVICE"`` or ``"LTE",<rssi>,<rsrp>,<sinr>,<rsrq>``
@@ -9,6 +9,22 @@
   <rsrq>,<rssi>,<sinr>,...``; state SEARCH (no more fields), LIMSRV, NOCONN or
   CONNECT. Parsed by position; 5G families insert fields after SINR, and in
   EN-DC mode print the state alone with the LTE cell on a ``+QENG: "LTE",...`` line.
+
+Family and firmware differences (``Variant``):
+
+- EC2x/EG2x manuals give +QENG SINR on the 0..250 scale, but later firmware
+  (field reports of EP06/EG06 and EC25 builds) prints plain dB (``...,-56,21,35``),
+  so the ``quectel`` dialect reads it as ``auto``: +QCSQ's SINR (always on the
+  0..250 scale) wins when present; otherwise a value above 40 can only be the
+  0..250 scale (LTE SINR tops out near 30-35 dB); 0..40 is dB unless the cell's
+  RSRQ is -16 dB or worse, where the 0..250 reading (-20..-12 dB) is the one
+  that fits (an inference: both readings are possible only there).
+- The LTE Cat-1 modules EC200U/EC200A and the Cat-1bis EG800K print +QENG's
+  SINR in plain dB ("requires no conversion"), may print ``-`` for a field
+  they do not know, and have no ``AT+QCSQ``: their poll asks +QENG only.
+- EG21 firmware prints +QCSQ's LTE RSSI as a positive number
+  (``+QCSQ: "LTE",65,-95,150,-11``): no received level is above 0 dBm, so a
+  positive RSSI is read as its negative.
 """
 
 from __future__ import annotations
@@ -27,10 +43,20 @@ CMD_QENG = 'AT+QENG="servingcell"'
 
 POLL = (*generic.POLL, CMD_QCSQ, CMD_QENG)
 ICCID_COMMANDS = (CMD_QCCID, generic.CMD_CRSM_ICCID)
+#: EC200U/EC200A/EG800K: no AT+QCSQ; +QENG carries the levels.
+CAT1_POLL = (*generic.POLL, CMD_QENG)
+#: EC200/EG800K firmware answers AT+QCCID on most builds; where a build does
+#: not, the 3GPP AT+CCID and then the SIM file itself are asked.
+CAT1_ICCID_COMMANDS = (CMD_QCCID, generic.CMD_CCID, generic.CMD_CRSM_ICCID)
 
 #: How a family prints SINR in +QENG: ``fifth_db`` is the 0..250 scale
-#: (dB = v/5 − 20, EC2x/EG2x/EC200 manuals); ``db`` is plain dB (5G families).
-SinrScale = Literal["fifth_db", "db"]
+#: (dB = v/5 − 20, EC2x/EG2x manuals); ``db`` is plain dB (EC200, EG800K, 5G
+#: families); ``auto`` tells them apart by value (module doc).
+SinrScale = Literal["fifth_db", "db", "auto"]
+#: +QENG SINR above this cannot be dB (LTE SINR tops out near 30-35 dB).
+_MAX_DB_SINR = 40
+#: At this RSRQ or worse a small +QENG SINR value is read on the 0..250 scale.
+_POOR_RSRQ_DB = -16
 
 
 def parse_qccid(resp: AtResponse | None) -> str | None:
@@ -82,6 +108,8 @@ def parse_qcsq(resp: AtResponse | None) -> Qcsq:
 
     if mode in _QCSQ_LTE:
         rssi, rsrp, sinr, rsrq = num(1), num(2), num(3), num(4)
+        if rssi is not None and rssi > 0:
+            rssi = -rssi  # EG21 firmware prints the magnitude (module doc)
         return Qcsq(
             sysmode=mode,
             rssi_dbm=float(rssi) if rssi is not None else None,
@@ -152,7 +180,12 @@ def _lte_cell(
     def num(i: int) -> int | None:
         return to_int(f[i]) if len(f) > i else None
 
-    sinr = num(13)
+    sinr, rsrq = num(13), num(11)
+    if sinr_scale == "auto":
+        fifth = sinr is not None and (
+            sinr > _MAX_DB_SINR or (rsrq is not None and rsrq <= _POOR_RSRQ_DB)
+        )
+        sinr_scale = "fifth_db" if fifth else "db"
     sinr_db = sinr_from_scale(sinr) if sinr_scale == "fifth_db" else sinr
     return ServingCell(
         state=state,
@@ -209,6 +242,10 @@ def parse_qeng_servingcell(
     return ServingCell(state=state)
 
 
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
 def build_state(
     responses: Mapping[str, AtResponse], sinr_scale: SinrScale = "fifth_db"
 ) -> ModemState:
@@ -216,14 +253,15 @@ def build_state(
 
     +QENG and +QCSQ refine what the 3GPP answers give: RSRP/RSRQ/SINR, cell,
     TAC and MCC-MNC; registration stays with +CxREG (it tells home from roaming)
-    unless those gave nothing.
+    unless those gave nothing. ``sinr_scale`` is how this family prints +QENG's
+    SINR (``auto``: module doc).
     """
     d = generic.draft_from(responses)
     qcsq = parse_qcsq(responses.get(CMD_QCSQ))
     cell = parse_qeng_servingcell(responses.get(CMD_QENG), sinr_scale)
-    d.rsrp_dbm = cell.rsrp_dbm if cell.rsrp_dbm is not None else qcsq.rsrp_dbm
-    d.rsrq_db = cell.rsrq_db if cell.rsrq_db is not None else qcsq.rsrq_db
-    d.sinr_db = qcsq.sinr_db if qcsq.sinr_db is not None else cell.sinr_db
+    d.rsrp_dbm = _first(cell.rsrp_dbm, qcsq.rsrp_dbm, d.rsrp_dbm)
+    d.rsrq_db = _first(cell.rsrq_db, qcsq.rsrq_db, d.rsrq_db)
+    d.sinr_db = _first(qcsq.sinr_db, cell.sinr_db)
     if d.rssi_dbm is None:
         d.rssi_dbm = qcsq.rssi_dbm if qcsq.rssi_dbm is not None else cell.rssi_dbm
     if d.registration is RegState.UNKNOWN:
@@ -241,6 +279,8 @@ def build_state(
 
 
 __all__ = [
+    "CAT1_ICCID_COMMANDS",
+    "CAT1_POLL",
     "CMD_QCCID",
     "CMD_QCSQ",
     "CMD_QENG",

@@ -16,7 +16,7 @@ Three layers, usable separately:
     removes the link and closes the pty, like a USB modem vanishing, and comes
     back on a new pty.
 
-``loa-sim modem --dialect {generic,quectel,simcom} --link PATH [--fault NAME]...
+``loa-sim modem --dialect NAME --link PATH [--fault NAME]...
 [--control SOCKET]`` runs a ``PtyModem`` until SIGTERM/SIGINT, then removes
 the link and the socket (default socket ``<link>.ctl``). Set and clear faults
 at runtime with ``loa-sim ctl --socket PATH set|clear|list [FAULT]``.
@@ -35,7 +35,16 @@ Faults: ``sim_absent``, ``sim_failure``, ``sim_locked``, ``no_service``,
 ``weak_signal``, ``flapping`` (registered and lost in turn, each for half of
 ``flap_period``), ``denied``, ``unresponsive`` (answers nothing, not even the
 echo), ``garbage`` (noise bytes between and inside replies, and while idle),
-``slow`` (echo at once, the answer ``slow_delay`` seconds later).
+``slow`` (echo at once, the answer ``slow_delay`` seconds later),
+``csq_stuck`` (``+CSQ: 99,99`` on a healthy radio, as LTE-only modules do;
+``+CESQ`` still has the levels).
+
+Dialects (``DIALECT_NAMES``) are those of ``firmware_shims.modem.dialects``;
+each prints what its family's manual (or field reports) show: ``quectel-ec200``
+and ``quectel-eg800k`` have no ``AT+QCSQ`` and print +QENG's SINR in dB with
+``-`` for srxlev; ``quectel-eg21`` prints +QCSQ's LTE RSSI as a positive number
+and +QENG's SINR in dB; ``simcom-a7670``/``simcom-a7672`` print +CPSI like the
+A76XX manual. Every dialect answers ``AT+CESQ``.
 """
 
 from __future__ import annotations
@@ -70,8 +79,18 @@ FAULTS = (
     "unresponsive",
     "garbage",
     "slow",
+    "csq_stuck",
 )
-DIALECT_NAMES = ("generic", "quectel", "simcom")
+DIALECT_NAMES = (
+    "generic",
+    "quectel",
+    "quectel-eg21",
+    "quectel-ec200",
+    "quectel-eg800k",
+    "simcom",
+    "simcom-a7670",
+    "simcom-a7672",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +150,51 @@ _IDENTITY = {
         0,
         ("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
     ),
+    "quectel-eg21": _Identity(
+        ("Quectel", "EG21", "Revision: EG21GGBR07A08M1G"),
+        1,
+        ("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE"),
+    ),
+    "quectel-ec200": _Identity(
+        ("Quectel", "EC200U", "Revision: EC200UCNAAR02A09M08"),
+        1,
+        ("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE"),
+    ),
+    "quectel-eg800k": _Identity(
+        ("Quectel", "EG800K", "Revision: EG800KEULCR03A01M04"),
+        1,
+        ("RDY", "+CFUN: 1", "+CPIN: READY", "+QIND: SMS DONE"),
+    ),
+    "simcom-a7670": _Identity(
+        (
+            "Manufacturer: SIMCOM INCORPORATED",
+            "Model: A7670E-LASE",
+            "Revision: A7670M7_V1.11.1",
+            "IMEI: 867584030000001",
+            "+GCAP: +CGSM,+FCLASS,+DS",
+        ),
+        0,
+        ("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
+    ),
+    "simcom-a7672": _Identity(
+        (
+            "Manufacturer: SIMCOM INCORPORATED",
+            "Model: A7672E-LASE",
+            "Revision: A7672M7_V1.11.1",
+            "IMEI: 867584030000001",
+            "+GCAP: +CGSM,+FCLASS,+DS",
+        ),
+        0,
+        ("RDY", "+CPIN: READY", "SMS DONE", "PB DONE"),
+    ),
 }
+
+
+def family(dialect: str) -> str:
+    """``generic``, ``quectel`` or ``simcom``: whose commands a dialect speaks."""
+    return dialect.split("-", 1)[0]
+
+
 _URC_POOL = {
     "generic": ('+CTZV: "+28"', "+CGEV: ME PDN ACT 1"),
     "quectel": ('+QIND: "act","LTE"', '+CTZE: "+28",0,"2026/11/26,09:15:02"', "+QUSIM: 1"),
@@ -182,6 +245,7 @@ class ModemEngine:
         if dialect not in _IDENTITY:
             raise ValueError(f"unknown modem dialect {dialect!r}; known: {', '.join(_IDENTITY)}")
         self.dialect = dialect
+        self.family = family(dialect)
         self.options = options
         self.clock = clock
         self.iccid = iccid
@@ -217,7 +281,7 @@ class ModemEngine:
             self._flap_start = self.clock()
         self._flapping = "flapping" in active
         if "sim_absent" in active:
-            urc = "+CPIN: SIM REMOVED" if self.dialect == "simcom" else "+CPIN: NOT READY"
+            urc = "+CPIN: SIM REMOVED" if self.family == "simcom" else "+CPIN: NOT READY"
             self._pending.append(Chunk(0.0, _lines([urc])))
 
     def sim_error(self) -> int | None:
@@ -258,9 +322,7 @@ class ModemEngine:
         for urc in self._ident.boot[1:]:
             if urc.startswith("+CPIN"):
                 if "sim_absent" in self.faults:
-                    urc = (
-                        "+CPIN: NOT INSERTED" if self.dialect != "simcom" else "+CPIN: SIM REMOVED"
-                    )
+                    urc = "+CPIN: NOT INSERTED" if self.family != "simcom" else "+CPIN: SIM REMOVED"
                 elif "sim_locked" in self.faults:
                     urc = "+CPIN: SIM PIN"
                 elif "sim_failure" in self.faults:
@@ -327,7 +389,7 @@ class ModemEngine:
         lines, final = self._execute(text[start + 2 :])
         reply = _lines([*lines, final])
         if self.options.urc_rate and self.rng.random() < self.options.urc_rate:
-            urc = _lines([self.rng.choice(_URC_POOL[self.dialect])])
+            urc = _lines([self.rng.choice(_URC_POOL[self.family])])
             reply = urc + reply if self.rng.random() < 0.5 else reply + urc
         if "garbage" in self.faults:
             reply = self._noise() + reply + self._noise()
@@ -364,7 +426,7 @@ class ModemEngine:
 
     def _one(self, cmd: str) -> tuple[list[str], str]:
         up = cmd.upper().replace(" ", "")
-        d = self.dialect
+        d = self.family
         sim_err = self.sim_error()
         if up == "":
             return [], "OK"
@@ -399,7 +461,9 @@ class ModemEngine:
             return [], "OK"
         if up == "+CSQ":
             n = self.net()
-            return [f"+CSQ: {n.csq},99"], "OK"
+            return [f"+CSQ: {99 if 'csq_stuck' in self.faults else n.csq},99"], "OK"
+        if up == "+CESQ":
+            return [self._cesq()], "OK"
         if up == "+CSQ=?":
             return ["+CSQ: (0-31,99),(0-7,99)"], "OK"
         for name in ("CREG", "CGREG", "CEREG"):
@@ -422,7 +486,7 @@ class ModemEngine:
             return [f"{prefix}: {shown}"], "OK"
         if up.startswith("+CRSM="):
             return self._crsm(up[6:])
-        if up == "+QCSQ" and d == "quectel":
+        if up == "+QCSQ" and d == "quectel" and not self._cat1:
             return [self._qcsq()], "OK"
         if up == '+QENG="SERVINGCELL"' and d == "quectel":
             return [self._qeng()], "OK"
@@ -466,9 +530,9 @@ class ModemEngine:
         net = self.net()
         n = self.reg_urc[name]
         stat = net.stat
-        if name == "CREG" and self.dialect != "generic" and stat in (1, 5):
+        if name == "CREG" and self.family != "generic" and stat in (1, 5):
             # LTE-only modules often report CS domain as not registered.
-            stat = 0 if self.dialect == "simcom" else stat
+            stat = 0 if self.family == "simcom" else stat
         if n == 2 and stat in (1, 5):
             return [f'+{name}: 2,{stat},"3A98","1A2D101",7'], "OK"
         return [f"+{name}: {n},{stat}"], "OK"
@@ -492,7 +556,7 @@ class ModemEngine:
         if not net.registered:
             return ["+COPS: 0"], "OK"
         name = {0: OPERATORS.get(self.mccmnc, self.mccmnc), 1: "VT", 2: self.mccmnc}
-        if self.dialect == "quectel" and self.cops_format == 0:
+        if self.family == "quectel" and self.cops_format == 0:
             name[0] = name[0].upper()
         return [f'+COPS: 0,{self.cops_format},"{name[self.cops_format]}",7'], "OK"
 
@@ -504,11 +568,26 @@ class ModemEngine:
         padded = self.iccid + "F" * (20 - len(self.iccid))
         return [f'+CRSM: 144,0,"{swap_nibbles(padded)}"'], "OK"
 
+    @property
+    def _cat1(self) -> bool:
+        return self.dialect in ("quectel-ec200", "quectel-eg800k")
+
+    def _cesq(self) -> str:
+        """``+CESQ: <rxlev>,<ber>,<rscp>,<ecno>,<rsrq>,<rsrp>`` of an LTE cell (TS 27.007)."""
+        n = self.net()
+        if not n.service:
+            return "+CESQ: 99,99,255,255,255,255"
+        rsrq = min(34, max(0, round((n.rsrq + 20) * 2)))
+        rsrp = min(97, max(0, n.rsrp + 141))
+        return f"+CESQ: 99,99,255,255,{rsrq},{rsrp}"
+
     def _qcsq(self) -> str:
         n = self.net()
         if not n.service:
             return '+QCSQ: "NOSERVICE"'
-        return f'+QCSQ: "LTE",{n.rssi},{n.rsrp},{(n.sinr + 20) * 5},{n.rsrq}'
+        # EG21 firmware prints the LTE RSSI's magnitude.
+        rssi = -n.rssi if self.dialect == "quectel-eg21" else n.rssi
+        return f'+QCSQ: "LTE",{rssi},{n.rsrp},{(n.sinr + 20) * 5},{n.rsrq}'
 
     def _cell_fields(self) -> tuple[str, str]:
         return self.mccmnc[:3], self.mccmnc[3:]
@@ -519,10 +598,13 @@ class ModemEngine:
             return '+QENG: "servingcell","SEARCH"'
         state = "NOCONN" if n.registered else "LIMSRV"
         mcc, mnc = self._cell_fields()
-        sinr = (n.sinr + 20) * 5
+        if self.dialect == "quectel":
+            sinr, srxlev = str((n.sinr + 20) * 5), str(max(0, n.rsrp + 140))
+        else:  # EG21 builds, EC200, EG800K: SINR in dB; Cat-1 builds print "-" for srxlev
+            sinr, srxlev = str(n.sinr), "-" if self._cat1 else str(max(0, n.rsrp + 140))
         return (
             f'+QENG: "servingcell","{state}","LTE","FDD",{mcc},{mnc},1A2D101,123,1650,3,5,5,'
-            f"3A98,{n.rsrp},{n.rsrq},{n.rssi},{sinr},{max(0, n.rsrp + 140)}"
+            f"3A98,{n.rsrp},{n.rsrq},{n.rssi},{sinr},{srxlev}"
         )
 
     def _cpsi(self) -> str:
@@ -537,8 +619,8 @@ class ModemEngine:
 
 
 _KNOWN_TESTS = {
-    "all": frozenset({"+CPIN", "+CREG", "+CGREG", "+CEREG", "+CIMI", "+CRSM", "+CGDCONT"}),
     "generic": frozenset({"+CCID"}),
+    "all": frozenset({"+CPIN", "+CREG", "+CGREG", "+CEREG", "+CIMI", "+CRSM", "+CGDCONT", "+CESQ"}),
     "quectel": frozenset({"+QCCID", "+QCSQ", "+QENG"}),
     "simcom": frozenset({"+CICCID", "+CPSI", "+CRESET"}),
 }
@@ -895,6 +977,7 @@ __all__ = [
     "SimOptions",
     "SimProcess",
     "add_parser",
+    "family",
     "modem_process",
     "running_modem",
 ]

@@ -7,6 +7,11 @@
   A7670 print RSRQ/RSRP/RSSI in tenths of a dB (``-147,-1143,-764``);
   SIM7000/7080 in whole dB. ``family`` picks the unit; ``None`` infers it from
   RSRP's magnitude (no real RSRP is below −200 dBm, no tenths value above it).
+- The A76xx Cat-1 modules (A7670, A7672; ``family="a76xx"``) print the same
+  line (A76XX manual: ``...,EUTRAN-BAND3,1300,5,5,-94,-850,-545,15``, tenths),
+  but builds differ on RSRQ (whole dB on some), so each field's unit is told
+  from its own magnitude: RSRQ in dB lies within −34..3, RSRP within −160..−30,
+  RSSI within −130..−10; a value past those limits is tenths. RSSNR is whole dB.
 """
 
 from __future__ import annotations
@@ -25,8 +30,17 @@ CMD_CPSI = "AT+CPSI?"
 POLL = (*generic.POLL, CMD_CPSI)
 ICCID_COMMANDS = (CMD_CICCID, generic.CMD_CRSM_ICCID)
 
-#: ``sim7600`` (also A7670): tenths of a dB; ``sim7000`` (also SIM7080): whole dB.
-Family = Literal["sim7600", "sim7000"]
+#: ``sim7600``: tenths of a dB; ``sim7000`` (also SIM7080): whole dB; ``a76xx``
+#: (A7670, A7672): per field by magnitude (module doc).
+Family = Literal["sim7600", "sim7000", "a76xx"]
+#: Per field, the most negative value a whole-dB reading can take (A76xx).
+_WHOLE_DB_FLOOR = {"rsrq": -34, "rsrp": -160, "rssi": -130}
+
+
+def _per_field(v: int | None, name: str) -> float | None:
+    if v is None:
+        return None
+    return v / 10.0 if v < _WHOLE_DB_FLOOR[name] else float(v)
 
 
 def parse_ciccid(resp: AtResponse | None) -> str | None:
@@ -113,8 +127,13 @@ def parse_cpsi(resp: AtResponse | None, family: Family | None = None) -> Cpsi:
         return to_int(f[i]) if len(f) > i else None
 
     rsrq, rsrp, rssi, snr = num(10), num(11), num(12), num(13)
-    tenths = family == "sim7600" or (family is None and rsrp is not None and rsrp < -200)
-    scale = 10.0 if tenths else 1.0
+    levels: tuple[float | None, ...]
+    if family == "a76xx":
+        levels = (_per_field(rsrq, "rsrq"), _per_field(rsrp, "rsrp"), _per_field(rssi, "rssi"))
+    else:
+        tenths = family == "sim7600" or (family is None and rsrp is not None and rsrp < -200)
+        scale = 10.0 if tenths else 1.0
+        levels = tuple(v / scale if v is not None else None for v in (rsrq, rsrp, rssi))
     return Cpsi(
         sysmode=base.sysmode,
         opmode=base.opmode,
@@ -122,9 +141,9 @@ def parse_cpsi(resp: AtResponse | None, family: Family | None = None) -> Cpsi:
         mccmnc=base.mccmnc,
         tac=base.tac,
         cell_id=base.cell_id,
-        rsrq_db=rsrq / scale if rsrq is not None else None,
-        rsrp_dbm=rsrp / scale if rsrp is not None else None,
-        rssi_dbm=rssi / scale if rssi is not None else None,
+        rsrq_db=levels[0],
+        rsrp_dbm=levels[1],
+        rssi_dbm=levels[2],
         # RSSNR is printed in whole dB by every family.
         sinr_db=float(snr) if snr is not None else None,
     )
@@ -134,7 +153,9 @@ def build_state(responses: Mapping[str, AtResponse], family: Family | None = Non
     """The ModemState from the SIMCom poll's answers, keyed by command."""
     d = generic.draft_from(responses)
     cpsi = parse_cpsi(responses.get(CMD_CPSI), family)
-    d.rsrp_dbm, d.rsrq_db, d.sinr_db = cpsi.rsrp_dbm, cpsi.rsrq_db, cpsi.sinr_db
+    if cpsi.rsrp_dbm is not None or cpsi.rsrq_db is not None:
+        d.rsrp_dbm, d.rsrq_db = cpsi.rsrp_dbm, cpsi.rsrq_db
+    d.sinr_db = cpsi.sinr_db
     if d.rssi_dbm is None:
         d.rssi_dbm = cpsi.rssi_dbm
     if d.registration is RegState.UNKNOWN and cpsi.service is False:

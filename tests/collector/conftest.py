@@ -124,13 +124,9 @@ KIND_OF = {StateReport: Kind.STATE, Event: Kind.EVENT, Presence: Kind.PRESENCE}
 
 def device_client(broker: Broker, device: str, **kw: Any) -> aiomqtt.Client:
     broker.add_user(device)
+    kw.setdefault("identifier", f"{device}-test")
     return aiomqtt.Client(
-        broker.host,
-        broker.port,
-        username=device,
-        password=broker.password(device),
-        identifier=f"{device}-test",
-        **kw,
+        broker.host, broker.port, username=device, password=broker.password(device), **kw
     )
 
 

@@ -17,7 +17,8 @@ from collector.auth import hash_password, secret_hash
 from collector.config import CollectorConfig
 from collector.keys import REPO, STATS
 from collector.model import InventoryDevice
-from collector.openapi import PATHS
+from collector.openapi import openapi_document
+from collector.routes import ROUTES
 from collector.store.base import Role
 from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import FaultCode, Kind, topic
@@ -25,6 +26,8 @@ from tests.collector.conftest import make_config, publish, state, wait_for
 from tests.support.mosquitto import Broker
 
 pytestmark = pytest.mark.integration
+
+PATHS = openapi_document(ROUTES)["paths"]
 
 USERS = {
     "admin": (Role.ADMIN, ()),
@@ -285,6 +288,68 @@ async def test_repair_lifecycle_with_auto_resolve(api: Api) -> None:
     }
 
 
+async def test_open_already_started_and_resolve_by_hand(api: Api) -> None:
+    # One call: the contractor was called before anyone opened a ticket.
+    status, t = await api.call(
+        "tech",
+        "POST",
+        "/api/v1/repairs",
+        {"device_id": "dev-11", "note": "xã báo", "contractor": "VNPT", "technician": "Lê B"},
+    )
+    assert status == 201 and t["state"] == "in_repair", t
+    _, d = await api.call("viewer", "GET", f"/api/v1/repairs/{t['id']}")
+    assert [h["action"] for h in d["history"]] == ["open", "start"]
+    assert d["contractor"] == "VNPT" and d["technician"] == "Lê B"
+    # A technician without a contractor is a mistake, named.
+    status, err = await api.call(
+        "tech", "POST", "/api/v1/repairs", {"device_id": "dev-12", "technician": "Lê B"}
+    )
+    assert status == 400 and err["field"] == "contractor"
+    # The viewer cannot resolve; the technician can; twice is a conflict.
+    path = f"/api/v1/repairs/{t['id']}/resolve"
+    assert (await api.call("viewer", "POST", path, {}))[0] == 403
+    status, t = await api.call("tech", "POST", path, {"note": "thay loa xong"})
+    assert status == 200 and t["state"] == "resolved"
+    assert (await api.call("tech", "POST", path, {}))[0] == 409
+
+
+async def test_only_an_admin_records_a_past_time(api: Api) -> None:
+    past = time.time() - 3 * 86400
+    status, err = await api.call(
+        "officer1", "POST", "/api/v1/repairs", {"device_id": "dev-11", "at": past}
+    )
+    assert status == 403 and err["field"] == "at"
+    for bad_at in (time.time() + 3600, "yesterday", True, 1e300, 0):
+        status, err = await api.call(
+            "admin", "POST", "/api/v1/repairs", {"device_id": "dev-11", "at": bad_at}
+        )
+        assert status == 400 and err["field"] == "at", bad_at
+    status, t = await api.call(
+        "admin", "POST", "/api/v1/repairs", {"device_id": "dev-11", "at": past}
+    )
+    assert status == 201 and t["opened_at"] == pytest.approx(past)
+    status, t = await api.call(
+        "admin", "POST", f"/api/v1/repairs/{t['id']}/resolve", {"at": past + 3600}
+    )
+    assert status == 200 and t["closed_at"] == pytest.approx(past + 3600)
+
+
+async def test_times_follow_the_configured_report_time_zone(broker: Broker, tmp_path: Path) -> None:
+    import datetime as dt
+
+    cfg = make_config(broker, tmp_path, report={"time_zone": "Europe/London"})
+    london = dt.timezone(dt.timedelta(hours=1))  # BST on 31 July
+    end_of_day = dt.datetime(2023, 8, 1, tzinfo=london).timestamp() - 1e-6
+    async for a in start_api(broker, tmp_path, cfg):
+        for raw in ("2023-07-31", "31/07/2023", "31/7/2023"):
+            status, data = await a.call("viewer", "GET", f"/api/v1/fleet/summary?at={raw}")
+            assert status == 200 and data["at"] == pytest.approx(end_of_day), raw
+        _, data = await a.call("viewer", "GET", "/api/v1/fleet/summary?at=2023-07-31T08:00:00")
+        assert data["at"] == dt.datetime(2023, 7, 31, 8, tzinfo=london).timestamp()
+        status, data = await a.call("viewer", "GET", "/api/v1/fleet/summary?at=31/02/2023")
+        assert status == 400 and data["field"] == "at"
+
+
 async def test_metrics_and_openapi(api: Api) -> None:
     await publish(api.broker, "dev-11", (topic("dev-11", Kind.STATE), b"{bad"), state("dev-11", 1))
 
@@ -292,7 +357,7 @@ async def test_metrics_and_openapi(api: Api) -> None:
         return api.app[STATS].stored >= 1 and api.app[STATS].rejected["json"] >= 1
 
     await wait_for(stored, what="one stored, one rejected")
-    status, text = await api.call("viewer", "GET", "/metrics")
+    status, text = await api.call("admin", "GET", "/metrics")
     assert status == 200
     assert 'loa_ingest_rejected_total{kind="json"} 1' in text
     assert 'loa_devices{status="working",cause=""} 1' in text
@@ -310,37 +375,3 @@ async def test_metrics_and_openapi(api: Api) -> None:
     }
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
-
-
-async def test_repeated_failed_logins_are_throttled(api: Api) -> None:
-    c = api.client
-    wrong = {"name": "viewer", "password": "guess"}
-    for _ in range(10):
-        async with c.post("/api/v1/auth/login", json=wrong) as r:
-            assert r.status == 401
-    async with c.post("/api/v1/auth/login", json=wrong) as r:
-        assert r.status == 429
-        assert int(r.headers["Retry-After"]) > 0
-    # Even the right password waits until the window has passed.
-    right = {"name": "viewer", "password": "pw-viewer-long"}
-    async with c.post("/api/v1/auth/login", json=right) as r:
-        assert r.status == 429
-    # Scripts with tokens are unaffected.
-    status, _ = await api.call("viewer", "GET", "/api/v1/fleet/summary")
-    assert status == 200
-
-
-def test_login_throttle_window_and_reset() -> None:
-    from collector.auth import LoginThrottle
-
-    t = LoginThrottle(max_failures=3, window_s=60)
-    keys = ("name:a", "addr:1.2.3.4")
-    for i in range(3):
-        assert t.retry_after(keys, 100.0 + i) == 0
-        t.failed(keys, 100.0 + i)
-    assert t.retry_after(keys, 103.0) == pytest.approx(57.0)
-    assert t.retry_after(("name:b",), 103.0) == 0
-    assert t.retry_after(keys, 160.5) == 0  # the oldest failure left the window
-    t.failed(keys, 161.0)
-    t.succeeded(keys)
-    assert t.retry_after(keys, 161.0) == 0

@@ -109,6 +109,41 @@ def test_report_b2_formats(db: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.splitlines()[1].startswith("1,Huyện Lâm Thao,200,0,200")
 
 
+def test_report_b2_prints_a_table_by_default_and_html_only_when_asked(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = tmp_path / "inv.csv"
+    inv.write_bytes(inventory_to_csv(demo_inventory()))
+    assert main(["inventory", "import", str(inv), "--db", str(db)]) == 0
+    capsys.readouterr()
+    args = ["report", "b2", "--as-of", "2023-07-31", "--db", str(db)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "<" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith("Biểu B2 — TÌNH HÌNH HOẠT ĐỘNG")
+    assert lines[1].endswith("tính đến ngày 31/07/2023")
+    header = next(i for i, line in enumerate(lines) if line.startswith("STT"))
+    rules = [i for i, line in enumerate(lines) if line.startswith("---")]
+    assert rules[0] == header + 1
+    body = lines[rules[0] + 1 : rules[1]]
+    assert len(body) == 14 and body[0].startswith("1  ")
+    total = lines[rules[1] + 1]
+    assert total.split()[:3] == ["Tổng", "cộng", "200"]
+    # Columns line up: every row's "total clusters" ends in the same column.
+    end = lines[header].index("Tổng số cụm loa") + len("Tổng số cụm loa")
+    assert all(line[:end].rstrip()[-1].isdigit() for line in [*body, total])
+    assert lines[-1].startswith("Tóm tắt: ")
+
+    html = tmp_path / "b2.html"
+    assert main([*args, "-o", str(html)]) == 0
+    assert html.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+    assert main([*args, "--format", "html"]) == 0
+    assert "<table" in capsys.readouterr().out
+    assert main([*args, "--lang", "en"]) == 0
+    assert "Total clusters" in capsys.readouterr().out
+
+
 def test_report_errors_are_named(
     db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

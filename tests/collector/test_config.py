@@ -19,6 +19,7 @@ def test_deploy_example_loads_with_documented_defaults() -> None:
     # The example shows the defaults (only the password source differs).
     assert cfg.fleet == defaults.fleet and cfg.repairs == defaults.repairs
     assert cfg.ingest == defaults.ingest and cfg.http == defaults.http and cfg.db == defaults.db
+    assert cfg.alerts == defaults.alerts
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,14 @@ def test_deploy_example_loads_with_documented_defaults() -> None:
         ("[nope]\n", "nope: unknown setting or section"),
         ("ingest_enabled = 'yes'\n", "ingest_enabled: expected true or false"),
         ("[http\n", "not valid TOML"),
+        ("[alerts]\nlang = 'fr'\n", "[alerts] lang: must be vi or en"),
+        ("[alerts.monthly_report]\nday = 31\n", "[alerts.monthly_report] day: must be 1..28"),
+        ("[alerts.email]\nprot = 25\n", "[alerts.email] prot: unknown setting"),
+        ("[alerts]\nlease_s = 10\n", "[alerts] lease_s: must exceed twice"),
+        (
+            "[alerts.monthly_report]\nrecipients = ['a b@c']\n",
+            "[alerts.monthly_report] recipients: 'a b@c' is not an address",
+        ),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, message: str) -> None:

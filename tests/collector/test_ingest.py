@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -85,7 +86,7 @@ async def test_duplicates_dropped_out_of_order_kept(
         await publish(broker, "dev-002", *msgs, msgs[1], *backlog, backlog[1])
 
         async def done() -> bool:
-            return ingestor.stats.received >= 8
+            return ingestor.stats.handled >= 8
 
         await wait_for(done, what="8 messages received")
         assert await repo.stored_seqs("dev-002") == [1, 2, 3, 5, 6, 7]
@@ -126,7 +127,7 @@ async def test_hostile_input_rejected_counted_and_still_serving(
         await publish(broker, dev, *hostile, *hostile, weird, state(dev, 11, commune=odd[:64]))
 
         async def all_seen() -> bool:
-            return ingestor.stats.received >= 2 * len(hostile) + 2
+            return ingestor.stats.handled >= 2 * len(hostile) + 2
 
         await wait_for(all_seen, what="all messages received")
         rejected = ingestor.stats.rejected
@@ -261,3 +262,157 @@ async def test_compact_heartbeat_keeps_the_last_full_report_sections(
     assert report["modem"]["rssi_dbm"] == -81.0
     assert report["commune"] == "xa-01"
     assert dev.status is Status.BROKEN and dev.cause is B2Cause.NO_STATION_SIGNAL
+
+
+# --- no message can stop ingest; store confirmations; replays (issue 11) ---------------
+
+NESTED = b'{"a":' * 1500 + b"1" + b"}" * 1500  # 9 KB; RecursionError in the decoder
+
+
+async def test_deeply_nested_json_is_rejected_even_retained_and_nothing_sticks(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    from tests.collector.conftest import device_client
+
+    cfg = make_config(broker, tmp_path)
+    dev = "dev-007"
+    # Retained on presence before the collector starts: a fresh session gets it first thing.
+    async with device_client(broker, dev) as c:
+        await c.publish(topic(dev, Kind.PRESENCE), NESTED, qos=1, retain=True)
+    for run in range(2):  # the second run is the collector after a restart
+        async with ingest_running(cfg, repo) as (ingestor, task):
+            await publish(broker, dev, (topic(dev, Kind.STATE), NESTED), state(dev, 10 + run))
+
+            async def stored(run: int = run) -> bool:
+                return 10 + run in await repo.stored_seqs(dev)
+
+            await wait_for(stored, what=f"a valid message after the nested ones (run {run})")
+            # The retained copy again, and this run's nested state: nothing redelivered
+            # from the run before (it was acknowledged), nothing stuck.
+            assert ingestor.stats.rejected == {"depth": 2}
+            assert not task.done()
+    assert await repo.stored_seqs(dev) == [10, 11]
+
+
+class BuggyRepository(SQLiteRepository):
+    """The real store, with a bug that fires on one seq (a handling failure no one foresaw)."""
+
+    async def write_batch(self, messages, **kw):  # type: ignore[no-untyped-def,override]
+        if any(m.seq == 666 for m in messages):
+            raise KeyError("a bug in handling seq 666")
+        return await super().write_batch(messages, **kw)
+
+
+async def test_a_message_that_breaks_handling_is_rejected_alone(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    repo = await BuggyRepository.open(cfg.db.path, synchronous="normal")
+    await repo.migrate()
+    dev = "dev-008"
+    try:
+        for run in range(2):
+            async with ingest_running(cfg, repo) as (ingestor, task):
+                seqs = (665, 666, 667) if run == 0 else (668,)
+                await publish(broker, dev, *(state(dev, s) for s in seqs))
+
+                async def handled(n: int = len(seqs)) -> bool:
+                    return ingestor.stats.handled >= n
+
+                await wait_for(handled, what="the batch handled")
+                assert not task.done()
+                assert ingestor.stats.rejected == ({"internal": 1} if run == 0 else {})
+        assert await repo.stored_seqs(dev) == [665, 667, 668]
+        assert sum("seq 666" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        await repo.close()
+
+
+async def test_replay_with_other_content_is_counted_and_logged_once_per_device(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(broker, tmp_path)
+    dev = "dev-009"
+    t0 = time.time() - 60
+    original = state(dev, 1, t0, rssi=-70.0)
+    caplog.set_level("WARNING", logger="loa.collector.ingest")
+    async with ingest_running(cfg, repo) as (ingestor, _):
+        await publish(broker, dev, original, state(dev, 2, t0 + 1))
+        await publish(
+            broker,
+            dev,
+            original,  # a genuine re-send: same bytes, a plain duplicate
+            state(dev, 1, t0, rssi=-100.0),  # same seq, other content
+            state(dev, 2, t0 + 1, faults=(FaultCode.SIM_ABSENT,)),
+            state(dev, 1, t0, rssi=-101.0),
+        )
+
+        async def handled() -> bool:
+            return ingestor.stats.handled >= 6
+
+        await wait_for(handled, what="all messages handled")
+        assert ingestor.stats.replay_conflict == 3
+        assert ingestor.stats.duplicates == 4
+    lines = [r.getMessage() for r in caplog.records if "replay conflict" in r.getMessage()]
+    assert len(lines) == 1 and "'dev-009'" in lines[0], lines
+    # The stored message is the original.
+    assert [p.rssi_dbm for p in await repo.signal_history(dev)] == [-70.0, -75.0]
+
+
+async def test_stored_and_rejected_seqs_are_confirmed_to_the_device_only(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    import aiomqtt
+
+    from fleet_protocol import decode_ack
+    from tests.collector.conftest import device_client
+
+    cfg = make_config(broker, tmp_path, ingest={"ack_interval_s": 0.2})
+    dev, other = "dev-010", "dev-011"
+    acks: list[tuple[str, bool, bytes]] = []
+
+    async def listen(client: aiomqtt.Client) -> None:
+        async for m in client.messages:
+            assert isinstance(m.payload, bytes)
+            acks.append((str(m.topic), m.retain, m.payload))
+
+    async with ingest_running(cfg, repo), device_client(broker, dev, identifier="acks") as c:
+        # A device may read its own ack topic, never another's (the broker drops the
+        # subscription silently: nothing arrives).
+        await c.subscribe([(topic(dev, Kind.ACK), 1), (topic(other, Kind.ACK), 1)])
+        reader = asyncio.create_task(listen(c))
+        try:
+            bad = b'{"v":1,"device":"dev-010","seq":5,"ts":"yesterday"}'
+            two = state(dev, 2)
+            await publish(broker, dev, state(dev, 1), two, state(dev, 4))
+            await publish(broker, dev, (topic(dev, Kind.STATE), bad), two)
+            await publish(broker, other, state(other, 1))
+
+            def confirmed() -> set[int]:
+                out: set[int] = set()
+                for _, _, payload in acks:
+                    for a, b in decode_ack(payload, topic_device=dev).seqs():
+                        out |= set(range(a, b + 1))
+                return out
+
+            async def all_confirmed() -> bool:
+                return confirmed() >= {1, 2, 4, 5}
+
+            await wait_for(all_confirmed, what="acks for seqs 1, 2, 4 and 5")
+            assert {t for t, _, _ in acks} == {topic(dev, Kind.ACK)}
+            rejected = set()
+            for _, _, payload in acks:
+                rejected |= {a for a, _ in decode_ack(payload).seqs() if a == 5}
+            assert rejected == {5}
+            assert any(b'"rejected":[5]' in p for _, _, p in acks)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    # Retained: a device that reconnects learns at once that this collector confirms.
+    async with device_client(broker, dev, identifier="acks-again") as c:
+        await c.subscribe(topic(dev, Kind.ACK), qos=1)
+        async with asyncio.timeout(5):
+            async for m in c.messages:
+                assert m.retain
+                break

@@ -275,12 +275,52 @@ async def test_overview_trend_counts_each_month_end(site: Site) -> None:
         r"<title>(\d\d/\d\d): Hoạt động tốt (\d+), Hỏng, không hoạt động (\d+)</title>", trend
     )
     assert len(bars) == 12
-    # A year ago only dev-11..21 had reported and all worked; dev-22 never reports.
-    assert bars[0][1:] == ("3", "1")
-    # Now: dev-11 works; dev-12, dev-21 broken; dev-22 never reported.
+    # A year ago only dev-11..21 had reported and all worked; dev-22 never reports
+    # and was listed only now, so it did not count then (issue 16).
+    assert bars[0][1:] == ("3", "0")
+    # Now: dev-11 works; dev-12, dev-21 broken; dev-22 listed, never reported.
     assert bars[-1][1:] == ("1", "3")
     # The month before dev-12 broke (40 days ago) still had three working.
-    assert ("3", "1") in [b[1:] for b in bars[-4:-2]]
+    assert ("3", "0") in [b[1:] for b in bars[-4:-2]]
+
+
+async def test_overview_trend_says_no_data_before_the_fleet_existed(site: Site) -> None:
+    """Installed 100 days ago: the months before say "no data" instead of counting
+    the fleet broken; the months since count the installed clusters (issue 16)."""
+    import datetime as dt
+
+    installed = dt.date.fromtimestamp(site.now - 100 * DAY).isoformat()
+    await site.repo.upsert_inventory(
+        [replace(d, install_date=installed) for d in INVENTORY], remove_missing=False
+    )
+    await site.login("admin")
+    for lang, no_data, working in (
+        ("vi", "Không có dữ liệu", "Hoạt động tốt"),
+        ("en", "No data", "Working"),
+    ):
+        _, page = await site.get(f"/?lang={lang}")
+        trend = page[page.index('id="trend"') :].split("</section>")[0]
+        empty = re.findall(rf"<title>(\d\d/\d\d): {no_data}</title>", trend)
+        bars = re.findall(rf"<title>(\d\d/\d\d): {working} (\d+), [^<]* (\d+)</title>", trend)
+        assert len(empty) + len(bars) == 12, trend
+        assert 7 <= len(empty) <= 9, empty
+        # Months ending after the install day count all four clusters.
+        assert all(int(w) + int(b) == 4 for _, w, b in bars[1:]), bars
+
+
+async def test_overview_and_b2_page_show_the_months_evaluation(site: Site) -> None:
+    await site.login("admin")
+    for path in ("/", "/b2"):
+        _, page = await site.get(path)
+        section = page[page.index('id="evaluation"') :].split("</section>")[0]
+        assert "ĐÁNH GIÁ, XẾP LOẠI HOẠT ĐỘNG THÁNG" in section, path
+        assert "Xếp hạng" in section and "Tỷ lệ hoạt động (%)" in section
+        # xa-01: dev-11 worked the whole month, dev-12 lost its stream 40 days ago.
+        row = re.search(r"<tr[^>]*>(?:(?!</tr>).)*Xã Sơn Vi(?:(?!</tr>).)*</tr>", section)
+        assert row is not None, section
+        assert ">50,0<" in row.group(0) and "Trung bình" in row.group(0), row.group(0)
+    _, page = await site.get("/?lang=en")
+    assert "MONTHLY EVALUATION" in page and "Availability (%)" in page
 
 
 async def test_overview_lists_overdue_repairs_and_worst_communes(site: Site) -> None:
@@ -345,6 +385,8 @@ async def test_device_page_shows_faults_charts_history_and_actions(site: Site) -
     assert charts.count("<polyline") >= 3  # RSSI, RSRP, temperature (SINR absent)
     assert "Nhiệt độ amply" in charts and 'fill="#2e8540"' in charts  # online span
     # Range switch: 30 days shows the older monthly points too.
+    status, refused = await site.get("/devices/dev-21?range=1y")
+    assert status == 400 and "range" in refused
     _, page30 = await site.get("/devices/dev-21?range=30d")
     assert 'aria-current="true">30 ngày' in page30
     # Ticket open, not started: start, note and cancel are offered; open is not.
@@ -413,6 +455,12 @@ async def test_repairs_page_filters_and_highlights_overdue(site: Site) -> None:
     assert "dev-12" in rows and "dev-21" not in rows
     status, _ = await site.get("/repairs?min_age_days=lots")
     assert status == 400
+    # The page's query follows the API's rules (collector.schemas.RepairsPageParams):
+    # a negative age is refused by name; an empty form field means "not given".
+    status, page = await site.get("/repairs?min_age_days=-1")
+    assert status == 400 and "min_age_days" in page
+    status, page = await site.get("/repairs?commune=&contractor=&min_age_days=&lang=en")
+    assert status == 200 and "dev-12" in page and "dev-21" in page
 
 
 # -- roles -------------------------------------------------------------------------------------
@@ -519,7 +567,8 @@ async def test_user_names_are_escaped(site: Site) -> None:
     status, _ = await site.post("/users", user, csrf)
     assert status == 201
     _, page = await site.get("/users")
-    assert hostile not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    # Jinja2's autoescape writes the quote as &#34; (the same character as &quot;).
+    assert hostile not in page and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
 
 
 # -- live updates ------------------------------------------------------------------------------

@@ -17,6 +17,13 @@ from collector.tls import CertificateAuthority, install_broker_files
 from tests.support.mosquitto import COLLECTOR_USER, Broker, free_port
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "emulated: installs and runs the agent in arm64/armhf chroots under qemu-user",
+    )
+
+
 @pytest.fixture(scope="session")
 def fleet_ca() -> CertificateAuthority:
     """The test fleet's CA (one per session: key generation is the slow part)."""

@@ -75,3 +75,36 @@ async def test_anonymous_and_wrong_password_are_refused(broker: Broker) -> None:
     with pytest.raises(aiomqtt.MqttError):
         async with client(broker, "dev-001", "wrong"):
             pass
+
+
+async def test_only_the_collector_may_confirm_and_only_to_that_device(broker: Broker) -> None:
+    """A device cannot forge store confirmations (its own or another's) nor read another's."""
+    global ready
+    ready = asyncio.Event()
+    broker.add_user("dev-001", "dev-002")
+    got: list[str] = []
+
+    async def watch(user: str, topics: list[str]) -> None:
+        async with client(broker, user) as c:
+            await c.subscribe([(t, 1) for t in topics])
+            ready.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(4.0):
+                    async for m in c.messages:
+                        got.append(f"{user}:{m.topic}:{m.payload!r}")
+
+    sub = asyncio.create_task(
+        watch("dev-001", ["loa/v1/dev-001/ack", "loa/v1/dev-002/ack", "loa/v1/+/ack"])
+    )
+    await asyncio.wait_for(ready.wait(), 5)
+    for topic in ("loa/v1/dev-001/ack", "loa/v1/dev-002/ack"):
+        with contextlib.suppress(aiomqtt.MqttError):
+            async with client(broker, "dev-002") as c:
+                await c.publish(topic, b"forged", qos=1)
+    async with client(broker, COLLECTOR_USER) as c:
+        await c.publish("loa/v1/dev-002/ack", b"for-002", qos=1)
+        await c.publish("loa/v1/dev-001/ack", b"for-001", qos=1)
+    await sub
+    # Only the collector's confirmation for dev-001 reached dev-001 (once per matching
+    # subscription it is allowed to hold).
+    assert got and set(got) == {"dev-001:loa/v1/dev-001/ack:b'for-001'"}

@@ -16,6 +16,7 @@ import aiomqtt
 import pytest
 
 from collector import cli
+from collector.inventory import inventory_to_csv
 from collector.model import CommuneKind, InventoryDevice
 from collector.provision import (
     DEVICE_ACL,
@@ -311,15 +312,21 @@ async def test_reprovisioning_needs_force_and_revokes_the_old_password(
             pass
 
 
-async def test_cli_provisions_into_the_database_and_prints_no_secret(
-    tls_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def collector_db(tmp_path: Path) -> tuple[Path, Path]:
+    """A migrated collector database and a collector.toml naming it."""
     db = tmp_path / "collector.db"
     collector_toml = tmp_path / "collector.toml"
     collector_toml.write_text(f'[db]\npath = "{db}"\n')
     r = await SQLiteRepository.open(db)
     await r.migrate()
     await r.close()
+    return db, collector_toml
+
+
+async def test_cli_provisions_into_the_database_and_prints_no_secret(
+    tls_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, collector_toml = await collector_db(tmp_path)
     bundle = tmp_path / "bundle"
     assert tls_broker.proc is not None
     argv = [
@@ -511,3 +518,87 @@ async def test_bundle_carries_the_tunnel_key_pinned_jump_host_and_upgrade_key(
             tunnel=TunnelPlan(host="other.example", remote_port=20002, known_hosts=jump_key),
         )
     assert not (tmp_path / "bundle2").exists()
+
+
+def test_an_acl_from_before_store_confirmations_is_upgraded_in_place(tmp_path: Path) -> None:
+    from collector.broker_config import PRODUCTION_ACL
+    from collector.provision import ensure_device_acl
+
+    acl = tmp_path / "acl"
+    old = "\n".join(
+        line for line in PRODUCTION_ACL.read_text().splitlines() if not line.endswith("/ack")
+    )
+    acl.write_text(old + "\n")
+    assert ensure_device_acl(acl) is True
+    text = acl.read_text()
+    lines = text.splitlines()
+    # Each new line sits right after its sibling: the collector's stays in its user section.
+    assert lines[lines.index("pattern read loa/v1/%u/cmd") + 1] == "pattern read loa/v1/%u/ack"
+    assert lines[lines.index("topic write loa/v1/+/cmd") + 1] == "topic write loa/v1/+/ack"
+    assert lines.index("user loa_collector") < lines.index("topic write loa/v1/+/ack")
+    assert ensure_device_acl(acl) is False  # already current: untouched
+    assert acl.read_text() == text
+
+
+async def test_cli_provisions_a_whole_inventory_in_one_run(
+    tls_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, collector_toml = await collector_db(tmp_path)
+    devices = [
+        InventoryDevice(device_id="lt-sonvi-01", commune_code="08431", commune_name="Sơn Vi"),
+        InventoryDevice(device_id="lt-sonvi-02", commune_code="08431", commune_name="Sơn Vi"),
+        InventoryDevice(
+            device_id="lt-caoxa-01",
+            commune_code="08440",
+            commune_name="Cao Xá",
+            contractor="Viettel Phú Thọ",
+            position=2,
+        ),
+    ]
+    inventory = tmp_path / "district.csv"
+    inventory.write_bytes(inventory_to_csv(devices))
+    out = tmp_path / "bundles"
+    assert tls_broker.proc is not None
+    argv = [
+        "provision", "--from-inventory", str(inventory), "--out", str(out),
+        "--broker-url", f"mqtt://127.0.0.1:{tls_broker.port}",
+        "--broker-dir", str(tls_broker.layout.config_dir), "--config", str(collector_toml),
+        "--install-dir", "/etc/loa-agent", "--reload-command", f"kill -HUP {tls_broker.proc.pid}",
+    ]  # fmt: skip
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert f"3 devices provisioned into {out}" in printed
+    passwords = {}
+    for d in devices:
+        cfg = tomllib.loads((out / d.device_id / "agent.toml").read_text(encoding="utf-8"))
+        assert (cfg["device"]["id"], cfg["device"]["commune"]) == (d.device_id, d.commune_code)
+        passwords[d.device_id] = (out / d.device_id / "mqtt-password").read_text().strip()
+        assert passwords[d.device_id] not in printed
+    assert len(set(passwords.values())) == 3
+    r = await SQLiteRepository.open(db)
+    try:
+        rows = {row.device_id: row for row in await r.list_inventory()}
+    finally:
+        await r.close()
+    assert set(rows) == set(passwords) and rows["lt-caoxa-01"].contractor == "Viettel Phú Thọ"
+    for device, password in passwords.items():
+        await connect_until_accepted(
+            lambda d=device, p=password: aiomqtt.Client(  # type: ignore[misc]
+                tls_broker.host, tls_broker.port, username=d, password=p, timeout=5
+            ),
+            device,
+        )
+
+    # A new device next to provisioned ones: refused as a whole, naming the first
+    # device that exists; the new one gets nothing.
+    more = [*devices, InventoryDevice(device_id="lt-caoxa-02", commune_code="08440",
+                                      commune_name="Cao Xá", position=3)]  # fmt: skip
+    inventory.write_bytes(inventory_to_csv(more))
+    assert await asyncio.to_thread(cli.main, argv) == 2
+    assert "lt-sonvi-01" in capsys.readouterr().err
+    assert not (out / "lt-caoxa-02").exists()
+    passwd = (tls_broker.layout.config_dir / "passwd").read_text()
+    assert "lt-caoxa-02:" not in passwd
+    # One device or a file, not both.
+    assert await asyncio.to_thread(cli.main, [*argv, "--commune", "08431"]) == 2
+    assert "drop --commune" in capsys.readouterr().err

@@ -258,3 +258,17 @@ def test_installers_refuse_bad_input_before_changing_anything(tmp_path: Path) ->
     assert result.returncode == 1 and "--host" in result.stderr
     result = install("install-agent.sh", "--frobnicate")
     assert result.returncode == 2 and "unknown argument" in result.stderr
+
+
+def test_agent_unit_caps_memory_for_a_512_mb_controller() -> None:
+    """MemoryHigh throttles before MemoryMax kills; both far below the board's 512 MB."""
+    svc = unit(SYSTEMD / "loa-agent.service")["Service"]
+    mib = {"K": 1 / 1024, "M": 1, "G": 1024}
+
+    def size(key: str) -> float:
+        (value,) = svc[key]
+        return float(value[:-1]) * mib[value[-1]]
+
+    high, max_ = size("MemoryHigh"), size("MemoryMax")
+    # bench/agent_soak.py: ~45 MiB RSS steady with a full outbox and a technician.
+    assert 64 <= high < max_ <= 192, (high, max_)

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from edge_agent.config import DiagnosisConfig
-from edge_agent.diagnosis import History, diagnose, horizon
+from edge_agent.diagnosis import History, LinkSample, diagnose, horizon, retain
 from firmware_shims.readings import AmpReading, ModemReading, StreamReading, SystemReading
 from fleet_protocol import (
     AmpState,
@@ -30,7 +30,7 @@ CASES = tomllib.loads((Path(__file__).parent / "data" / "diagnosis_cases.toml").
 
 
 def _history(blocks: list[dict[str, Any]]) -> History:
-    roles: dict[str, list[Any]] = {"modem": [], "amp": [], "system": [], "stream": []}
+    roles: dict[str, list[Any]] = {"modem": [], "amp": [], "system": [], "stream": [], "link": []}
     for b in blocks:
         t = b["from"]
         while t <= b["to"]:
@@ -46,6 +46,8 @@ def _history(blocks: list[dict[str, Any]]) -> History:
                 )
             elif role == "amp":
                 r = AmpReading(ts=ts, state=msgspec.convert(state, AmpState), error=b.get("error"))
+            elif role == "link":
+                r = LinkSample(ts=ts, up=b["up"])
             elif role == "system":
                 r = SystemReading(ts=ts, state=msgspec.convert(state, SystemState))
             else:
@@ -132,3 +134,53 @@ def test_evidence_fits_the_wire_limit() -> None:
     )
     (fault,) = diagnose(hist, T0 + 600, DiagnosisConfig())
     assert len(fault.evidence) <= 512
+
+
+@pytest.mark.parametrize("spacing", [1.0, 30.0, 600.0, 3600.0, 14400.0, 43200.0])
+def test_same_verdicts_whatever_the_poll_spacing(spacing: float) -> None:
+    """The agent's way (one reading at a time, history kept by ``retain``): a fault
+    is raised at the first reading at least confirm_s after the failure's first
+    reading and cleared at the first one at least clear_s after recovery's first,
+    for readings a second apart or half a day apart."""
+    cfg = DiagnosisConfig()
+    n = int(max(4, (cfg.confirm_s + cfg.clear_s) / spacing + 4))
+    bad_from, good_from = 2, 2 + n
+    times = [T0 + i * spacing for i in range(2 + 2 * n)]
+    readings = [
+        _modem(t, RegState.SEARCHING if bad_from <= i < good_from else RegState.HOME)
+        for i, t in enumerate(times)
+    ]
+    kept: list[ModemReading] = []
+    previous: list[Fault] = []
+    raised: list[tuple[float, float]] = []
+    cleared: list[float] = []
+    longest = 0
+    for r in readings:
+        kept.append(r)
+        del kept[: retain(kept, cfg)]
+        longest = max(longest, len(kept))
+        now = diagnose(History(modem=kept), r.ts, cfg, previous)
+        was, is_ = {f.code for f in previous}, {f.code: f for f in now}
+        if FaultCode.NOT_REGISTERED in is_ and FaultCode.NOT_REGISTERED not in was:
+            raised.append((r.ts, is_[FaultCode.NOT_REGISTERED].since))
+        if FaultCode.NOT_REGISTERED in was and FaultCode.NOT_REGISTERED not in is_:
+            cleared.append(r.ts)
+        previous = now
+    first_bad, first_good = times[bad_from], times[good_from]
+    expect_raise = next(t for t in times if t >= first_bad and t - first_bad >= cfg.confirm_s)
+    expect_clear = next(t for t in times if t >= first_good and t - first_good >= cfg.clear_s)
+    assert raised == [(expect_raise, first_bad)]
+    assert cleared == [expect_clear]
+    # History is kept by time span: about horizon/spacing readings, at least two.
+    assert longest <= max(2, horizon(cfg) / spacing + 2)
+
+
+def test_retain_keeps_the_horizon_and_one_reading_before_it() -> None:
+    cfg = DiagnosisConfig()
+    h = horizon(cfg)
+    readings = [_modem(T0 + t, RegState.HOME) for t in (0.0, 10.0, 20.0 + h, 30.0 + h, 40.0 + h)]
+    # Cutoff is 40: the readings at 0 and 10 are older; 10 anchors the span.
+    assert retain(readings, cfg) == 1
+    assert retain(readings[:1], cfg) == 0 and retain([], cfg) == 0
+    sparse = [_modem(T0 + t, RegState.HOME) for t in (0.0, 14400.0, 28800.0)]
+    assert retain(sparse, cfg) == 1  # two readings 4 h apart stay

@@ -98,12 +98,12 @@ async def test_full_outbox_thins_heartbeats_first_and_never_evicts_fault_events(
                 assert ev
                 faults.append(ev.seq)
             await box.put(Kind.STATE, _state(heartbeat=True, pad=40), Priority.HEARTBEAT)
-        reports = [await box.put(Kind.STATE, _state(pad=60), Priority.REPORT) for _ in range(10)]
+        reports = [await box.put(Kind.STATE, _state(pad=400), Priority.REPORT) for _ in range(10)]
         assert all(reports)
         hb_before = [p.seq for p in await box.all() if p.priority == Priority.HEARTBEAT]
         # Fill past the cap with reports: heartbeats go first, thinned (every other one).
         while box.evicted == 0:
-            assert await box.put(Kind.STATE, _state(pad=60), Priority.REPORT)
+            assert await box.put(Kind.STATE, _state(pad=400), Priority.REPORT)
         stored = await box.all()
         hb_after = [p.seq for p in stored if p.priority == Priority.HEARTBEAT]
         assert hb_after == hb_before[::2]
@@ -111,7 +111,7 @@ async def test_full_outbox_thins_heartbeats_first_and_never_evicts_fault_events(
         assert sum(len(p.payload) for p in stored) == box.bytes
         # Keep filling: all heartbeats, then the oldest reports go; fault events stay.
         for _ in range(2000):
-            await box.put(Kind.STATE, _state(pad=60), Priority.REPORT)
+            await box.put(Kind.STATE, _state(pad=400), Priority.REPORT)
         stored = await box.all()
         assert not [p for p in stored if p.priority == Priority.HEARTBEAT]
         assert [p.seq for p in stored if p.priority == Priority.FAULT] == faults
@@ -206,3 +206,64 @@ def test_kill_9_mid_write_loses_no_committed_message_and_reuses_no_seq(tmp_path:
 async def test_unopenable_path_is_an_outbox_error_naming_it() -> None:
     with pytest.raises(OutboxError, match="forbidden"):
         await Outbox.open("/proc/forbidden/o.db", device=DEV, max_bytes=1 << 20)
+
+
+async def test_handed_messages_stay_until_confirmed_and_count_against_the_cap(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    box = await Outbox.open(path, device=DEV, max_bytes=64 * 1024)
+    try:
+        items = [await box.put(Kind.STATE, _state(pad=40), Priority.REPORT) for _ in range(6)]
+        seqs = [i.seq for i in items if i]
+        first = await box.batch(4)
+        await box.handed([p.seq for p in first])
+        # Handed ones are not given out again, but are still held and counted.
+        assert [p.seq for p in await box.batch(10)] == seqs[4:]
+        assert (box.depth, box.handed_count) == (6, 4)
+        held = box.bytes
+        # The collector confirms 0..1 and 3 (and a seq it never had): exactly those go.
+        assert await box.confirm([(seqs[0], seqs[1]), (seqs[3], seqs[3]), (1, 2)]) == 3
+        assert (box.depth, box.handed_count) == (3, 1)
+        assert box.bytes < held
+        assert await box.confirm([(seqs[0], seqs[1])]) == 0  # confirmed twice: nothing
+        # After a reconnect the unconfirmed handed one is given out again, in seq order.
+        assert await box.unhand() == 1
+        assert [p.seq for p in await box.batch(10)] == [seqs[2], seqs[4], seqs[5]]
+        await box.handed([seqs[2]], at=100.0)
+        await box.handed([seqs[4]], at=200.0)
+        assert await box.unhand(handed_before=150.0) == 1
+        assert [p.seq for p in await box.batch(10)] == [seqs[2], seqs[5]]
+        await box.handed([seqs[2]])
+        assert await box.drop_handed() == 2  # falling back to PUBACK = delivered
+        assert [p.seq for p in await box.all()] == [seqs[5]]
+        await box.handed([seqs[5]])
+    finally:
+        await box.aclose()
+    # Handed marks do not outlive the process: after a restart everything is sent again.
+    box = await Outbox.open(path, device=DEV, max_bytes=64 * 1024)
+    try:
+        assert (box.depth, box.handed_count) == (1, 0)
+        assert [p.seq for p in await box.batch(10)] == [seqs[5]]
+        await box.set_meta("collector_confirms", 1)
+        assert await box.get_meta("collector_confirms") == 1
+        assert await box.get_meta("missing", 7) == 7
+    finally:
+        await box.aclose()
+
+
+async def test_unconfirmed_messages_are_evicted_like_any_other(tmp_path: Path) -> None:
+    box = await Outbox.open(tmp_path / "o.db", device=DEV, max_bytes=64 * 1024)
+    try:
+        for _ in range(40):
+            item = await box.put(Kind.STATE, _state(heartbeat=True, pad=400), Priority.HEARTBEAT)
+            assert item is not None
+            await box.handed([item.seq])
+        for _ in range(200):
+            await box.put(Kind.STATE, _state(pad=400), Priority.REPORT)
+        assert box.bytes <= 64 * 1024
+        assert box.evicted > 0
+        # The cached counters match the table.
+        assert box.handed_count == sum(1 for _ in await box.all()) - len(await box.batch(1000))
+    finally:
+        await box.aclose()

@@ -356,6 +356,38 @@ async def test_sim_failure_explained_in_words(tmp_path: Path) -> None:
         assert fault["evidence"] == "+CME ERROR: 13 on AT+CPIN?"
 
 
+@pytest.mark.parametrize(
+    ("dialect", "faults"),
+    [
+        ("generic", ["csq_stuck"]),
+        ("quectel-eg21", ["csq_stuck"]),
+        ("quectel-ec200", []),
+        ("quectel-eg800k", []),
+        ("simcom-a7670", []),
+        ("simcom-a7672", []),
+    ],
+)
+async def test_diag_modem_json_for_every_new_dialect(
+    tmp_path: Path, dialect: str, faults: list[str]
+) -> None:
+    """``loa-agent diag modem --json`` (its own process) on ``loa-sim modem`` (its own
+    process, on a pty) for each Cat-1 dialect and firmware quirk: a healthy modem
+    with a real level, and the contract kept."""
+    async with running_modem(tmp_path / "m", dialect=dialect, faults=faults) as m:
+        flags = ["--port", str(m.link), "--dialect", dialect]
+        js = await loa("diag", "modem", "--json", *flags, "--socket", str(tmp_path / "no.sock"))
+        assert js.rc == 0, js
+        result = js.json()
+        check_contract(result)
+        assert result["sim"] == "ready" and result["registration"] == "home", result
+        assert result["iccid"] == "8984040000012345678"
+        assert result["rsrp_dbm"] is not None and -100 <= result["rsrp_dbm"] <= -90, result
+        assert result["rsrq_db"] == -10.0, result
+        if faults:
+            assert result["rssi_dbm"] is None or result["rssi_dbm"] < 0
+        assert result["faults"] == []
+
+
 # --- without any process: the errors a technician meets first -------------------------------
 
 

@@ -223,7 +223,7 @@ def test_every_fault_set_and_cleared_at_runtime_over_pyserial(tmp_path: Path) ->
 
 def _loa_sim() -> list[str]:
     exe = Path(sys.executable).with_name("loa-sim")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "firmware_shims.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "fleet_sim.cli"]
 
 
 @pytest.mark.integration

@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_protocol import (
+    MAX_DEPTH,
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     AccessTech,
+    Ack,
     AmpState,
     B2Cause,
     Command,
@@ -35,8 +37,12 @@ from fleet_protocol import (
     StreamState,
     SystemState,
     decode,
+    decode_ack,
     decode_as,
     encode,
+    nesting_depth,
+    peek_seq,
+    seq_ranges,
     to_builtins,
 )
 
@@ -314,3 +320,96 @@ def test_hostile_json_objects_never_escape(obj: dict[str, Any], kind: Kind) -> N
 def test_envelope_round_trips(seq: int, ts: float) -> None:
     msg = Presence(v=1, device="dev-001", seq=seq, ts=ts, status=PresenceStatus.ONLINE)
     assert decode(Kind.PRESENCE, encode(msg)) == msg
+
+
+# --- nesting depth, store confirmations, clock provenance (issue 11) ---------------------
+
+
+@pytest.mark.parametrize("kind", [Kind.STATE, Kind.PRESENCE, Kind.EVENT, Kind.REPLY, Kind.CMD])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":' * 1500 + b"1" + b"}" * 1500,  # the 3 KB message that killed ingest
+        b"[" * 100_000,  # unterminated
+        b'{"v":1,"x":' + b"[" * 40 + b"]" * 40 + b"}",  # just past the limit
+    ],
+)
+def test_deep_nesting_is_rejected_before_decoding(kind: Kind, payload: bytes) -> None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        payload = payload[: MAX_PAYLOAD_BYTES - 1]
+    with pytest.raises(ProtocolError) as info:
+        decode(kind, payload)
+    assert info.value.kind == "depth"
+    assert "32 levels" in info.value.reason
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    tricky = '[[[{{{ \\" ' * 200
+    msg = msgspec_replace_commune(tricky[:64])
+    assert decode(Kind.STATE, encode(msg)) == msg
+    assert nesting_depth(b'{"a":"' + b"[" * 500 + b'"}') == 1
+    assert nesting_depth(b'{"a":"\\"' + b"[" * 500 + b'"}') == 1
+    assert nesting_depth(b"[" * 10 + b"]" * 10) == 0  # too few brackets to scan
+    assert nesting_depth(b"[" * 20 + b"]" * 20 + b"[]" * 20) == 20
+    assert nesting_depth(b"[" * 500) == MAX_DEPTH + 1
+
+
+def msgspec_replace_commune(commune: str) -> StateReport:
+    import msgspec
+
+    return msgspec.structs.replace(full_state(), commune=commune)
+
+
+def test_old_agents_without_clock_fields_still_validate_and_new_ones_round_trip() -> None:
+    old = b'{"v":1,"device":"dev-001","seq":7,"ts":1700000000.5,"status":"online"}'
+    msg = decode(Kind.PRESENCE, old)
+    assert (msg.boot_id, msg.mono, msg.clock_synced) == (None, None, None)
+    new = Presence(
+        v=1,
+        device="dev-001",
+        seq=8,
+        ts=1700000000.5,
+        boot_id="5f3ca2f0",
+        mono=1234.5,
+        clock_synced=False,
+        status=PresenceStatus.ONLINE,
+    )
+    assert decode(Kind.PRESENCE, encode(new)) == new
+    # A synchronised clock is the default and costs nothing on the wire.
+    synced = Presence(v=1, device="dev-001", seq=9, ts=1700000000.5, status=PresenceStatus.ONLINE)
+    assert b"clock_synced" not in encode(synced)
+    for bad in ('"boot_id":"../../etc"', '"mono":-1', '"clock_synced":"no"'):
+        with pytest.raises(ProtocolError) as info:
+            decode(Kind.PRESENCE, old[:-1] + b"," + bad.encode() + b"}")
+        assert info.value.field in ("boot_id", "mono", "clock_synced")
+
+
+def test_ack_round_trip_ranges_and_validation() -> None:
+    assert seq_ranges([5, 1, 2, 3, 9, 8, 3]) == [[1, 3], 5, [8, 9]]
+    assert seq_ranges([]) == []
+    ack = Ack(v=1, device="dev-001", stored=seq_ranges([1, 2, 3, 7]), rejected=[11])
+    wire = encode(ack)
+    assert wire == b'{"v":1,"device":"dev-001","stored":[[1,3],7],"rejected":[11]}'
+    back = decode_ack(wire, topic_device="dev-001")
+    assert back.seqs() == [(1, 3), (7, 7), (11, 11)]
+    with pytest.raises(ProtocolError) as info:
+        decode_ack(wire, topic_device="dev-002")
+    assert info.value.kind == "mismatch"
+    for bad in (
+        b'{"v":1,"device":"dev-001","stored":[[1,2,3]]}',
+        b'{"v":1,"device":"dev-001","stored":[-1]}',
+        b'{"v":1,"device":"dev-001","stored":"all"}',
+        b'{"v":1,"device":"dev-001","stored":' + b"[" * 100 + b"]" * 100 + b"}",
+        b'{"v":2,"device":"dev-001"}',
+        b"garbage",
+    ):
+        with pytest.raises(ProtocolError):
+            decode_ack(bad)
+
+
+def test_peek_seq_finds_the_seq_of_an_invalid_message_of_that_device_only() -> None:
+    assert peek_seq(b'{"v":9,"device":"dev-001","seq":12,"ts":"x"}', "dev-001") == 12
+    assert peek_seq(b'{"v":9,"device":"dev-002","seq":12}', "dev-001") is None
+    assert peek_seq(b'{"device":"dev-001","seq":-4}', "dev-001") is None
+    assert peek_seq(b"[" * 5000, "dev-001") is None
+    assert peek_seq(b"\xff\xfe", "dev-001") is None

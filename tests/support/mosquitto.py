@@ -127,6 +127,17 @@ class Broker:
             self.proc.stderr.close()
         self.proc = None
 
+    def kill9(self) -> None:
+        """SIGKILL: a power cut at the server. Whatever Mosquitto had not saved
+        (it persists every ``autosave_interval``) is gone."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
     def log_tail(self, n: int = 20) -> str:
         log = self.root / "mosquitto.log"
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []

@@ -18,6 +18,26 @@
     return { ok: resp.ok, status: resp.status, body: body };
   }
 
+  // Where to go after signing in: a path on this origin only. The same rules as the
+  // server's collector.params.safe_next: one leading "/", no "//" or backslash, no
+  // control characters or blanks, also once percent-decoded ("/%09/evil.example"
+  // loses its tab in the browser and becomes "//evil.example").
+  function safeNext(raw) {
+    if (typeof raw !== "string" || !raw || raw.length > 500 || raw[0] !== "/") return "/";
+    let decoded = raw;
+    for (let i = 0; i < 3; i++) {
+      try { decoded = decodeURIComponent(decoded); } catch (e) { return "/"; }
+    }
+    for (const text of [raw, decoded]) {
+      if (text.indexOf("\\") !== -1 || /[\x00-\x20\x7f]/.test(text) || text.startsWith("//"))
+        return "/";
+    }
+    // Last check: the browser's own reading must stay on this origin.
+    const url = new URL(raw, window.location.origin);
+    if (url.origin !== window.location.origin) return "/";
+    return url.pathname + url.search + url.hash;
+  }
+
   function formData(form) {
     const out = {};
     for (const el of form.elements) {
@@ -52,7 +72,7 @@
     if (form.id === "login-form") {
       ev.preventDefault();
       const r = await postJson("/api/v1/auth/login", formData(form));
-      if (r.ok) window.location.assign(form.dataset.next || "/");
+      if (r.ok) window.location.assign(safeNext(form.dataset.next));
       else showError(form, form.querySelector(".form-error").dataset.failed);
       return;
     }

@@ -1,0 +1,469 @@
+"""Request and response definitions of the collector's HTTP API, as msgspec Structs.
+
+The handlers decode their parameters and bodies into these (``collector.params``),
+their answers are encoded through them (``collector.routes``), and the OpenAPI
+document is generated from them (``msgspec.json.schema_components``). A
+constraint written here is enforced and documented at once.
+
+Query/path parameter Structs end in ``Params``, request bodies in ``Body``.
+Bodies refuse unknown fields; so do parameters (a misspelt ``limt=`` is an error,
+not a silently ignored filter).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from collector.b2.table import Scope
+from collector.model import Status
+from collector.params import (
+    Commune,
+    DeviceId,
+    Limit5k,
+    Limit10k,
+    Line200,
+    OptLine200,
+    RequiredText,
+    Text,
+    TimeParam,
+    UserName,
+)
+from collector.store.base import Role, TicketState
+from fleet_protocol import B2Cause
+
+TicketId = Annotated[int, msgspec.Meta(ge=1, le=2**62, description="ticket id")]
+Lang = Literal["vi", "en"]
+Flag = Annotated[Literal["0", "1"], msgspec.Meta(description="1 = yes, 0 = no (default)")]
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of parameter Structs."""
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies."""
+
+
+class Out(msgspec.Struct, kw_only=True):
+    """Base of response bodies."""
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+class SummaryParams(Params):
+    at: TimeParam | None = None
+    commune: Commune | None = None
+
+
+class DevicesParams(Params):
+    commune: Commune | None = None
+    status: Status | None = None
+    cause: B2Cause | None = None
+    limit: Limit10k = 500
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
+
+
+class DeviceParams(Params):
+    device_id: DeviceId
+    since: TimeParam | None = None
+    until: TimeParam | None = None
+    limit: Limit10k = 500
+
+
+class EventsParams(Params):
+    commune: Commune | None = None
+    device: DeviceId | None = None
+    since: TimeParam | None = None
+    until: TimeParam | None = None
+    limit: Limit5k = 200
+
+
+class RepairsParams(Params):
+    commune: Commune | None = None
+    device: DeviceId | None = None
+    state: TicketState | None = None
+    limit: Limit10k = 500
+
+
+class OverdueParams(Params):
+    commune: Commune | None = None
+    after_hours: (
+        Annotated[int, msgspec.Meta(ge=1, le=24 * 365, description="default from [repairs]")] | None
+    ) = None
+
+
+class RepairStatsParams(Params):
+    by: Literal["commune", "contractor"] = "commune"
+
+
+class TicketParams(Params):
+    ticket_id: TicketId
+
+
+class UserParams(Params):
+    name: UserName
+
+
+class B2Params(Params):
+    as_of: TimeParam | None = None
+    format: Literal["json", "csv", "xlsx", "html"] = "json"
+    lang: Lang | None = None
+    scope: Scope = Scope.COMMUNE
+    district: Line200 | None = None
+    province: Line200 | None = None
+    unit: Line200 | None = None
+
+
+# -- page queries (the dashboard's forms; empty fields mean "not given") --------------------
+
+
+class DevicePageParams(Params):
+    range: Literal["24h", "7d", "30d"] = "24h"
+    lang: Lang | None = None
+
+
+class B2PageParams(Params):
+    as_of: TimeParam | None = None
+    scope: Scope = Scope.COMMUNE
+    lang: Lang | None = None
+
+
+class RepairsPageParams(Params):
+    commune: Commune | None = None
+    contractor: Line200 | None = None
+    min_age_days: Annotated[
+        float, msgspec.Meta(ge=0, le=36500, description="open for at least this many days")
+    ] = 0.0
+    lang: Lang | None = None
+
+
+class B2SummaryParams(Params):
+    as_of: TimeParam | None = None
+    lang: Lang | None = None
+    compare: Flag = "0"
+
+
+class InventoryParams(Params):
+    format: Literal["json", "csv", "xlsx"] = "json"
+    lang: Lang = "vi"
+
+
+class ImportParams(Params):
+    remove_missing: Flag = "0"
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+class LoginBody(Body):
+    name: UserName
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+#: When a repair step happened, for work recorded afterwards (a crew's paper log,
+#: the demo's simulated clock). It moves repair figures in the B2, so only the
+#: admin role may send it, and never into the future.
+At = Annotated[
+    float,
+    msgspec.Meta(
+        ge=946684800,
+        le=4102444800,
+        description="when the step happened (Unix seconds; admin only; default now)",
+    ),
+]
+
+
+class RepairOpenBody(Body):
+    """With ``contractor`` the ticket is started in the same call (already assigned)."""
+
+    device_id: DeviceId
+    note: Text = ""
+    contractor: OptLine200 = ""
+    technician: OptLine200 = ""
+    start_note: Text = ""
+    at: At | None = None
+
+
+class RepairStartBody(Body):
+    contractor: Line200
+    technician: OptLine200 = ""
+    note: Text = ""
+    at: At | None = None
+
+
+class NoteBody(Body):
+    note: RequiredText
+    at: At | None = None
+
+
+class ResolveBody(Body):
+    note: Text = ""
+    at: At | None = None
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class Error(Out, omit_defaults=True):
+    error: str
+    field: str
+    errors: list[RowError] | None = None
+
+
+class RowError(Out):
+    """One problem of an uploaded inventory file (no row/column: the whole file)."""
+
+    row: int | None
+    column: str | None
+    message: str
+
+
+class Health(Out):
+    ok: bool
+    db: bool
+    broker_connected: bool
+
+
+class LoggedIn(Out):
+    name: str
+    role: Role
+    csrf_token: str
+
+
+class Ok(Out):
+    ok: bool
+
+
+class Me(Out):
+    name: str
+    role: Role
+    communes: list[str] | None
+    via: Literal["session", "token"]
+    #: Only for browser sessions; scripts with a token need none.
+    csrf_token: str | None
+    permissions: list[str]
+
+
+class Unlocked(Out):
+    name: str
+    cleared: int
+
+
+class Counts(Out):
+    total: int
+    working: int
+    broken: int
+    in_repair: int
+    not_repaired: int
+    never_reported: int
+    online: int
+    by_cause: dict[str, int]
+
+
+class Summary(Counts):
+    at: float
+
+
+class CommuneCounts(Counts):
+    code: str
+    name: str
+    kind: str
+
+
+class Communes(Out):
+    communes: list[CommuneCounts]
+
+
+class Device(Out):
+    device_id: str
+    commune_code: str
+    commune_name: str | None
+    address: str | None
+    in_inventory: bool
+    status: Status
+    cause: B2Cause | None
+    cause_label: str | None
+    in_repair: bool
+    online: bool
+    never_reported: bool
+    since: float | None
+    last_seen: float | None
+    last_ts: float | None
+
+
+class Devices(Out):
+    devices: list[Device]
+
+
+class HistoryEntry(Out):
+    at: float
+    actor: str
+    action: str
+    note: str
+
+
+class Ticket(Out):
+    id: int
+    device_id: str
+    commune_code: str
+    state: TicketState
+    cause: B2Cause | None
+    opened_at: float
+    opened_by: str
+    contractor: str
+    technician: str
+    started_at: float | None
+    closed_at: float | None
+    last_progress_at: float
+    note: str
+    history: list[HistoryEntry]
+
+
+class StatusPoint(Out):
+    ts: float
+    status: Status
+    cause: B2Cause | None
+    online: bool
+
+
+class SignalPoint(Out):
+    ts: float
+    rssi_dbm: float | None
+    rsrp_dbm: float | None
+    rsrq_db: float | None
+    sinr_db: float | None
+    csq: int | None
+
+
+class FaultOut(Out):
+    code: str
+    severity: str
+    cause: str
+    since: float
+    cleared_at: float | None
+    evidence: str
+
+
+class DeviceDetail(Device):
+    last_report: dict[str, Any] | None
+    status_history: list[StatusPoint]
+    signal_history: list[SignalPoint]
+    faults: list[FaultOut]
+    repairs: list[Ticket]
+
+
+class EventOut(Out):
+    device_id: str
+    commune_code: str
+    seq: int
+    ts: float
+    type: str
+    fault_code: str | None
+    action: str | None
+    detail: str | None
+
+
+class Events(Out):
+    events: list[EventOut]
+
+
+class Tickets(Out):
+    repairs: list[Ticket]
+
+
+class Overdue(Tickets):
+    after_s: float
+
+
+class RepairStat(Out):
+    key: str
+    resolved: int
+    mean_hours: float
+    median_hours: float
+    max_hours: float
+
+
+class RepairStats(Out):
+    by: Literal["commune", "contractor"]
+    stats: list[RepairStat]
+
+
+class Trend(Out):
+    commune_code: str
+    unit: str
+    delta: int
+
+
+class Comparison(Out):
+    since: str
+    newly_broken: list[str]
+    repaired: list[str]
+    still_broken: list[str]
+    improving: list[Trend]
+    worsening: list[Trend]
+    sentence: str
+
+
+class B2Summary(Out, omit_defaults=True):
+    as_of: str
+    as_of_date: str
+    unit_name: str
+    summary: str
+    total: dict[str, Any]
+    comparison: Comparison | None = None
+
+
+class B2Table(Out):
+    report: Literal["B2"]
+    title: str
+    unit_name: str
+    as_of: str
+    as_of_date: str
+    time_zone: str
+    scope: Scope
+    lang: Lang
+    offline_days: float
+    causes: list[dict[str, str]]
+    rows: list[dict[str, Any]]
+    total: dict[str, Any]
+    summary: str
+    unlisted_devices: list[str]
+    # Only clusters that existed at the date count (install date, else first
+    # listing or first report); before any did, no_data is true and rows are empty.
+    no_data: bool = False
+    # The month's availability and ranking of communes (share of cluster-hours
+    # working from the 1st to the date, graded Tốt/Khá/Trung bình/Yếu).
+    evaluation: dict[str, Any] | None = None
+
+
+class InventoryItem(Out):
+    device_id: str
+    commune_code: str
+    commune_name: str
+    commune_kind: str
+    district: str
+    province: str
+    address: str
+    latitude: float | None
+    longitude: float | None
+    contractor: str
+    sim_iccid: str
+    sim_phone: str
+    install_date: str
+    position: int
+
+
+class Inventory(Out):
+    devices: list[InventoryItem]
+
+
+class Imported(Out):
+    devices: int
+    added: int
+    updated: int
+    unchanged: int
+    removed: list[str]
+    kept: list[str]

@@ -1,0 +1,120 @@
+"""Clock truth end to end: an agent whose clock starts three years behind and syncs later.
+
+The agent is the real ``Agent`` (probes, diagnosis, outbox, uplink) on the
+production broker config, with its wall clock and the kernel's sync status
+injected (the way a controller without an RTC boots); the collector is the
+real ingest on SQLite. Its reports buffered while the clock was wrong must end
+up stored at their true times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.store.sqlite import SQLiteRepository
+from edge_agent.agent import Agent
+from edge_agent.clock import Stamper, boot_seconds
+from edge_agent.config import load_config
+from tests.collector.conftest import ingest_running, make_config, wait_for
+from tests.edge_agent.agent_support import write_config
+from tests.support.mosquitto import Broker
+
+pytestmark = pytest.mark.integration
+
+DEV = "dev-201"
+THREE_YEARS = 3 * 365 * 86400.0
+
+
+def stored_rows(db: Path) -> list[tuple[int, str, float, float, float | None, int]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(
+            "SELECT seq, kind, ts, received_at, mono, time_estimated FROM messages"
+            " WHERE device_id = ? ORDER BY seq",
+            (DEV,),
+        ).fetchall()
+
+
+async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_times(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir()
+    cfg = load_config(
+        write_config(
+            agent_dir,
+            broker,
+            DEV,
+            reports={"heartbeat_s": 0.4, "full_report_s": 30.0},
+        )
+    )
+    db = tmp_path / "collector.db"
+    # The controller boots after a power cut: no RTC, so the wall clock is years
+    # behind and the kernel says "not synchronised"; no 4G data yet either.
+    skew = [THREE_YEARS]
+    synced = [False]
+    agent = Agent(
+        cfg,
+        clock=lambda: time.time() - skew[0],
+        stamper=Stamper(synced=lambda: synced[0], boot="5f3ca2f0", mono=boot_seconds),
+        shutdown_timeout=5.0,
+    )
+    broker.stop()
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop), name="agent")
+    ccfg = make_config(broker, tmp_path, ingest={"ack_interval_s": 0.2})
+    try:
+
+        async def buffered() -> bool:
+            return agent.outbox is not None and agent.outbox.depth >= 5
+
+        await wait_for(buffered, what="reports buffered while offline")
+        # The data link comes up; the clock is still wrong: the collector can only
+        # date what arrives by when it arrived (estimated), never three years back.
+        broker.start()
+        async with ingest_running(ccfg, repo) as (ingestor, _):
+
+            async def delivered() -> bool:
+                return ingestor.stats.dating["unsynced"] >= 5
+
+            await wait_for(delivered, timeout=20, what="unsynchronised reports stored")
+            early = stored_rows(db)
+            assert all(est == 1 for *_, est in early)
+            assert all(abs(ts - received) < 1e-6 for _, _, ts, received, _, _ in early)
+            # NTP syncs over 4G: the wall clock steps forward three years and the
+            # kernel clears STA_UNSYNC. The next report teaches the boot's offset.
+            skew[0] = 0.0
+            synced[0] = True
+
+            async def redated() -> bool:
+                rows = stored_rows(db)
+                return len(rows) > len(early) and not any(est for *_, est in rows)
+
+            await wait_for(redated, timeout=20, what="the boot's messages re-dated")
+            assert ingestor.stats.dating["restamped"] >= len(early)
+            offset = time.time() - boot_seconds()  # the true wall - mono of this boot
+            for seq, kind, ts, received, mono, _ in stored_rows(db):
+                if mono is None:
+                    # Synchronised and the boot's offset confirmed known: no stamp needed.
+                    assert seq > max(r[0] for r in early)
+                    assert ts == pytest.approx(received, abs=2.0), (seq, kind)
+                    continue
+                # Its true time: when the agent made it (mono), on the synced clock.
+                assert ts == pytest.approx(mono + offset, abs=0.5), (seq, kind)
+                assert ts <= received + 0.5
+            # The status history starts now, not three years ago.
+            history = await repo.status_history(DEV)
+            assert history and min(h.ts for h in history) > time.time() - 600
+            stop.set()
+            await asyncio.wait_for(run, 20)
+    finally:
+        stop.set()
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run

@@ -1,0 +1,113 @@
+"""fleet_protocol.mqtt_compat against the installed aiomqtt and paho, and a real Mosquitto.
+
+The first test fails on any aiomqtt or paho-mqtt minor version the module was
+not checked against: upgrading means re-reading the private attributes it
+names, then adding the version to ``TESTED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import socket
+
+import aiomqtt
+import paho.mqtt.client as paho_client
+import pytest
+
+from fleet_protocol import mqtt_compat
+from tests.collector.conftest import COLLECTOR_USER
+from tests.support.mosquitto import Broker
+
+
+@pytest.mark.parametrize("dist", sorted(mqtt_compat.TESTED))
+def test_installed_versions_are_the_tested_ones(dist: str) -> None:
+    minor = ".".join(importlib.metadata.version(dist).split(".")[:2])
+    assert minor in mqtt_compat.TESTED[dist], (
+        f"{dist} {minor} is installed; mqtt_compat was checked against "
+        f"{mqtt_compat.TESTED[dist]}: re-check its private attributes"
+    )
+
+
+async def test_the_private_attributes_it_reaches_exist() -> None:
+    client = aiomqtt.Client("127.0.0.1", 1)
+    paho = mqtt_compat.paho_of(client)
+    assert isinstance(paho, paho_client.Client)
+    assert isinstance(client._connected, asyncio.Future)
+    assert isinstance(client._disconnected, asyncio.Future)
+    assert hasattr(paho, "_sock") and paho._sock is None
+    for name in ("_sock_close", "socket", "disconnect", "manual_ack_set", "ack"):
+        assert callable(getattr(paho, name)), name
+    assert callable(paho.on_disconnect)  # aiomqtt's handler, which we wrap
+    assert mqtt_compat.socket_of(client) is None and mqtt_compat.socket_of(None) is None
+    mqtt_compat.close_half_open(client)  # nothing open: a no-op
+    mqtt_compat.drop(None)
+    mqtt_compat.hang_up(None)
+
+
+async def test_a_link_closed_before_connack_fails_the_attempt_at_once() -> None:
+    """A listener that accepts and closes (a TLS terminator with the broker down)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def accept_and_close() -> None:
+        conn, _ = await loop.sock_accept(server)
+        conn.close()
+
+    acceptor = asyncio.create_task(accept_and_close())
+    client = aiomqtt.Client("127.0.0.1", port, timeout=60)
+    mqtt_compat.fail_fast_before_connack(client)
+    try:
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(20):  # far below the client's own 60 s
+                await client.__aenter__()
+    finally:
+        mqtt_compat.close_half_open(client)
+        mqtt_compat.consume_disconnect(client)
+        acceptor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acceptor
+        server.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("cut", "will_sent"), [("drop", True), ("hang_up", False)])
+async def test_drop_sends_the_will_and_hang_up_does_not(
+    broker: Broker, cut: str, will_sent: bool
+) -> None:
+    broker.add_user("dev-compat")
+    will_topic = "loa/v1/dev-compat/presence"
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=COLLECTOR_USER,
+        password=Broker.password(COLLECTOR_USER),
+        identifier="compat-watcher",
+    ) as watcher:
+        await watcher.subscribe(will_topic, qos=1)
+        device = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username="dev-compat",
+            password=Broker.password("dev-compat"),
+            identifier="dev-compat",
+            will=aiomqtt.Will(will_topic, b"offline", qos=1),
+        )
+        await device.__aenter__()
+        assert isinstance(mqtt_compat.socket_of(device), socket.socket)
+        getattr(mqtt_compat, cut)(device)
+        got: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5 if will_sent else 2):
+                async for m in watcher.messages:
+                    got.append(bytes(m.payload))  # type: ignore[arg-type]
+                    break
+        with contextlib.suppress(aiomqtt.MqttError):
+            await device.__aexit__(None, None, None)
+        mqtt_compat.consume_disconnect(device)
+    assert got == ([b"offline"] if will_sent else [])
