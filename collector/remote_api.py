@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,20 +32,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from collector.api import _json, body, device_in_scope, scoped_communes
+from collector import schemas
+from collector.api import device_in_scope, scoped_communes
 from collector.auth import Permission, require
+from collector.config import RemoteConfig
 from collector.keys import CONFIG, REPO
 from collector.params import ApiError, bad
 from collector.remote import CHANGING_ACTIONS, PLAIN_ACTIONS, CommandService, RemoteError
 from collector.store.base import DeviceRow, NotFound
 from collector.store.commands import CommandRecord, CommandState
-from fleet_protocol import valid_device_id
 
 SERVICE = web.AppKey("remote_commands", CommandService)
 _TASK = web.AppKey("remote_commands_task", asyncio.Task[None])
 #: Arguments of one command, JSON-encoded, at most this long (a Command is <= 64 KiB).
 MAX_ARGS_BYTES = 8 * 1024
-_COMMAND_ID = re.compile(r"[0-9a-f]{16}")
 #: Actions other modules add (tunnel, config, upgrade), with whether they change the device.
 EXTRA_ACTIONS: dict[str, bool] = {}
 
@@ -73,20 +71,24 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await service.aclose()
 
 
-def _number(data: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise bad(name, "expected a number of seconds")
-    if not lo <= value <= hi:
-        raise bad(name, f"must be between {lo:g} and {hi:g}")
-    return float(value)
+def _offline_queue(offline: schemas.Offline) -> bool:
+    return offline is True or offline == "queue"
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise bad("limit", "must be 1..1000")
-    return int(raw)
+def _wait(cfg: RemoteConfig, wait_s: float | None) -> float:
+    """The wait asked for, capped at ``[remote] max_wait_s`` (never an unbounded hold)."""
+    return min(max(wait_s if wait_s is not None else cfg.wait_s, 0.1), cfg.max_wait_s)
+
+
+def _queue_for(cfg: RemoteConfig, expires_s: float | None) -> float:
+    return min(max(expires_s if expires_s is not None else cfg.queue_s, 1.0), cfg.max_queue_s)
+
+
+def _answer(record: CommandRecord, status: int = 200) -> web.Response:
+    value = msgspec.convert(record.to_json(), schemas.CommandOut)
+    return web.Response(
+        body=msgspec.json.encode(value), status=status, content_type="application/json"
+    )
 
 
 def _status_of(record: CommandRecord) -> int:
@@ -98,36 +100,26 @@ def _status_of(record: CommandRecord) -> int:
     }.get(record.state, 200)
 
 
-async def send_command(request: web.Request) -> web.Response:
-    device = await device_in_scope(request, request.match_info["device_id"], Permission.REMOTE)
+async def send_command(
+    request: web.Request, p: schemas.DeviceCommandParams, b: schemas.CommandBody
+) -> web.Response:
+    device = await device_in_scope(request, p.device_id, Permission.REMOTE)
     principal = require(request, Permission.REMOTE, device.commune_code)
     cfg = request.app[CONFIG].remote
-    data = await body(request)
-    action = data.get("action")
+    action = b.action
     actions = known_actions()
-    if not isinstance(action, str) or action not in actions:
+    if action not in actions:
         raise bad("action", f"must be one of {', '.join(sorted(actions))}")
-    args = data.get("args", {})
-    if not isinstance(args, dict) or len(args) > 15:
-        raise bad("args", "expected an object of at most 15 arguments")
-    if len(msgspec.json.encode(args)) > MAX_ARGS_BYTES:
+    if len(msgspec.json.encode(b.args)) > MAX_ARGS_BYTES:
         raise bad("args", f"longer than {MAX_ARGS_BYTES} bytes")
-    args = {k: v for k, v in args.items() if k != "confirm"}
+    args = {k: v for k, v in b.args.items() if k != "confirm"}
     if actions[action]:
-        if data.get("confirm") is not True:
+        if not b.confirm:
             raise bad("confirm", f"{action} changes the device: send confirm=true to run it")
         args["confirm"] = True
-    offline = data.get("offline", "refuse")
-    if isinstance(offline, bool):  # the dashboard's checkbox
-        offline = "queue" if offline else "refuse"
-    if offline not in ("refuse", "queue"):
-        raise bad("offline", "must be refuse or queue")
-    queue = offline == "queue"
-    wait_s = _number(data, "wait_s", cfg.wait_s, 0.1, cfg.max_wait_s)
-    if queue:
-        expires_s = _number(data, "expires_s", cfg.queue_s, 1.0, cfg.max_queue_s)
-    else:
-        expires_s = wait_s + cfg.grace_s
+    queue = _offline_queue(b.offline)
+    wait_s = _wait(cfg, b.wait_s)
+    expires_s = _queue_for(cfg, b.expires_s) if queue else wait_s + cfg.grace_s
     service = request.app[SERVICE]
     if not device.online and not queue:
         seen = (
@@ -145,7 +137,7 @@ async def send_command(request: web.Request) -> web.Response:
                 'send offline="queue" to queue it in its broker session until it returns'
             ),
         )
-        return _json(record.to_json(), status=409)
+        return _answer(record, 409)
     try:
         record = await service.send(
             device_id=device.device_id,
@@ -158,31 +150,27 @@ async def send_command(request: web.Request) -> web.Response:
         )
     except RemoteError as exc:
         raise ApiError(exc.status, "$", str(exc)) from None
-    return _json(record.to_json(), status=_status_of(record))
+    return _answer(record, _status_of(record))
 
 
-async def list_commands(request: web.Request) -> web.Response:
-    device = await device_in_scope(request, request.match_info["device_id"], Permission.REMOTE)
-    rows = await request.app[SERVICE].store.list_commands(device.device_id, limit=_limit(request))
+async def list_commands(
+    request: web.Request, p: schemas.DeviceCommandsParams, b: None
+) -> dict[str, Any]:
+    device = await device_in_scope(request, p.device_id, Permission.REMOTE)
+    rows = await request.app[SERVICE].store.list_commands(device.device_id, limit=p.limit)
     now = time.time()
-    return _json({"commands": [r.shown(now).to_json() for r in rows]})
+    return {"commands": [r.shown(now).to_json() for r in rows]}
 
 
-async def get_command(request: web.Request) -> web.Response:
+async def get_command(request: web.Request, p: schemas.CommandParams, b: None) -> dict[str, Any]:
     require(request, Permission.REMOTE)
-    raw = request.match_info["command_id"]
-    if not _COMMAND_ID.fullmatch(raw):
-        raise bad("command_id", "not a command id")
     try:
-        record = await request.app[SERVICE].store.get_command(raw)
-    except NotFound:
-        raise ApiError(404, "command_id", "not found") from None
-    try:
+        record = await request.app[SERVICE].store.get_command(p.command_id)
         device = await request.app[REPO].get_device(record.device_id)
     except NotFound:
         raise ApiError(404, "command_id", "not found") from None
     require(request, Permission.REMOTE, device.commune_code)
-    return _json(record.shown(time.time()).to_json())
+    return record.shown(time.time()).to_json()
 
 
 #: A pushed agent.toml (the agent's own limit is the same, edge_agent.remote_config).
@@ -191,63 +179,52 @@ MAX_TOML_BYTES = 48 * 1024
 PUSH_CONCURRENCY = 20
 
 
-async def _push_targets(request: web.Request, data: dict[str, Any]) -> list[DeviceRow]:
+async def push_targets(
+    request: web.Request, *, device: str | None, commune: str | None, fleet: bool
+) -> list[DeviceRow]:
+    """The devices of exactly one of ``device``, ``commune`` or the (caller's) fleet."""
     repo = request.app[REPO]
-    chosen = [k for k in ("device", "commune", "fleet") if data.get(k) not in (None, "", False)]
+    chosen = [k for k, v in (("device", device), ("commune", commune), ("fleet", fleet)) if v]
     if len(chosen) != 1:
         raise bad("device", "give exactly one of device, commune or fleet=true")
-    if chosen[0] == "device":
-        device_id = data["device"]
-        if not isinstance(device_id, str) or not valid_device_id(device_id):
-            raise bad("device", "not a valid device id")
+    if device:
         try:
-            device = await repo.get_device(device_id)
+            row = await repo.get_device(device)
         except NotFound:
             raise ApiError(404, "device", "not found") from None
-        require(request, Permission.REMOTE, device.commune_code)
-        return [device]
-    if chosen[0] == "commune":
-        commune = data["commune"]
-        if not isinstance(commune, str) or len(commune) > 64:
-            raise bad("commune", "expected a commune code")
+        require(request, Permission.REMOTE, row.commune_code)
+        return [row]
+    if commune:
         require(request, Permission.REMOTE, commune)
         communes: frozenset[str] | None = frozenset({commune})
     else:
-        if data["fleet"] is not True:
-            raise bad("fleet", "expected true")
         principal = require(request, Permission.REMOTE)
         communes = principal.communes  # a scoped technician's fleet is their communes
     return await repo.list_devices(communes=communes, limit=100000)
 
 
-async def config_push(request: web.Request) -> web.Response:
+async def config_push(request: web.Request, p: None, b: schemas.ConfigPushBody) -> dict[str, Any]:
     """Send a ``config`` command (whole agent.toml or changed fields) to the targets."""
     principal = require(request, Permission.REMOTE)
     cfg = request.app[CONFIG].remote
-    data = await body(request)
     args: dict[str, Any] = {}
-    if isinstance(data.get("toml"), str):
-        if len(data["toml"].encode()) > MAX_TOML_BYTES:
+    if b.toml is not None:
+        if len(b.toml.encode()) > MAX_TOML_BYTES:
             raise bad("toml", f"longer than {MAX_TOML_BYTES} bytes")
-        if data.get("device") in (None, ""):
+        if not b.device:
             raise bad("toml", "a whole agent.toml goes to one device; use set for many")
-        args["toml"] = data["toml"]
-    elif isinstance(data.get("set"), dict) and data["set"]:
-        changes = data["set"]
-        if len(changes) > 50 or len(msgspec.json.encode(changes)) > MAX_ARGS_BYTES:
+        args["toml"] = b.toml
+    elif b.set:
+        if len(msgspec.json.encode(b.set)) > MAX_ARGS_BYTES:
             raise bad("set", f"at most 50 fields, {MAX_ARGS_BYTES} bytes")
-        args["set"] = changes
+        args["set"] = b.set
     else:
         raise bad("toml", "send toml (a whole agent.toml) or set (changed fields)")
-    args["deadline_s"] = _number(data, "deadline_s", 180.0, 10.0, 3600.0)
-    queue = data.get("offline", "queue") in ("queue", True)
-    wait_s = _number(data, "wait_s", cfg.wait_s, 0.1, cfg.max_wait_s)
-    expires_s = (
-        _number(data, "expires_s", cfg.queue_s, 1.0, cfg.max_queue_s)
-        if queue
-        else wait_s + cfg.grace_s
-    )
-    targets = await _push_targets(request, data)
+    args["deadline_s"] = b.deadline_s
+    queue = _offline_queue(b.offline)
+    wait_s = _wait(cfg, b.wait_s)
+    expires_s = _queue_for(cfg, b.expires_s) if queue else wait_s + cfg.grace_s
+    targets = await push_targets(request, device=b.device, commune=b.commune, fleet=b.fleet)
     service = request.app[SERVICE]
     gate = asyncio.Semaphore(PUSH_CONCURRENCY)
 
@@ -280,49 +257,41 @@ async def config_push(request: web.Request) -> web.Response:
     for r in records:
         key = "accepted" if r.ok else r.state.value if r.ok is None else "rejected"
         counts[key] = counts.get(key, 0) + 1
-    return _json(
-        {
-            "bytes_per_device": size,
-            "summary": counts,
-            "devices": [r.to_json() for r in records],
-        }
-    )
+    return {
+        "bytes_per_device": size,
+        "summary": counts,
+        "devices": [r.to_json() for r in records],
+    }
 
 
-async def config_versions(request: web.Request) -> web.Response:
+async def config_versions(
+    request: web.Request, p: schemas.ConfigVersionsParams, b: None
+) -> dict[str, Any]:
     """Each device's running agent and config version, from its last full state report."""
     require(request, Permission.READ)
-    rows = await request.app[REPO].list_devices(
-        communes=scoped_communes(request, None), limit=100000
-    )
-    return _json(
-        {
-            "devices": [
-                {
-                    "device_id": d.device_id,
-                    "commune_code": d.commune_code,
-                    "online": d.online,
-                    "agent_version": (d.last_report or {}).get("agent_version"),
-                    "config_version": (d.last_report or {}).get("config_version"),
-                }
-                for d in rows
-            ]
-        }
-    )
+    communes = scoped_communes(request, p.commune)
+    rows = await request.app[REPO].list_devices(communes=communes, limit=100000)
+    return {
+        "devices": [
+            {
+                "device_id": d.device_id,
+                "commune_code": d.commune_code,
+                "online": d.online,
+                "agent_version": (d.last_report or {}).get("agent_version"),
+                "config_version": (d.last_report or {}).get("config_version"),
+            }
+            for d in rows
+        ]
+    }
 
 
 def setup(app: web.Application) -> None:
-    """Add the command service and the routes (and the upgrades') to the collector app."""
+    """Add the command service and the upgrades' rollouts to the app's lifetime (their
+    routes are in ``collector.routes.ROUTES``)."""
     from collector import upgrades
 
     app.cleanup_ctx.append(_service_ctx)
     upgrades.setup(app)
-    r = app.router
-    r.add_post("/api/v1/devices/{device_id}/commands", send_command)
-    r.add_get("/api/v1/devices/{device_id}/commands", list_commands)
-    r.add_get("/api/v1/commands/{command_id}", get_command)
-    r.add_post("/api/v1/config/push", config_push)
-    r.add_get("/api/v1/config/versions", config_versions)
 
 
 __all__ = ["EXTRA_ACTIONS", "SERVICE", "known_actions", "setup"]

@@ -40,13 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from collector.api import _json, body
+from collector import schemas
 from collector.auth import Permission, require
 from collector.keys import CONFIG, REPO
 from collector.params import ApiError, bad
 from collector.remote import RemoteError
+from collector.remote_api import SERVICE, push_targets
 from collector.store.base import DeviceRow, NotFound
 
 PUSH_CONCURRENCY = 20
@@ -220,8 +222,6 @@ async def _outcome(
 
 async def _phase(app: web.Application, r: Rollout, devices: list[str], base_url: str) -> bool:
     """Upgrade ``devices``; True if every one came back healthy on the new version."""
-    from collector.remote_api import SERVICE
-
     service = app[SERVICE]
     art = load_artifact(Path(app[CONFIG].upgrades.dir), r.version)
     args = {
@@ -294,12 +294,6 @@ async def run_rollout(app: web.Application, r: Rollout, base_url: str) -> None:
 # --- routes -------------------------------------------------------------------------------
 
 
-async def _targets(request: web.Request, data: dict[str, Any]) -> list[DeviceRow]:
-    from collector.remote_api import _push_targets
-
-    return await _push_targets(request, data)
-
-
 def _artifact(request: web.Request, version: str) -> Artifact:
     try:
         return load_artifact(Path(request.app[CONFIG].upgrades.dir), version)
@@ -307,81 +301,44 @@ def _artifact(request: web.Request, version: str) -> Artifact:
         raise ApiError(404, "version", "no such upgrade") from None
 
 
-async def list_view(request: web.Request) -> web.Response:
+async def list_view(request: web.Request, p: None, b: None) -> dict[str, Any]:
     require(request, Permission.UPGRADE)
     directory = Path(request.app[CONFIG].upgrades.dir)
     arts = []
-    for p in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        with_art = load_artifact(directory, p.stem)
-        arts.append(with_art.to_json())
-    return _json({"upgrades": arts})
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        arts.append(load_artifact(directory, path.stem).to_json())
+    return {"upgrades": arts}
 
 
-def _plan_input(request: web.Request, data: dict[str, Any]) -> tuple[list[str] | None, int]:
-    canaries = data.get("canaries")
-    if canaries is not None and (
-        not isinstance(canaries, list) or not all(isinstance(c, str) for c in canaries)
-    ):
-        raise bad("canaries", "expected a list of device ids")
-    count = data.get("canary_count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-        raise bad("canary_count", "must be 1..1000")
-    return canaries, count
-
-
-async def plan_view(request: web.Request) -> web.Response:
+async def plan_view(request: web.Request, p: schemas.UpgradePlanParams, b: None) -> dict[str, Any]:
     require(request, Permission.UPGRADE)
-    art = _artifact(request, request.match_info["version"])
-    q = dict(request.query)
-    data: dict[str, Any] = {k: q[k] for k in ("device", "commune") if q.get(k)}
-    if not data:
-        data["fleet"] = True
-    if q.get("canaries"):
-        data["canaries"] = q["canaries"].split(",")
-    if q.get("canary_count"):
-        try:
-            data["canary_count"] = int(q["canary_count"])
-        except ValueError:
-            raise bad("canary_count", "expected an integer") from None
-    devices = await _targets(request, data)
-    try:
-        canaries, rest = plan(
-            devices, art, canaries=data.get("canaries"), canary_count=_plan_input(request, data)[1]
-        )
-    except UpgradeError as exc:
-        raise bad("canaries", str(exc)) from None
-    return _json(
-        {
-            "version": art.version,
-            "bytes_per_device": art.size,
-            "devices": len(devices),
-            "total_bytes": art.size * len(devices),
-            "canaries": canaries,
-            "rest": rest,
-        }
+    art = _artifact(request, p.version)
+    devices = await push_targets(
+        request, device=p.device, commune=p.commune, fleet=not (p.device or p.commune)
     )
-
-
-async def start_view(request: web.Request) -> web.Response:
-    principal = require(request, Permission.UPGRADE)
-    data = await body(request)
-    version = data.get("version")
-    if not isinstance(version, str):
-        raise bad("version", "is required")
-    art = _artifact(request, version)
-    canaries_in, count = _plan_input(request, data)
-    devices = await _targets(request, data)
+    wanted = [c for c in p.canaries.split(",") if c] if p.canaries else None
     try:
-        canaries, rest = plan(devices, art, canaries=canaries_in, canary_count=count)
+        canaries, rest = plan(devices, art, canaries=wanted, canary_count=p.canary_count)
     except UpgradeError as exc:
         raise bad("canaries", str(exc)) from None
-    deadline = data.get("deadline_s", 900)
-    if (
-        isinstance(deadline, bool)
-        or not isinstance(deadline, int | float)
-        or not 30 <= deadline <= 86400
-    ):
-        raise bad("deadline_s", "must be 30..86400 s")
+    return {
+        "version": art.version,
+        "bytes_per_device": art.size,
+        "devices": len(devices),
+        "total_bytes": art.size * len(devices),
+        "canaries": canaries,
+        "rest": rest,
+    }
+
+
+async def start_view(request: web.Request, p: None, b: schemas.RolloutBody) -> web.Response:
+    principal = require(request, Permission.UPGRADE)
+    art = _artifact(request, b.version)
+    devices = await push_targets(request, device=b.device, commune=b.commune, fleet=b.fleet)
+    try:
+        canaries, rest = plan(devices, art, canaries=b.canaries, canary_count=b.canary_count)
+    except UpgradeError as exc:
+        raise bad("canaries", str(exc)) from None
     r = Rollout(
         id=secrets.token_hex(8),
         version=art.version,
@@ -390,7 +347,7 @@ async def start_view(request: web.Request) -> web.Response:
         canaries=canaries,
         rest=rest,
         bytes_per_device=art.size,
-        deadline_s=float(deadline),
+        deadline_s=b.deadline_s,
         started_at=time.time(),
     )
     base = request.app[CONFIG].upgrades.public_url or str(request.url.origin())
@@ -411,28 +368,33 @@ async def start_view(request: web.Request) -> web.Response:
     )
     request.app[TASKS].add(task)
     task.add_done_callback(request.app[TASKS].discard)
-    return _json(r.to_json(), status=202)
+    value = msgspec.convert(r.to_json(), schemas.RolloutOut)
+    return web.Response(
+        body=msgspec.json.encode(value), status=202, content_type="application/json"
+    )
 
 
-async def rollout_view(request: web.Request) -> web.Response:
+async def rollout_view(request: web.Request, p: schemas.RolloutParams, b: None) -> dict[str, Any]:
     require(request, Permission.UPGRADE)
-    r = request.app[ROLLOUTS].get(request.match_info["rollout_id"])
+    r = request.app[ROLLOUTS].get(p.rollout_id)
     if r is None:
         raise ApiError(404, "rollout_id", "not found")
-    return _json(r.to_json())
+    return r.to_json()
 
 
-async def download_view(request: web.Request) -> web.StreamResponse:
-    token, version = request.match_info["token"], request.match_info["version"]
+async def download_view(
+    request: web.Request, p: schemas.DownloadParams, b: None
+) -> web.StreamResponse:
+    token, version = p.token, p.version
     rollout = next(
         (r for r in request.app[ROLLOUTS].values() if secrets.compare_digest(r.token, token)), None
     )
     # One answer for a wrong token and a wrong version: nothing to learn by probing.
     if rollout is None or rollout.version != version or rollout.state in ("done", "halted"):
-        raise web.HTTPNotFound()
+        raise ApiError(404, "token", "no such download")
     path = Path(request.app[CONFIG].upgrades.dir) / f"{version}.tar"
     if not path.is_file():
-        raise web.HTTPNotFound()
+        raise ApiError(404, "token", "no such download")
     return web.FileResponse(path, headers={"Content-Type": "application/x-tar"})
 
 
@@ -448,13 +410,8 @@ async def _ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
+    """The rollouts' lifetime (the routes are in ``collector.routes.ROUTES``)."""
     app.cleanup_ctx.append(_ctx)
-    r = app.router
-    r.add_get("/api/v1/upgrades", list_view)
-    r.add_get("/api/v1/upgrades/{version}/plan", plan_view)
-    r.add_post("/api/v1/upgrades/rollouts", start_view)
-    r.add_get("/api/v1/upgrades/rollouts/{rollout_id}", rollout_view)
-    r.add_get("/upgrades/download/{token}/{version}.tar", download_view)
 
 
 __all__ = [
