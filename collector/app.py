@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from collector import api, auth, repairs, routes
+from collector import api, auth, remote_api, repairs, routes
 from collector.alerts import service as alerts
 from collector.alerts import web as alerts_web
 from collector.config import CollectorConfig
@@ -160,6 +160,7 @@ def create_app(config: CollectorConfig) -> web.Application:
     app[METRIC_SOURCES] = []
     app.cleanup_ctx.append(alerts.alerts_ctx)
     routes.add_routes(app)
+    remote_api.setup(app)
     setup_dashboard(app)
     alerts_web.add_routes(app)
     return app

@@ -14,7 +14,8 @@ would add nothing). No secret is ever logged.
 
 Roles: ``admin`` (everything), ``district_viewer`` (read all), ``commune_officer``
 (read and manage repairs in their communes only), ``technician`` (read, open,
-start and comment repairs; limited to their communes when they have any).
+start and comment repairs, send remote commands to devices; limited to their
+communes when they have any).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ CSRF_HEADER = "X-CSRF-Token"
 #: Paths served without the middleware's authentication. ``/metrics`` checks its
 #: own (an admin, or the metrics token).
 PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/auth/login", "/metrics"})
+#: Upgrade downloads: the path carries a random per-rollout capability that the
+#: handler checks (``collector.upgrades``); devices hold no API token.
+CAPABILITY_PREFIX = "/upgrades/download/"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _hasher = PasswordHasher()
@@ -59,6 +63,10 @@ class Permission(enum.StrEnum):
     INVENTORY_WRITE = "inventory.write"
     USERS_ADMIN = "users.admin"
     METRICS = "metrics"  # fleet-wide counts: admins (and the metrics token) only
+    #: Send commands to devices and read their results (collector.remote_api).
+    REMOTE = "remote"
+    #: Sign-and-serve agent upgrades and roll them out (admin only).
+    UPGRADE = "upgrade"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -72,7 +80,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.REPAIR_CANCEL,
         }
     ),
-    Role.TECHNICIAN: frozenset({Permission.READ, Permission.REPAIR_OPEN, Permission.REPAIR_WORK}),
+    Role.TECHNICIAN: frozenset(
+        {Permission.READ, Permission.REPAIR_OPEN, Permission.REPAIR_WORK, Permission.REMOTE}
+    ),
 }
 
 
@@ -206,7 +216,7 @@ def auth_middleware(repo_of: Callable[[web.Request], Repository]) -> Middleware:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(CAPABILITY_PREFIX):
             return await handler(request)
         principal = await authenticate(request, repo_of(request))
         if principal is None:

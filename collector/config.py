@@ -199,6 +199,31 @@ class LoginConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RemoteConfig:
+    #: How long a command waits for the device's reply by default, and at most.
+    wait_s: float = 20.0
+    max_wait_s: float = 120.0
+    #: A command sent to an online device expires this long after its wait, so
+    #: one delayed in the broker never runs long after the operator gave up.
+    grace_s: float = 60.0
+    #: A command queued for an offline device expires after this by default, and
+    #: at most after max_queue_s (the agent refuses anything later than 7 days).
+    queue_s: float = 3600.0
+    max_queue_s: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpgradesConfig:
+    #: Signed upgrade artifacts (``loa-collector upgrade add``): <version>.tar + .json.
+    dir: str = "/var/lib/loa-collector/upgrades"
+    #: Ed25519 private key (PEM, mode 0600) that signs them (``loa-collector upgrade keygen``).
+    signing_key: str = "/etc/loa-collector/upgrade-signing.pem"
+    #: Base URL devices download from (their TLS trust is the broker's CA); "" = the
+    #: URL the rollout was started through.
+    public_url: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class CollectorConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     db: DbConfig = field(default_factory=DbConfig)
@@ -207,6 +232,10 @@ class CollectorConfig:
     repairs: RepairConfig = field(default_factory=RepairConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     login: LoginConfig = field(default_factory=LoginConfig)
+    #: Remote commands to devices (collector.remote).
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    #: Agent upgrades (collector.upgrades).
+    upgrades: UpgradesConfig = field(default_factory=UpgradesConfig)
     #: The B2 report's time zone, offline note, unit name and language.
     report: ReportSettings = field(default_factory=ReportSettings)
     #: Alert rules' engine, channels and the monthly report's delivery.
@@ -258,6 +287,15 @@ class CollectorConfig:
             (
                 self.login.forget_after_s > self.login.max_delay_s,
                 "[login] forget_after_s: must exceed max_delay_s",
+            ),
+            (
+                0 < self.remote.wait_s <= self.remote.max_wait_s,
+                "[remote] wait_s: must be > 0 and <= max_wait_s",
+            ),
+            (self.remote.grace_s >= 0, "[remote] grace_s: must be >= 0"),
+            (
+                0 < self.remote.queue_s <= self.remote.max_queue_s <= 7 * 86400,
+                "[remote] queue_s: must be > 0 and <= max_queue_s <= 7 days",
             ),
             *((False, problem) for problem in self.report.problems()),
             *((False, problem) for problem in self.alerts.problems()),

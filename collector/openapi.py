@@ -89,6 +89,8 @@ def _responses(route: Route) -> dict[str, Any]:
                 link["requestBody"] = body
             ok["links"][name] = link
     out: dict[str, Any] = {str(route.status): ok}
+    for status, description in route.same_body.items():
+        out[str(status)] = {"description": description, "content": dict(content)}
     if route.params is not None or route.body is not None or route.upload is not None:
         out["400"] = _error("invalid input: `field` names it, `error` says why")
     if not route.public:

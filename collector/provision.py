@@ -52,6 +52,13 @@ import tomli_w
 
 from collector.broker_config import DEPLOY_DIR, PRODUCTION_ACL
 from collector.model import CommuneKind, InventoryDevice
+from collector.provision_remote import (
+    RemoteProvisionError,
+    TunnelPlan,
+    parse_host,
+    tunnel_files,
+    upgrade_files,
+)
 from collector.store.base import Repository
 from collector.tls import (
     CA_CERT,
@@ -331,6 +338,13 @@ def _check_agent_config(cfg: Mapping[str, Any]) -> None:
     for name in ("ca_file", "password_file", "client_cert", "client_key"):
         if broker.get(name):
             broker[name] = __file__
+    for section, names in (
+        ("tunnel", ("key_file", "known_hosts_file")),
+        ("upgrade", ("public_key",)),
+    ):
+        for name in names:
+            if local.get(section, {}).get(name):
+                local[section][name] = __file__
     try:
         parse_config(local, hardware=check_agent_hardware)
     except ConfigError as exc:
@@ -448,6 +462,8 @@ async def provision(
     force: bool = False,
     reload_broker: Callable[[], None] | None = None,
     actor: str = "provision",
+    tunnel: TunnelPlan | None = None,
+    upgrade_key: Path | None = None,
     dry_run: bool = False,
 ) -> Provisioned | None:
     """Provision ``device_id``; see the module docstring. Raises ProvisionError.
@@ -509,6 +525,17 @@ async def provision(
         files=files,
         overrides=overrides,
     )
+    # The tunnel key and the upgrade key (collector.provision_remote): trust anchors.
+    extra_files: dict[str, tuple[bytes, int]] = {}
+    try:
+        if tunnel is not None:
+            cfg["tunnel"], more = tunnel_files(device_id, tunnel, install_dir)
+            extra_files.update(more)
+        if upgrade_key is not None:
+            cfg["upgrade"], more = upgrade_files(upgrade_key, install_dir)
+            extra_files.update(more)
+    except RemoteProvisionError as exc:
+        raise ProvisionError(str(exc)) from None
     text = dump_toml(cfg)
     _check_agent_config(cfg)
     row = None
@@ -544,6 +571,9 @@ async def provision(
     )
     write_file(agent_toml, (header + text).encode(), mode=0o600)
     written.append("agent.toml")
+    for name, (data, file_mode) in extra_files.items():
+        write_file(out_dir / name, data, mode=file_mode)
+        written.append(name)
 
     changed = False
     if active_certs and ca is not None and ca_dir is not None:
@@ -774,6 +804,15 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
         help='agent.toml override, value in TOML (e.g. modem.dialect="quectel")',
     )
     p.add_argument("--force", action="store_true", help="re-provision: new credentials")
+    p.add_argument(
+        "--tunnel-host", help="district jump host for the reverse SSH tunnel (HOST[:PORT])"
+    )
+    p.add_argument("--tunnel-user", default="loa-tunnel", help="its account for devices")
+    p.add_argument("--tunnel-port", type=int, help="this device's port on the jump host")
+    p.add_argument(
+        "--tunnel-known-hosts", type=Path, help="the jump host's known_hosts line (pinned)"
+    )
+    p.add_argument("--upgrade-key", type=Path, help="the district's upgrade.pub (Ed25519)")
 
 
 def _db_path(args: argparse.Namespace) -> Path | None:
@@ -799,6 +838,27 @@ def _chown_like(db: Path) -> None:
     for side in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             os.chown(side, st.st_uid, st.st_gid)
+
+
+def _tunnel_plan(args: argparse.Namespace) -> TunnelPlan | None:
+    if not args.tunnel_host:
+        return None
+    if args.tunnel_port is None or args.tunnel_known_hosts is None:
+        raise ProvisionError("--tunnel-host needs --tunnel-port and --tunnel-known-hosts")
+    try:
+        host, port = parse_host(args.tunnel_host)
+        known = args.tunnel_known_hosts.read_text(encoding="utf-8")
+    except RemoteProvisionError as exc:
+        raise ProvisionError(str(exc)) from None
+    except OSError as exc:
+        raise ProvisionError(f"--tunnel-known-hosts: {exc.strerror}") from None
+    return TunnelPlan(
+        host=host,
+        port=port,
+        user=args.tunnel_user,
+        remote_port=args.tunnel_port,
+        known_hosts=known,
+    )
 
 
 def _fields(args: argparse.Namespace) -> InventoryFields:
@@ -861,7 +921,14 @@ async def _run(args: argparse.Namespace) -> list[Provisioned]:
         "overrides": [parse_override(item) for item in args.set],
         "force": args.force,
         "reload_broker": reload_broker,
+        "tunnel": _tunnel_plan(args),
+        "upgrade_key": args.upgrade_key,
     }
+    if devices and common["tunnel"] is not None:
+        # One jump-host port per device: a whole inventory cannot share --tunnel-port.
+        raise ProvisionError(
+            "--tunnel-host provisions one device at a time (its own --tunnel-port)"
+        )
 
     async def go(store: Repository | None) -> list[Provisioned]:
         if devices:

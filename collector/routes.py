@@ -23,7 +23,7 @@ from typing import Any, Final
 import msgspec
 from aiohttp import web
 
-from collector import api, schemas
+from collector import api, remote_api, schemas, upgrades
 from collector.b2 import api as b2_api
 from collector.params import bad, decode_body, decode_params, query_of, read_json
 
@@ -50,6 +50,9 @@ class Route:
     media: tuple[str, ...] = ()
     #: Answers beyond the usual errors: status -> description.
     errors: dict[int, str] = field(default_factory=dict)
+    #: Other statuses whose body is the success answer's (a queued or unanswered
+    #: command is still a command record): status -> description.
+    same_body: dict[int, str] = field(default_factory=dict)
     #: Served without a session or token (the handler checks what it needs).
     public: bool = False
     #: A non-JSON request body, as an OpenAPI ``content`` map (file uploads).
@@ -352,6 +355,104 @@ ROUTES: Final[Sequence[Route]] = (
                 }
             },
         },
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/devices/{device_id}/commands",
+        handler=remote_api.send_command,
+        summary="Send a remote command (technician, admin) and wait for the reply",
+        params=schemas.DeviceCommandParams,
+        body=schemas.CommandBody,
+        response=schemas.CommandOut,
+        same_body={
+            202: "queued for an offline device (state queued); the result comes later",
+            409: "the device is offline and offline is refuse: nothing sent (state refused)",
+            504: "the device did not answer within wait_s (state unreachable)",
+        },
+        errors={404: "no such device, or outside the caller's communes"},
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/devices/{device_id}/commands",
+        handler=remote_api.list_commands,
+        summary="A device's latest remote commands",
+        params=schemas.DeviceCommandsParams,
+        response=schemas.CommandList,
+        errors={404: "no such device, or outside the caller's communes"},
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/commands/{command_id}",
+        handler=remote_api.get_command,
+        summary="One remote command and its result",
+        params=schemas.CommandParams,
+        response=schemas.CommandOut,
+        errors={404: "no such command, or outside the caller's communes"},
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/config/push",
+        handler=remote_api.config_push,
+        summary=(
+            "Push an agent.toml (one device) or changed fields (device, commune or fleet); "
+            "each device keeps it only if healthy within deadline_s, else rolls back"
+        ),
+        body=schemas.ConfigPushBody,
+        response=schemas.ConfigPushed,
+        errors={404: "no such device"},
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/config/versions",
+        handler=remote_api.config_versions,
+        summary="Each device's agent and config version (from its last full report)",
+        params=schemas.ConfigVersionsParams,
+        response=schemas.ConfigVersions,
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/upgrades",
+        handler=upgrades.list_view,
+        summary="Signed agent upgrades available (admin)",
+        response=schemas.UpgradeList,
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/upgrades/{version}/plan",
+        handler=upgrades.plan_view,
+        summary="What a rollout would cost before it starts: bytes, devices, canaries, the rest",
+        params=schemas.UpgradePlanParams,
+        response=schemas.UpgradePlan,
+        errors={404: "no such upgrade or device"},
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/upgrades/rollouts",
+        handler=upgrades.start_view,
+        summary="Start a staged rollout (canaries, then the rest; halts when a canary fails)",
+        body=schemas.RolloutBody,
+        response=schemas.RolloutOut,
+        status=202,
+        errors={404: "no such upgrade or device"},
+    ),
+    Route(
+        method="GET",
+        path="/api/v1/upgrades/rollouts/{rollout_id}",
+        handler=upgrades.rollout_view,
+        summary="A rollout's progress per device",
+        params=schemas.RolloutParams,
+        response=schemas.RolloutOut,
+        errors={404: "no such rollout"},
+    ),
+    Route(
+        method="GET",
+        path="/upgrades/download/{token}/{version}.tar",
+        handler=upgrades.download_view,
+        summary="An upgrade artifact for devices: the path is a per-rollout capability",
+        params=schemas.DownloadParams,
+        media=("application/x-tar",),
+        errors={404: "no such download"},
+        public=True,
     ),
 )
 

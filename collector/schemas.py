@@ -467,3 +467,174 @@ class Imported(Out):
     unchanged: int
     removed: list[str]
     kept: list[str]
+
+
+# -- remote operations (collector.remote_api, collector.upgrades) ----------------------------
+
+#: Actions a remote command may name (``collector.remote``: PLAIN_ACTIONS, CHANGING_ACTIONS).
+RemoteAction = Literal[
+    "status",
+    "diag",
+    "read",
+    "at",
+    "modbus",
+    "outbox",
+    "events",
+    "tunnel",
+    "tunnel_close",
+    "soft_reset",
+    "power_cycle",
+]
+#: An offline device: refuse the command (default) or queue it in its broker session;
+#: the dashboard's checkbox sends a boolean (true = queue).
+Offline = Literal["refuse", "queue"] | bool
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400, description="seconds")]
+Args = Annotated[dict[str, Any], msgspec.Meta(max_length=15, description="the action's arguments")]
+Version = Annotated[str, msgspec.Meta(pattern="^[0-9a-z.+_-]{1,64}$", description="agent version")]
+Hex16 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}$")]
+
+
+class DeviceCommandParams(Params):
+    device_id: DeviceId
+
+
+class DeviceCommandsParams(Params):
+    device_id: DeviceId
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+
+
+class CommandParams(Params):
+    command_id: Hex16
+
+
+class ConfigVersionsParams(Params):
+    commune: Commune | None = None
+
+
+class UpgradePlanParams(Params):
+    version: Version
+    device: DeviceId | None = None
+    commune: Commune | None = None
+    #: Comma-separated device ids.
+    canaries: Annotated[str, msgspec.Meta(max_length=4000, pattern="^[A-Za-z0-9_.,-]*$")] | None = (
+        None
+    )
+    canary_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+
+
+class RolloutParams(Params):
+    rollout_id: Hex16
+
+
+class DownloadParams(Params):
+    token: Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]
+    version: Version
+
+
+class CommandBody(Body):
+    action: RemoteAction
+    args: Args = msgspec.field(default_factory=dict)
+    #: Wait this long for the reply (default and cap: [remote] wait_s, max_wait_s).
+    wait_s: Seconds | None = None
+    offline: Offline = "refuse"
+    #: A queued command expires after this (default and cap: [remote] queue_s, max_queue_s).
+    expires_s: Seconds | None = None
+    #: Required (true) for the actions that change the device.
+    confirm: bool = False
+
+
+class ConfigPushBody(Body):
+    device: DeviceId | None = None
+    commune: Commune | None = None
+    fleet: bool = False
+    #: A whole agent.toml (one device only).
+    toml: Annotated[str, msgspec.Meta(max_length=48 * 1024)] | None = None
+    #: Changed fields: ``{"section.key": value}``, null removes.
+    set: Annotated[dict[str, Any], msgspec.Meta(max_length=50)] | None = None
+    deadline_s: Annotated[float, msgspec.Meta(ge=10, le=3600)] = 180.0
+    offline: Offline = "queue"
+    wait_s: Seconds | None = None
+    expires_s: Seconds | None = None
+
+
+class RolloutBody(Body):
+    version: Version
+    device: DeviceId | None = None
+    commune: Commune | None = None
+    fleet: bool = False
+    canaries: Annotated[list[DeviceId], msgspec.Meta(max_length=1000)] | None = None
+    canary_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    deadline_s: Annotated[float, msgspec.Meta(ge=30, le=86400)] = 900.0
+
+
+class CommandOut(Out):
+    id: str
+    device_id: str
+    action: str
+    args: dict[str, Any]
+    actor: str
+    mode: str
+    created_at: float
+    expires_at: float
+    state: Literal["sent", "replied", "unreachable", "queued", "refused", "expired"]
+    replied_at: float | None
+    ok: bool | None
+    result: Any
+    error: str | None
+
+
+class CommandList(Out):
+    commands: list[CommandOut]
+
+
+class ConfigPushed(Out):
+    bytes_per_device: int
+    summary: dict[str, int]
+    devices: list[CommandOut]
+
+
+class ConfigVersion(Out):
+    device_id: str
+    commune_code: str | None
+    online: bool
+    agent_version: str | None
+    config_version: str | None
+
+
+class ConfigVersions(Out):
+    devices: list[ConfigVersion]
+
+
+class UpgradeArtifact(Out):
+    version: str
+    size: int
+    sha256: str
+    signature: str
+    wheels: list[str]
+
+
+class UpgradeList(Out):
+    upgrades: list[UpgradeArtifact]
+
+
+class UpgradePlan(Out):
+    version: str
+    bytes_per_device: int
+    devices: int
+    total_bytes: int
+    canaries: list[str]
+    rest: list[str]
+
+
+class RolloutOut(Out):
+    id: str
+    version: str
+    actor: str
+    state: Literal["canaries", "rest", "done", "halted"]
+    reason: str
+    canaries: list[str]
+    rest: list[str]
+    bytes_per_device: int
+    total_bytes: int
+    started_at: float
+    devices: dict[str, dict[str, Any]]

@@ -104,14 +104,20 @@ cp -r "$DEPLOY/." "$PREFIX/deploy/"
 if [ -f "$SOURCE/docs/deploy.md" ]; then cp "$SOURCE/docs/deploy.md" "$PREFIX/docs/"; fi
 
 # --- configuration bundle ----------------------------------------------------------
-# root:loa 0750 directory, files 0640: the agent (group loa) reads its
-# credentials, cannot change them, and nobody else can read them.
-install -d -m 0750 -o root -g "$SERVICE_USER" "$CONF_DIR"
+# root:loa 1770 directory, files root:loa 0640: the agent (group loa) reads its
+# credentials, cannot change them, and nobody else can read them. The sticky
+# bit lets the agent replace only files it owns: agent.toml (owned by loa, so a
+# config pushed from the district can be applied and rolled back) and the
+# agent.toml.prev/.pending it writes itself.
+install -d -m 1770 -o root -g "$SERVICE_USER" "$CONF_DIR"
 if [ -n "$BUNDLE" ]; then
   step "installing the bundle from $BUNDLE into $CONF_DIR"
-  for f in agent.toml ca.crt mqtt-password client.crt client.key; do
+  for f in agent.toml ca.crt mqtt-password client.crt client.key tunnel_ed25519 \
+      tunnel_known_hosts upgrade.pub; do
     if [ -f "$BUNDLE/$f" ]; then
-      install -m 0640 -o root -g "$SERVICE_USER" "$BUNDLE/$f" "$CONF_DIR/$f"
+      owner=root
+      if [ "$f" = agent.toml ]; then owner="$SERVICE_USER"; fi
+      install -m 0640 -o "$owner" -g "$SERVICE_USER" "$BUNDLE/$f" "$CONF_DIR/$f"
     else
       # Re-provisioned into the other mode: the old credential must not linger.
       rm -f "${CONF_DIR:?}/$f"
@@ -120,6 +126,12 @@ if [ -n "$BUNDLE" ]; then
 fi
 install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/loa-agent
 install -d -m 0750 -o root -g "$SERVICE_USER" /var/log/loa-agent
+# systemd starts /var/lib/loa-agent/current/bin/loa-agent. An install (or a
+# re-install) starts from the environment just installed; upgrades from the
+# district then move the link (edge_agent/upgrade.py).
+ln -sfn "$VENV" /var/lib/loa-agent/current
+chown -h "$SERVICE_USER:$SERVICE_USER" /var/lib/loa-agent/current
+rm -f /var/lib/loa-agent/upgrade.pending
 # Check the config as the service user: a bad field or an unreadable file
 # fails here, with the field's name, instead of in a restart loop.
 step "checking $CONF_DIR/agent.toml"

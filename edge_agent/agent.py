@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -46,12 +47,12 @@ from edge_agent.outbox import Outbox, Priority
 from edge_agent.poller import Poller
 from edge_agent.probes import StreamProbe, SystemProbe
 from edge_agent.recovery import Action, RecoveryLadder
+from edge_agent.remote import RemoteCommands, config_version
 from edge_agent.sdnotify import Notifier
 from edge_agent.uplink import Uplink
 from firmware_shims.errors import ShimError
 from firmware_shims.readings import AmpReading, ModemReading, StreamReading, SystemReading
 from fleet_protocol import (
-    PROTOCOL_VERSION,
     Command,
     EventType,
     Fault,
@@ -155,8 +156,12 @@ class Agent:
         notifier: Notifier | None = None,
         shutdown_timeout: float = 10.0,
         stamper: Stamper | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        #: The agent.toml this agent runs (its hash is the config version reported).
+        self.config_path = config_path
+        self.config_version = config_version(config_path)
         #: Stamps every message with boot id, seconds since boot and clock sync
         #: status (edge_agent.clock). By default only on the system clock: a
         #: simulated clock is the truth by construction.
@@ -194,6 +199,15 @@ class Agent:
         self.uplink: Uplink | None = None
         self.ladder: RecoveryLadder | None = None
         self.control: ControlServer | None = None
+        self.remote: RemoteCommands | None = None
+        self.tunnel: Any = None  # edge_agent.tunnel.Tunnel when [tunnel] is configured
+        self.config: Any = None  # edge_agent.remote_config.ConfigManager with a config file
+        self.upgrade: Any = None  # edge_agent.upgrade.UpgradeManager when [upgrade] is set
+        #: Set when a pushed config or an upgrade needs a fresh process (the CLI re-execs
+        #: ``restart_into``, or this same command when it is None).
+        self.restart_requested = False
+        self.restart_into: Path | None = None
+        self._restart = asyncio.Event()
 
     # --- building ------------------------------------------------------------------
 
@@ -295,6 +309,8 @@ class Agent:
                     outbox_depth=depth,
                     heartbeat=heartbeat,
                     ts=self._now(),
+                    agent_version=AGENT_VERSION,
+                    config_version=self.config_version,
                 ),
                 Priority.HEARTBEAT if heartbeat else Priority.REPORT,
             )
@@ -382,6 +398,37 @@ class Agent:
             EventType.RECOVERY, action=a.action, detail=("" if a.ok else "failed: ") + a.detail
         )
 
+    async def recovery_event(self, a: Action) -> None:
+        """Store a recovery event (the ladder's, or a remote soft reset / power cycle)."""
+        await self._recovery_event(a)
+
+    def request_restart(self, into: Path | None = None) -> None:
+        """Stop in order, then let the CLI start again (``into``: another loa-agent)."""
+        self.restart_requested = True
+        self.restart_into = into
+        self._restart.set()
+
+    def healthy(self) -> bool:
+        """Connected, every probe polled, and a message acknowledged by the broker."""
+        up = self.uplink
+        return bool(up and up.connected and up.published > 0 and self._all_polled())
+
+    async def _config_event(self, what: str, detail: str) -> None:
+        type_ = EventType.CONFIG_APPLIED if what == "applied" else EventType.CONFIG_ROLLED_BACK
+        await self._event(type_, action="config", detail=detail)
+
+    async def _upgrade_event(self, what: str, detail: str) -> None:
+        type_ = EventType.UPGRADE_APPLIED if what == "applied" else EventType.UPGRADE_ROLLED_BACK
+        await self._event(type_, action="upgrade", detail=detail)
+
+    async def _tunnel_event(self, what: str, detail: str) -> None:
+        type_ = EventType.TUNNEL_OPENED if what == "opened" else EventType.TUNNEL_CLOSED
+        await self._event(type_, action="tunnel", detail=detail)
+
+    async def store_reply(self, build: Callable[[int], Reply]) -> None:
+        """Store a command's Reply in the outbox (sent like any message, after PUBACK deleted)."""
+        await self._store(Kind.REPLY, build, Priority.REPORT)
+
     async def _soft_reset(self) -> str:
         resp = await self.modem.soft_reset()
         return f"{resp.command}: {resp.final}"
@@ -400,6 +447,7 @@ class Agent:
             "device": self.device,
             "commune": self.cfg.device.commune,
             "version": AGENT_VERSION,
+            "config_version": self.config_version,
             "started": self.started,
             "uptime_s": round(self.clock() - self.started, 1),
             "link": {
@@ -426,6 +474,10 @@ class Agent:
             },
             "recovery": [asdict(a) for a in (self.ladder.history if self.ladder else ())][-10:],
             "reports": {"state": self.reports_sent, "heartbeats": self.heartbeats_sent},
+            "remote": self.remote.info() if self.remote else None,
+            "tunnel": self.tunnel.info() if self.tunnel else None,
+            "config": self.config.info() if self.config else None,
+            "upgrade": self.upgrade.info() if self.upgrade else None,
         }
 
     def _outbox_info(self) -> dict[str, Any]:
@@ -513,32 +565,23 @@ class Agent:
         return {"address": address, "words": list(words)}
 
     async def on_command(self, cmd: Command) -> None:
-        """Answer a remote command with a Reply stored in the outbox."""
-        ok, result, error = True, None, None
-        try:
-            if cmd.action == "status":
-                result = self.status()
-            elif cmd.action == "diag":
-                result = await self.diag()
-            else:
-                ok, error = False, f"unknown action {cmd.action!r}; known: status, diag"
-        except Exception as exc:
-            log.exception("command %s failed", cmd.action)
-            ok, error = False, f"{type(exc).__name__}: {exc}"
-        await self._store(
-            Kind.REPLY,
-            lambda seq: Reply(
-                v=PROTOCOL_VERSION,
-                device=self.device,
-                seq=seq,
-                ts=self._now(),
-                id=cmd.id,
-                ok=ok,
-                result=result,
-                error=error,
-            ),
-            Priority.REPORT,
-        )
+        """Answer a remote command (``edge_agent.remote``) with a Reply stored in the outbox."""
+        assert self.remote is not None
+        await self.remote.on_command(cmd)
+
+    def control_ops(self) -> dict[str, Any]:
+        """The operations the control socket serves (the remote commands reuse them)."""
+        from edge_agent.tech.ops import daemon_ops
+
+        return {
+            "status": self._op_status,
+            "diag": self._op_diag,
+            "outbox": self._op_outbox,
+            "events": self._op_events,
+            "at": self._op_at,
+            "modbus": self._op_modbus,
+            **daemon_ops(self),
+        }
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -558,21 +601,49 @@ class Agent:
                 soft_reset=self._soft_reset if self.modem is not None else None,
                 emit=self._recovery_event,
             )
+            self.remote = RemoteCommands(
+                self,
+                hook_command=cfg.recovery.hook_command,
+                hook_timeout_s=cfg.recovery.hook_timeout_s,
+                soft_reset=self._soft_reset if self.modem is not None else None,
+                clock=self.clock,
+            )
+            if cfg.tunnel is not None:
+                from edge_agent import tunnel
+
+                self.tunnel = tunnel.Tunnel(cfg.tunnel, self._tunnel_event, clock=self.clock)
+                tunnel.register(self.remote, self.tunnel)
+            if self.config_path is not None:
+                from edge_agent import remote_config
+
+                self.config = remote_config.ConfigManager(
+                    self.config_path,
+                    cfg,
+                    restart=self.request_restart,
+                    emit=self._config_event,
+                    healthy=self.healthy,
+                    clock=self.clock,
+                )
+                remote_config.register(self.remote, self.config)
+            if cfg.upgrade is not None:
+                from edge_agent import upgrade
+
+                self.upgrade = upgrade.UpgradeManager(
+                    cfg.upgrade,
+                    cfg,
+                    version=AGENT_VERSION,
+                    restart=self.request_restart,
+                    emit=self._upgrade_event,
+                    healthy=self.healthy,
+                    clock=self.clock,
+                )
+                upgrade.register(self.remote, self.upgrade)
             if cfg.control.socket is not None:
                 self.control = ControlServer(cfg.control.socket)
-                for op, handler in (
-                    ("status", self._op_status),
-                    ("diag", self._op_diag),
-                    ("outbox", self._op_outbox),
-                    ("events", self._op_events),
-                    ("at", self._op_at),
-                    ("modbus", self._op_modbus),
-                ):
+                # The daemon's ops and the technician commands' (fresh readings, port
+                # counters, outbox kinds).
+                for op, handler in self.control_ops().items():
                     self.control.register(op, handler)
-                # The technician commands' own ops (fresh readings, port counters, outbox kinds).
-                from edge_agent.tech.ops import register_daemon_ops
-
-                register_daemon_ops(self.control, self)
                 await self.control.start()
             await self._event(
                 EventType.AGENT_START,
@@ -594,17 +665,33 @@ class Agent:
             if interval is not None:
                 workers.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))
             uplink = tg.create_task(self.uplink.run(), name="uplink")
+            if self.config is not None:
+                workers.append(tg.create_task(self.config.watch(), name="config-trial"))
+                await self.config.announce()
+            if self.upgrade is not None:
+                workers.append(tg.create_task(self.upgrade.watch(), name="upgrade-trial"))
+                await self.upgrade.announce()
             self.notifier.ready(f"polling {', '.join(p.name for p in self.pollers)}")
             log.info("loa-agent %s started as %s", AGENT_VERSION, self.device)
-            await stop.wait()
+            stopping = asyncio.create_task(stop.wait())
+            restarting = asyncio.create_task(self._restart.wait())
+            try:
+                await asyncio.wait({stopping, restarting}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                restarting.cancel()
 
             log.info("stopping: flushing the outbox")
             self.notifier.stopping()
             for t in workers:
                 t.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if self.tunnel is not None:
+                await self.tunnel.aclose()  # its tunnel_closed event goes out with the rest
             await self._state_report()
-            await self._event(EventType.AGENT_STOP, detail="SIGTERM")
+            await self._event(
+                EventType.AGENT_STOP, detail="restart" if self.restart_requested else "SIGTERM"
+            )
             self.uplink.stop()
             done, _ = await asyncio.wait({uplink}, timeout=self.shutdown_timeout)
             if not done:

@@ -19,12 +19,13 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.config import load_config
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import AgentError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/loa-agent/agent.toml")
@@ -46,9 +47,22 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("edge_agent.uplink.mqtt").setLevel(max(logging.INFO, logging.root.level))
 
 
+def _load(path: Path) -> AgentConfig:
+    """The config, after settling a pushed one on trial (``edge_agent.remote_config``)."""
+    from edge_agent import remote_config
+
+    remote_config.check_at_start(path)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if not remote_config.rollback(path, f"does not load: {exc}"):
+            raise
+        return load_config(path)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config)
+        cfg = _load(args.config)
     except ConfigError as exc:
         print(f"loa-agent: bad config: {exc}", file=sys.stderr)
         return 2
@@ -57,12 +71,14 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
     from edge_agent.sdnotify import Notifier
 
+    agent = Agent(cfg, notifier=Notifier.from_env(), config_path=Path(args.config))
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg, notifier=Notifier.from_env()).run(stop)
+        await agent.run(stop)
 
     try:
         asyncio.run(main())
@@ -72,7 +88,29 @@ def _run(args: argparse.Namespace) -> int:
     except AgentError as exc:
         log.error("%s", exc)
         return 1
+    if agent.restart_requested:
+        _reexec(agent.restart_into, Path(args.config))
     return 0
+
+
+def _reexec(into: Path | None, config: Path) -> None:
+    """Start again in this process (same PID for systemd): this same command, or
+    ``into`` (another environment's loa-agent, after an upgrade or its rollback)."""
+    argv = (
+        [str(into), "run", "--config", str(config)]
+        if into is not None
+        else [sys.executable, *sys.orig_argv[1:]]
+    )
+    log.warning("restarting: %s", " ".join(argv))
+    logging.shutdown()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
+def _upgrade_guard(args: argparse.Namespace) -> int:
+    from edge_agent.upgrade import guard_main
+
+    return guard_main(args.config)
 
 
 def build_parser(*, subcommands: bool = True) -> argparse.ArgumentParser:
@@ -86,6 +124,11 @@ def build_parser(*, subcommands: bool = True) -> argparse.ArgumentParser:
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent.toml (default {DEFAULT_CONFIG})"
     )
     run.set_defaults(func=_run)
+    guard = sub.add_parser(
+        "upgrade-guard", help="before a start: undo an upgrade that does not start (systemd)"
+    )
+    guard.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    guard.set_defaults(func=_upgrade_guard)
     for name in SUBCOMMANDS if subcommands else ():
         try:
             module = importlib.import_module(name)

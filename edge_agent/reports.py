@@ -136,6 +136,8 @@ def full_report(
     outbox_depth: int,
     heartbeat: bool = False,
     ts: float | None = None,
+    agent_version: str | None = None,
+    config_version: str | None = None,
 ) -> StateReport:
     return StateReport(
         v=PROTOCOL_VERSION,
@@ -150,6 +152,8 @@ def full_report(
         system=snap.system,
         outbox_depth=outbox_depth,
         faults=list(snap.faults),
+        agent_version=agent_version,
+        config_version=config_version,
     )
 
 

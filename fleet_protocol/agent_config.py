@@ -248,6 +248,66 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TunnelConfig:
+    """The reverse SSH tunnel a technician reaches the controller through (``tunnel`` command).
+
+    Everything here comes from provisioning and is a trust anchor: a remote
+    configuration push may not change it.
+    """
+
+    #: The district jump host's address and sshd port.
+    host: str
+    port: int = 22
+    #: Account on the jump host; its authorized_keys restricts this device's key to
+    #: forwarding its one port (``restrict,port-forwarding,permitlisten=...``).
+    user: str = "loa-tunnel"
+    #: This device's private key (ed25519, mode 0600), made at provisioning.
+    key_file: Path
+    #: known_hosts holding the jump host's pinned host key (StrictHostKeyChecking=yes).
+    known_hosts_file: Path
+    #: Port on the jump host's loopback the tunnel listens on (one per device).
+    remote_port: int
+    #: What the tunnel leads to on the controller: its own sshd.
+    local_host: str = "127.0.0.1"
+    local_port: int = 22
+    #: The longest a tunnel stays open; a command may ask for less, never more.
+    max_s: float = 3600.0
+    #: Give up opening after this long (TCP, SSH handshake, the remote forward).
+    connect_timeout_s: float = 20.0
+    #: The OpenSSH client (Debian's openssh-client).
+    ssh: str = "/usr/bin/ssh"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpgradeConfig:
+    """Agent upgrades from the district (``upgrade`` command, ``edge_agent.upgrade``).
+
+    A trust anchor like [tunnel]: set by provisioning, never by a config push.
+    """
+
+    #: Ed25519 public key (PEM) whose signature an upgrade must carry.
+    public_key: Path
+    #: Where upgrades are downloaded and their environments made; ``current`` links
+    #: the running one (systemd starts ``<root>/current/bin/loa-agent``).
+    root: Path = Path("/var/lib/loa-agent")
+    #: The installed environment (read-only, from install-agent.sh): the first
+    #: ``current``, the fallback, and where an upgrade's unchanged dependencies come from.
+    base_venv: Path = Path("/opt/loa-fleet/venv")
+    #: Interpreter new environments are made with.
+    python: str = "/usr/bin/python3"
+    #: The new version must be connected and healthy this long after its start.
+    health_deadline_s: float = 300.0
+    #: Starts of a new version (crashes) before the guard goes back to the old one.
+    max_attempts: int = 3
+    #: Largest upgrade accepted (bytes); also bounds what is downloaded.
+    max_bytes: int = 64 * 1024 * 1024
+    #: Give up a download after this long.
+    download_timeout_s: float = 600.0
+    #: The openssl binary that checks the signature (no crypto library on the agent).
+    openssl: str = "/usr/bin/openssl"
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     device: DeviceConfig
     broker: BrokerConfig
@@ -260,6 +320,10 @@ class AgentConfig:
     diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    #: The reverse SSH tunnel; absent: the ``tunnel`` command is unavailable.
+    tunnel: TunnelConfig | None = None
+    #: Signed agent upgrades; absent: the ``upgrade`` command is unavailable.
+    upgrade: UpgradeConfig | None = None
     #: Python logging level name.
     log_level: str = "INFO"
 
@@ -386,6 +450,26 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     if rc.hook_after_s < rc.soft_reset_after_s:
         raise ConfigError("recovery.hook_after_s", "must not be shorter than soft_reset_after_s")
     _positive("recovery.hook_timeout_s", rc.hook_timeout_s)
+    if cfg.tunnel is not None:
+        t = cfg.tunnel
+        if not t.host:
+            raise ConfigError("tunnel.host", "required")
+        for name in ("port", "remote_port", "local_port"):
+            if not 0 < getattr(t, name) < 65536:
+                raise ConfigError(f"tunnel.{name}", f"{getattr(t, name)} is not a TCP port")
+        _readable("tunnel.key_file", t.key_file)
+        _readable("tunnel.known_hosts_file", t.known_hosts_file)
+        _positive("tunnel.max_s", t.max_s)
+        _positive("tunnel.connect_timeout_s", t.connect_timeout_s)
+    if cfg.upgrade is not None:
+        u = cfg.upgrade
+        _readable("upgrade.public_key", u.public_key)
+        _positive("upgrade.health_deadline_s", u.health_deadline_s)
+        _positive("upgrade.download_timeout_s", u.download_timeout_s)
+        if u.max_attempts < 1:
+            raise ConfigError("upgrade.max_attempts", "must be at least 1")
+        if u.max_bytes < 1024:
+            raise ConfigError("upgrade.max_bytes", "must be at least 1024")
     if not isinstance(logging.getLevelName(cfg.log_level.upper()), int):
         raise ConfigError("log_level", f"{cfg.log_level!r} is not a logging level")
     return cfg
@@ -430,6 +514,8 @@ __all__ = [
     "ReportsConfig",
     "StreamConfig",
     "SystemConfig",
+    "TunnelConfig",
+    "UpgradeConfig",
     "load_config",
     "parse_config",
     "validate",

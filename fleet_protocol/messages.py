@@ -87,6 +87,18 @@ class EventType(enum.StrEnum):
     RECOVERY = "recovery"
     AGENT_START = "agent_start"
     AGENT_STOP = "agent_stop"
+    #: A remote command that changed something (soft reset, power cycle), or
+    #: one refused as stale/unsafe: ``action`` is the command, ``detail`` its outcome.
+    REMOTE_COMMAND = "remote_command"
+    #: The reverse SSH tunnel to the district jump host opened / closed.
+    TUNNEL_OPENED = "tunnel_opened"
+    TUNNEL_CLOSED = "tunnel_closed"
+    #: A configuration pushed from the district was kept / rolled back.
+    CONFIG_APPLIED = "config_applied"
+    CONFIG_ROLLED_BACK = "config_rolled_back"
+    #: An agent upgrade was kept / rolled back.
+    UPGRADE_APPLIED = "upgrade_applied"
+    UPGRADE_ROLLED_BACK = "upgrade_rolled_back"
 
 
 class _Section(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
@@ -198,6 +210,11 @@ class StateReport(_Message, frozen=True):
     system: SystemState | None = None
     outbox_depth: Annotated[int, Meta(ge=0)] = 0
     faults: Annotated[list[Fault], Meta(max_length=64)] = []
+    #: Full reports only: the running agent's version and a short hash of its
+    #: agent.toml (``edge_agent.remote.config_version``), so the district sees
+    #: which configuration each device runs.
+    agent_version: Short | None = None
+    config_version: Short | None = None
 
 
 class Event(_Message, frozen=True):
@@ -216,11 +233,17 @@ class Presence(_Message, frozen=True):
 
 
 class Command(_Message, frozen=True):
-    """A remote diagnostics request, collector → agent. ``device`` is the target."""
+    """A remote request, collector → agent. ``device`` is the target.
+
+    ``expires`` (device clock, UNIX seconds) bounds how long the command may
+    wait in the broker's session: the agent refuses a command without one or
+    past it, so a command queued for days is never executed late.
+    """
 
     id: Short
     action: Short
     args: Annotated[dict[Short, Any], Meta(max_length=16)] = {}
+    expires: Timestamp | None = None
 
 
 class Reply(_Message, frozen=True):

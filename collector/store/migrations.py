@@ -313,6 +313,26 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, boot_id)
     ) WITHOUT ROWID;
     """,
+    # 7: remote commands from the district (collector.remote): what was sent to
+    # which device by whom, until when it may run, and the device's reply.
+    """
+    CREATE TABLE remote_commands (
+        id         TEXT PRIMARY KEY,
+        device_id  TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        args       TEXT NOT NULL DEFAULT '{}',
+        actor      TEXT NOT NULL,
+        mode       TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        state      TEXT NOT NULL,
+        replied_at REAL,
+        ok         INTEGER,
+        result     TEXT,
+        error      TEXT
+    );
+    CREATE INDEX remote_commands_device ON remote_commands(device_id, created_at);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -32,6 +32,7 @@ from collector.store.base import FaultRow, NotFound, Role
 from collector.web import charts, views
 from collector.web.i18n import MESSAGES, Tr
 from collector.web.layout import Ctx, bare_context, page_context
+from collector.web.remote import remote_panel
 from fleet_protocol import B2Cause, fault_info, valid_device_id
 
 RANGES: Final = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -303,6 +304,7 @@ async def device(request: web.Request) -> Context:
         "temp_chart": temp_chart,
         "band": band,
         "tickets": tickets,
+        "remote": remote_panel(ctx, d),
         "action_label": lambda action: action_label(tr, action),
     }
 

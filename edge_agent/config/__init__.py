@@ -30,6 +30,8 @@ from fleet_protocol.agent_config import (
     ReportsConfig,
     StreamConfig,
     SystemConfig,
+    TunnelConfig,
+    UpgradeConfig,
 )
 
 
@@ -62,6 +64,8 @@ __all__ = [
     "ReportsConfig",
     "StreamConfig",
     "SystemConfig",
+    "TunnelConfig",
+    "UpgradeConfig",
     "load_config",
     "parse_config",
     "validate",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent.control import ControlRequestError, ControlServer
+from edge_agent.control import ControlRequestError, ControlServer, Handler
 from edge_agent.tech import outboxfile
 from edge_agent.tech.wire import ROLES, reading_to_json
 
@@ -62,6 +62,12 @@ class AgentView(Protocol):
 
 def register_daemon_ops(server: ControlServer, agent: AgentView) -> None:
     """Add the ``tech.*`` operations to ``server`` (see the module docstring)."""
+    for op, handler in daemon_ops(agent).items():
+        server.register(op, handler)
+
+
+def daemon_ops(agent: AgentView) -> dict[str, Handler]:
+    """The ``tech.*`` handlers by op name (the remote commands reuse them)."""
 
     async def read(req: dict[str, Any]) -> Any:
         role = req.get("role")
@@ -110,9 +116,7 @@ def register_daemon_ops(server: ControlServer, agent: AgentView) -> None:
         except outboxfile.OutboxFileError as exc:
             raise ControlRequestError(str(exc), code="failed") from None
 
-    server.register("tech.read", read)
-    server.register("tech.port", port)
-    server.register("tech.outbox", outbox)
+    return {"tech.read": read, "tech.port": port, "tech.outbox": outbox}
 
 
-__all__ = ["AgentView", "register_daemon_ops"]
+__all__ = ["AgentView", "daemon_ops", "register_daemon_ops"]

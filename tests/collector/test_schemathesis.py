@@ -36,7 +36,13 @@ SEED = os.environ.get("LOA_SCHEMATHESIS_SEED", "20260731")
 
 @pytest.fixture
 async def live(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
-    cfg = make_config(broker, tmp_path, repairs={"auto_open_after_s": 0.0})
+    # Remote commands to the seeded devices get no answer: bounded at 1 s each.
+    cfg = make_config(
+        broker,
+        tmp_path,
+        repairs={"auto_open_after_s": 0.0},
+        remote={"wait_s": 0.5, "max_wait_s": 1.0, "grace_s": 1.0},
+    )
     async for api in start_api(broker, tmp_path, cfg):
         await publish(broker, "dev-11", state("dev-11", 1))
         await publish(broker, "dev-21", state("dev-21", 1, commune="xa-02"))

@@ -462,6 +462,64 @@ async def test_deprovision_cuts_the_device_off(
     assert await asyncio.to_thread(cli.main, [*argv, "--no-reload"]) == 2
 
 
+async def test_bundle_carries_the_tunnel_key_pinned_jump_host_and_upgrade_key(
+    tmp_path: Path,
+) -> None:
+    from collector import upgrades
+    from collector.provision_remote import TunnelPlan
+
+    _, upgrade_pub = upgrades.keygen(tmp_path / "keys")
+    bundle = tmp_path / "bundle"
+    jump_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKq9kFuEUV6bQ0dD6Lh8cWm7yPmfPmvLkWr8xg3jU0yZ"
+    done = await provision(
+        "dev-001",
+        COMMUNE,
+        out_dir=bundle,
+        broker_url="mqtts://broker.example:8883",
+        broker_dir=None,
+        auth="password",
+        install_dir=bundle,
+        tunnel=TunnelPlan(
+            host="jump.example",
+            port=2222,
+            remote_port=20001,
+            known_hosts=f"# the jump host\n[jump.example]:2222 {jump_key} root@jump\n",
+        ),
+        upgrade_key=upgrade_pub,
+    )
+    assert {"tunnel_ed25519", "tunnel_known_hosts", "jump_authorized_keys", "upgrade.pub"} <= set(
+        done.files
+    )
+    assert mode(bundle / "tunnel_ed25519") == 0o600
+    assert (bundle / "tunnel_ed25519").read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY")
+    assert (bundle / "tunnel_known_hosts").read_text() == f"[jump.example]:2222 {jump_key}\n"
+    line = (bundle / "jump_authorized_keys").read_text()
+    assert line.startswith('restrict,port-forwarding,permitlisten="127.0.0.1:20001"')
+    assert line.strip().endswith("dev-001")
+    cfg = load_config(bundle / "agent.toml")
+    assert cfg.tunnel is not None and cfg.upgrade is not None
+    assert (cfg.tunnel.host, cfg.tunnel.port, cfg.tunnel.remote_port) == (
+        "jump.example",
+        2222,
+        20001,
+    )
+    assert cfg.tunnel.key_file == bundle / "tunnel_ed25519"
+    assert cfg.upgrade.public_key.read_bytes() == upgrade_pub.read_bytes()
+    # A jump host the known_hosts does not pin is refused, and nothing is written.
+    with pytest.raises(ProvisionError, match="no key for"):
+        await provision(
+            "dev-002",
+            COMMUNE,
+            out_dir=tmp_path / "bundle2",
+            broker_url="mqtts://broker.example:8883",
+            broker_dir=None,
+            auth="password",
+            install_dir=tmp_path / "bundle2",
+            tunnel=TunnelPlan(host="other.example", remote_port=20002, known_hosts=jump_key),
+        )
+    assert not (tmp_path / "bundle2").exists()
+
+
 def test_an_acl_from_before_store_confirmations_is_upgraded_in_place(tmp_path: Path) -> None:
     from collector.broker_config import PRODUCTION_ACL
     from collector.provision import ensure_device_acl

@@ -51,7 +51,7 @@ def one(u: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
 def _stub_exec(text: str, stub: Path) -> str:
     """Point Exec*= lines at an existing executable: verify checks the binary exists."""
     return re.sub(
-        r"^(Exec[A-Za-z]*=)[-+!@:]*(/opt/loa-fleet/\S+|/usr/sbin/mosquitto)",
+        r"^(Exec[A-Za-z]*=)[-+!@:]*(/opt/loa-fleet/\S+|/var/lib/loa-agent/\S+|/usr/sbin/mosquitto)",
         rf"\g<1>{stub}",
         text,
         flags=re.MULTILINE,
@@ -116,8 +116,11 @@ def test_agent_unit_has_watchdog_restart_and_hardening() -> None:
     }.items():
         assert one(u, "Service", key) == value, key
     assert s["CapabilityBoundingSet"] == [""]
-    # The outbox directory is the only writable place, and agent.toml puts the outbox there.
-    assert one(u, "Service", "ReadWritePaths") == "/var/lib/loa-agent"
+    # The outbox directory and the config directory are the only writable places (the
+    # latter sticky, so only the agent's own agent.toml can be replaced there), and
+    # agent.toml puts the outbox in the former.
+    assert one(u, "Service", "ReadWritePaths").split() == ["/var/lib/loa-agent", "/etc/loa-agent"]
+    assert one(u, "Service", "ConfigurationDirectoryMode") == "1770"
     example = DEPLOY_DIR / "agent.example.toml"
     if example.exists():
         import tomllib
@@ -127,6 +130,11 @@ def test_agent_unit_has_watchdog_restart_and_hardening() -> None:
         assert cfg["control"]["socket"].startswith("/run/loa-agent/")
     exec_start = one(u, "Service", "ExecStart").split()
     assert exec_start[1:] == ["run", "--config", "/etc/loa-agent/agent.toml"]
+    # Upgrades: the running environment is the `current` link in the state directory
+    # (the agent may move it), the guard runs from the installed one (it may not).
+    assert exec_start[0] == "/var/lib/loa-agent/current/bin/loa-agent"
+    guard = one(u, "Service", "ExecStartPre").split()
+    assert guard[0] == "-/opt/loa-fleet/venv/bin/loa-agent" and guard[1] == "upgrade-guard"
     backoff = unit(SYSTEMD / "loa-agent.service.d" / "restart-backoff.conf")
     assert {"RestartSteps", "RestartMaxDelaySec"} <= set(backoff["Service"])
 

@@ -246,3 +246,55 @@ def wait_path(path: Path, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear in {timeout} s")
         time.sleep(0.02)
+
+
+_NO_EXPIRY = object()
+
+
+async def send_command(
+    broker: Broker,
+    device: str,
+    cid: str,
+    action: str,
+    *,
+    user: str = COLLECTOR_USER,
+    expires: object = _NO_EXPIRY,
+    protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V311,
+    **args: Any,
+) -> None:
+    """Publish one Command to ``device`` as ``user`` (the collector by default).
+
+    ``expires`` defaults to a minute from now; pass None for an undated command.
+    """
+    from fleet_protocol import PROTOCOL_VERSION, Command, encode, topic
+
+    cmd = Command(
+        v=PROTOCOL_VERSION,
+        device=device,
+        seq=int(time.time() * 1000),
+        ts=time.time(),
+        id=cid,
+        action=action,
+        args=args,
+        expires=time.time() + 60 if expires is _NO_EXPIRY else expires,  # type: ignore[arg-type]
+    )
+    broker.add_user(user)
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=user,
+        password=broker.password(user),
+        identifier=f"sender-{cid}",
+        protocol=protocol,
+    ) as c:
+        await c.publish(topic(device, Kind.CMD), encode(cmd), qos=1)
+
+
+async def reply_to(seen: Seen, cid: str, timeout: float = 30.0) -> Any:
+    """The Reply to command ``cid``, once it arrived."""
+    from fleet_protocol import Reply
+
+    got = await seen.wait_for(
+        lambda s: [r for r in s.of(Reply) if r.id == cid], timeout=timeout, what=f"reply {cid}"
+    )
+    return got[0]

@@ -122,6 +122,7 @@ async def test_remote_command_is_answered_with_a_reply(broker: Broker, tmp_path:
                         ts=time.time(),
                         id=f"c{i}",
                         action=action,
+                        expires=time.time() + 60,
                     )
                     await c.publish(cmd_topic, encode(cmd), qos=1)
                 await c.publish(cmd_topic, b'{"not": "a command"}', qos=1)

@@ -82,6 +82,13 @@
     if (button) button.disabled = true;
     try {
       const r = await postJson(form.dataset.api, formData(form));
+      if (form.dataset.result) {
+        // A remote command: show the device's answer (or why there is none) as it arrives.
+        const out = document.querySelector(form.dataset.result);
+        if (out) out.textContent = JSON.stringify(r.body, null, 2);
+        showError(form, r.ok ? "" : (r.body && r.body.error) || "HTTP " + r.status);
+        return;
+      }
       if (!r.ok) {
         showError(form, (r.body && r.body.error) || "HTTP " + r.status);
         return;
