@@ -313,7 +313,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, boot_id)
     ) WITHOUT ROWID;
     """,
-    # 7: remote commands from the district (collector.remote): what was sent to
+    # 6: remote commands from the district (collector.remote): what was sent to
     # which device by whom, until when it may run, and the device's reply.
     """
     CREATE TABLE remote_commands (
