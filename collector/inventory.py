@@ -241,10 +241,6 @@ def _cell_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _text(value: Any) -> str:
-    return _cell_text(value)
-
-
 def _required(value: Any) -> str:
     text = _cell_text(value)
     if not text:
@@ -338,7 +334,7 @@ def _kind(raw: Any) -> CommuneKind:
     return kind
 
 
-Cell = Annotated[str, Parse(_text)]
+Cell = Annotated[str, Parse(_cell_text)]
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,12 @@ class B2Params(Params):
 # -- page queries (the dashboard's forms; empty fields mean "not given") --------------------
 
 
+#: The device page's chart ranges (their lengths: ``collector.web.pages.RANGES``).
+DeviceRange = Literal["24h", "7d", "30d"]
+
+
 class DevicePageParams(Params):
-    range: Literal["24h", "7d", "30d"] = "24h"
+    range: DeviceRange = "24h"
     lang: Lang | None = None
 
 

@@ -35,7 +35,13 @@ from collector.web.layout import Ctx, bare_context, page_context
 from collector.web.remote import remote_panel
 from fleet_protocol import B2Cause, fault_info, valid_device_id
 
-RANGES: Final = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+#: Seconds per chart range; typed by the query's Literal, so mypy refuses a key
+#: the page's parameters would not accept.
+RANGES: Final[dict[schemas.DeviceRange, float]] = {
+    "24h": 86400.0,
+    "7d": 7 * 86400.0,
+    "30d": 30 * 86400.0,
+}
 
 Context = dict[str, Any]
 
