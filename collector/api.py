@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from collector import auth, metrics, repairs, schemas
+from collector import auth, findings, metrics, repairs, schemas
 from collector.auth import PRINCIPAL, Permission, Principal, require
 from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.model import DeviceStatus, Status
@@ -502,6 +502,7 @@ async def repair_create(request: web.Request, p: None, b: schemas.RepairOpenBody
     principal = require(request, Permission.REPAIR_OPEN)
     if b.technician and not b.contractor:
         raise bad("contractor", "is required with technician")
+    found = findings.finding_of(b.cause, b.finding)
     device = await device_in_scope(request, b.device_id, Permission.REPAIR_OPEN)
     if b.contractor:
         require(request, Permission.REPAIR_WORK, device.commune_code)
@@ -515,6 +516,9 @@ async def repair_create(request: web.Request, p: None, b: schemas.RepairOpenBody
         technician=b.technician,
         start_note=b.start_note,
     )
+    if found is not None:
+        await findings.record(request, ticket, principal, found)
+        ticket = await request.app[REPO].get_ticket(ticket.id)
     return ticket_json(ticket)
 
 
@@ -537,6 +541,7 @@ async def repair_start(
     request: web.Request, p: schemas.TicketParams, b: schemas.RepairStartBody
 ) -> dict[str, Any]:
     ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
+    found = findings.finding_of(b.cause, b.finding)
     updated = await request.app[REPO].start_ticket(
         ticket.id,
         actor=principal.name,
@@ -545,6 +550,9 @@ async def repair_start(
         technician=b.technician,
         note=b.note,
     )
+    if found is not None:
+        await findings.record(request, updated, principal, found)
+        updated = await request.app[REPO].get_ticket(ticket.id)
     return ticket_json(updated)
 
 
@@ -584,10 +592,35 @@ async def repair_cancel(
 async def repair_resolve(
     request: web.Request, p: schemas.TicketParams, b: schemas.ResolveBody
 ) -> dict[str, Any]:
-    """The repair is done: close the ticket as resolved (the technician's word)."""
+    """The repair is done: close the ticket as resolved (the technician's word),
+    recording the cause found on site first when the body gives one."""
+    found = findings.finding_of(b.cause, b.finding)
+    if found is not None:
+        ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
+        if not ticket.state.active:
+            raise ApiError(409, "ticket_id", f"ticket is {ticket.state.value}")
+        await findings.record(request, ticket, principal, found)
     return await _close(
         request, p.ticket_id, Permission.REPAIR_WORK, TicketState.RESOLVED, b.note, b.at
     )
+
+
+async def repair_finding(
+    request: web.Request, p: schemas.TicketParams, b: schemas.FindingBody
+) -> dict[str, Any]:
+    """Record the cause found on site on an active ticket (``collector.findings``)."""
+    ticket, principal = await _ticket_in_scope(request, p.ticket_id, Permission.REPAIR_WORK)
+    if not ticket.state.active:
+        raise ApiError(409, "ticket_id", f"ticket is {ticket.state.value}")
+    await findings.record(request, ticket, principal, (b.cause, b.text.strip()))
+    return ticket_json(await request.app[REPO].get_ticket(ticket.id))
+
+
+async def device_cause_view(
+    request: web.Request, p: schemas.DeviceIdParams, b: None
+) -> dict[str, Any]:
+    device = await device_in_scope(request, p.device_id, Permission.READ)
+    return await findings.device_cause(request, device.device_id)
 
 
 __all__ = ["ApiError", "bad", "body", "error_middleware", "summarize", "text"]

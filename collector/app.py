@@ -138,6 +138,16 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
             name="repair-sweep",
         )
     )
+    if cfg.sms.port:
+        from collector.sms import build_gateway
+
+        gateway = build_gateway(repo, cfg.sms)
+
+        async def sms_metrics() -> str:
+            return gateway.stats.prometheus()
+
+        app[METRIC_SOURCES].append(sms_metrics)
+        tasks.append(asyncio.create_task(gateway.run(), name="sms-gateway"))
     app[TASKS] = tasks
     yield
     for t in tasks:

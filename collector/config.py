@@ -15,6 +15,7 @@ from typing import Any
 
 from collector.alerts.settings import AlertsSettings
 from collector.b2.settings import ReportSettings
+from collector.correlation import CorrelationConfig
 from fleet_protocol.config_schema import ConfigFieldError, build
 
 
@@ -199,6 +200,24 @@ class LoginConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SmsGatewayConfig:
+    #: AT port of the district's USB GSM modem (use /dev/serial/by-id/...); "" = no gateway.
+    port: str = ""
+    #: AT dialect of that modem ("generic", "quectel", "simcom").
+    dialect: str = "generic"
+    baud: int = 115200
+    #: File holding the district's SMS secret (hex, first line; mode 0600). Each device's
+    #: key is derived from it (fleet_protocol.sms.sms_key), as provisioning gives it.
+    secret_file: str = ""
+    #: How often the modem's storage is listed (a +CMTI seen meanwhile is read at once).
+    poll_s: float = 10.0
+    #: Timeout of one AT exchange with the modem.
+    timeout_s: float = 5.0
+    #: An SMS whose device time is older than this is refused as stale (a replay).
+    max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class RemoteConfig:
     #: How long a command waits for the device's reply by default, and at most.
     wait_s: float = 20.0
@@ -242,6 +261,10 @@ class CollectorConfig:
     alerts: AlertsSettings = field(default_factory=AlertsSettings)
     #: Run the MQTT ingest in this process (off for API-only instances).
     ingest_enabled: bool = True
+    #: The SMS gateway (fault SMS from controllers whose data link is down).
+    sms: SmsGatewayConfig = field(default_factory=SmsGatewayConfig)
+    #: Thresholds of the rules that infer a silent cluster's cause from the fleet.
+    correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -299,6 +322,14 @@ class CollectorConfig:
             ),
             *((False, problem) for problem in self.report.problems()),
             *((False, problem) for problem in self.alerts.problems()),
+            (
+                not self.sms.port or bool(self.sms.secret_file),
+                "[sms] secret_file: required when port is set",
+            ),
+            (self.sms.poll_s > 0, "[sms] poll_s: must be > 0"),
+            (0 < self.sms.timeout_s < self.sms.poll_s, "[sms] timeout_s: must be 0 < t < poll_s"),
+            (self.sms.max_age_s > 0, "[sms] max_age_s: must be > 0"),
+            *((False, problem) for problem in self.correlation.problems()),
         ]
         for ok, message in checks:
             if not ok:

@@ -73,3 +73,6 @@ class DeviceStatus:
     #: date), listed in the inventory or heard from by then. Tables count only
     #: clusters that existed; a month before any did says "no data".
     exists: bool = True
+    #: Where ``cause`` came from (``collector.causes.CauseSource`` value); None when
+    #: not attributed (the plain fold: the device's own last diagnosis).
+    cause_source: str | None = None

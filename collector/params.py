@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import json
 import re
+from enum import Enum
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import unquote
 
@@ -258,11 +259,12 @@ async def read_json(request: web.Request) -> bytes:
 
 
 def _strip(value: msgspec.Struct) -> msgspec.Struct:
-    """Leading and trailing blanks of every string field removed."""
+    """Leading and trailing blanks of every string field removed (enum members,
+    str subclasses, are kept: stripping would make them plain strings)."""
     changes = {
         name: getattr(value, name).strip(" \t\r\n")
         for name in value.__struct_fields__
-        if isinstance(getattr(value, name), str)
+        if isinstance(getattr(value, name), str) and not isinstance(getattr(value, name), Enum)
     }
     return msgspec.structs.replace(value, **changes)
 

@@ -71,6 +71,7 @@ from collector.tls import (
     revoked_serials,
     write_file,
 )
+from fleet_protocol.sms import sms_key
 from fleet_protocol.topics import valid_device_id
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ BROKER_DIR = Path("/etc/mosquitto/loa")
 #: CPU when a whole district reconnects after an outage.
 PBKDF2_ITERATIONS = 101
 PASSWORD_FILE = "mqtt-password"
+SMS_KEY_FILE = "sms.key"
 #: The lines of the ACL that give a device its own topics and nothing else.
 DEVICE_ACL = (
     "pattern write loa/v1/%u/state",
@@ -338,6 +340,8 @@ def _check_agent_config(cfg: Mapping[str, Any]) -> None:
     for name in ("ca_file", "password_file", "client_cert", "client_key"):
         if broker.get(name):
             broker[name] = __file__
+    if isinstance(local.get("sms"), dict) and local["sms"].get("key_file"):
+        local["sms"]["key_file"] = __file__
     for section, names in (
         ("tunnel", ("key_file", "known_hosts_file")),
         ("upgrade", ("public_key",)),
@@ -462,6 +466,7 @@ async def provision(
     force: bool = False,
     reload_broker: Callable[[], None] | None = None,
     actor: str = "provision",
+    sms: tuple[bytes, str] | None = None,
     tunnel: TunnelPlan | None = None,
     upgrade_key: Path | None = None,
     dry_run: bool = False,
@@ -525,6 +530,17 @@ async def provision(
         files=files,
         overrides=overrides,
     )
+    if sms is not None:
+        if "modem" not in cfg:
+            raise ProvisionError("the SMS fallback needs a [modem] section in agent.toml")
+        cfg = {
+            **cfg,
+            "sms": {
+                **cfg.get("sms", {}),
+                "number": sms[1],
+                "key_file": str(install_dir / SMS_KEY_FILE),
+            },
+        }
     # The tunnel key and the upgrade key (collector.provision_remote): trust anchors.
     extra_files: dict[str, tuple[bytes, int]] = {}
     try:
@@ -565,6 +581,12 @@ async def provision(
         record_issued(ca_dir, device_id, issued)
         written += ["client.crt", "client.key"]
         (out_dir / PASSWORD_FILE).unlink(missing_ok=True)
+    if sms is not None:
+        # The device's own SMS key, derived from the district secret the gateway holds.
+        write_file(
+            out_dir / SMS_KEY_FILE, (sms_key(sms[0], device_id).hex() + "\n").encode(), mode=0o600
+        )
+        written.append(SMS_KEY_FILE)
     header = (
         f"# agent.toml of {device_id}, written by `loa-collector provision`.\n"
         f"# Every setting is documented in deploy/agent.example.toml.\n"
@@ -813,6 +835,26 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
         "--tunnel-known-hosts", type=Path, help="the jump host's known_hosts line (pinned)"
     )
     p.add_argument("--upgrade-key", type=Path, help="the district's upgrade.pub (Ed25519)")
+    p.add_argument(
+        "--sms-number", help="turn on the SMS fallback: the district SMS gateway's number (+84...)"
+    )
+    p.add_argument(
+        "--sms-secret-file",
+        type=Path,
+        help="the district's SMS secret (hex; the collector's [sms] secret_file)",
+    )
+
+
+def _sms_args(args: argparse.Namespace) -> tuple[bytes, str] | None:
+    number, secret_file = getattr(args, "sms_number", None), getattr(args, "sms_secret_file", None)
+    if number is None and secret_file is None:
+        return None
+    if number is None or secret_file is None:
+        raise ProvisionError("--sms-number and --sms-secret-file go together")
+    try:
+        return bytes.fromhex(secret_file.read_text(encoding="utf-8").split()[0]), number
+    except (OSError, ValueError, IndexError) as exc:
+        raise ProvisionError(f"{secret_file}: not a hex SMS secret: {exc}") from None
 
 
 def _db_path(args: argparse.Namespace) -> Path | None:
@@ -921,6 +963,7 @@ async def _run(args: argparse.Namespace) -> list[Provisioned]:
         "overrides": [parse_override(item) for item in args.set],
         "force": args.force,
         "reload_broker": reload_broker,
+        "sms": _sms_args(args),
         "tunnel": _tunnel_plan(args),
         "upgrade_key": args.upgrade_key,
     }

@@ -236,6 +236,15 @@ ROUTES: Final[Sequence[Route]] = (
     ),
     Route(
         method="GET",
+        path="/api/v1/devices/{device_id}/cause",
+        handler=api.device_cause_view,
+        summary="The cluster's cause now: its source, evidence, any conflict, and findings",
+        params=schemas.DeviceIdParams,
+        response=schemas.DeviceCause,
+        errors={404: "no such device, or outside the caller's communes"},
+    ),
+    Route(
+        method="GET",
         path="/api/v1/events",
         handler=api.events_view,
         summary="Device events, newest first",
@@ -266,6 +275,7 @@ ROUTES: Final[Sequence[Route]] = (
                 ("comment", "repair_comment"),
                 ("cancel", "repair_cancel"),
                 ("resolve", "repair_resolve"),
+                ("finding", "repair_finding"),
             )
         },
         errors={
@@ -309,6 +319,17 @@ ROUTES: Final[Sequence[Route]] = (
     _ticket_action("cancel", api.repair_cancel, "Cancel the ticket", schemas.NoteBody),
     _ticket_action(
         "resolve", api.repair_resolve, "Resolve the ticket: the repair is done", schemas.ResolveBody
+    ),
+    Route(
+        method="POST",
+        path="/api/v1/repairs/{ticket_id}/finding",
+        handler=api.repair_finding,
+        summary="Record the cause found on site (audited; overrides inferred causes)",
+        params=schemas.TicketParams,
+        body=schemas.FindingBody,
+        response=schemas.Ticket,
+        status=201,
+        errors={404: _NO_TICKET, 409: "the ticket is closed"},
     ),
     Route(
         method="GET",

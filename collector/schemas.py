@@ -17,8 +17,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from collector.b2.table import Scope
+from collector.causes import CauseSource
 from collector.model import Status
 from collector.params import (
+    TEXT_PATTERN,
     Commune,
     DeviceId,
     Limit5k,
@@ -64,6 +66,10 @@ class DevicesParams(Params):
     cause: B2Cause | None = None
     limit: Limit10k = 500
     offset: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
+
+
+class DeviceIdParams(Params):
+    device_id: DeviceId
 
 
 class DeviceParams(Params):
@@ -180,8 +186,20 @@ At = Annotated[
 ]
 
 
+#: What was found on site (``collector.findings``), with the ``cause`` it names.
+FindingText = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=1000, pattern=TEXT_PATTERN, description="what was found on site (with cause)"
+    ),
+]
+#: The B2 cause found on site; it overrides what the collector inferred.
+FoundCause = Annotated[B2Cause, msgspec.Meta(description="the cause found on site")]
+
+
 class RepairOpenBody(Body):
-    """With ``contractor`` the ticket is started in the same call (already assigned)."""
+    """With ``contractor`` the ticket is started in the same call (already assigned).
+    With ``cause`` the on-site finding is recorded on the new ticket."""
 
     device_id: DeviceId
     note: Text = ""
@@ -189,6 +207,8 @@ class RepairOpenBody(Body):
     technician: OptLine200 = ""
     start_note: Text = ""
     at: At | None = None
+    cause: FoundCause | None = None
+    finding: FindingText = ""
 
 
 class RepairStartBody(Body):
@@ -196,6 +216,8 @@ class RepairStartBody(Body):
     technician: OptLine200 = ""
     note: Text = ""
     at: At | None = None
+    cause: FoundCause | None = None
+    finding: FindingText = ""
 
 
 class NoteBody(Body):
@@ -206,6 +228,13 @@ class NoteBody(Body):
 class ResolveBody(Body):
     note: Text = ""
     at: At | None = None
+    cause: FoundCause | None = None
+    finding: FindingText = ""
+
+
+class FindingBody(Body):
+    cause: FoundCause
+    text: FindingText = ""
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -441,6 +470,43 @@ class B2Table(Out):
     # The month's availability and ranking of communes (share of cluster-hours
     # working from the 1st to the date, graded Tốt/Khá/Trung bình/Yếu).
     evaluation: dict[str, Any] | None = None
+    # Each broken cluster's cause with its source (device, SMS, rule, finding, unknown).
+    clusters: dict[str, ClusterCause] = {}
+    # When the B2 for this date was first produced (Unix seconds; null: this is the
+    # first time), and what changed since: re-issue the report when not empty.
+    first_produced_at: float | None = None
+    changes_since_first: list[str] = []
+
+
+class ClusterCause(Out):
+    """A broken cluster's cause and where it came from (``collector.causes``)."""
+
+    cause: B2Cause
+    source: CauseSource
+    #: The correlation rule that inferred it (or why it stays unknown).
+    rule: str | None
+    evidence: str
+    at: float | None
+    #: Device evidence that disagrees with an on-site finding: shown, not applied.
+    conflict: str | None
+
+
+class FindingOut(Out):
+    id: int
+    ticket_id: int
+    device_id: str
+    cause: B2Cause
+    cause_label: str
+    text: str
+    at: float
+    by: str
+
+
+class DeviceCause(Out):
+    device_id: str
+    #: None while the cluster works.
+    cause: ClusterCause | None
+    findings: list[FindingOut]
 
 
 class InventoryItem(Out):

@@ -199,6 +199,7 @@ class Agent:
         self.uplink: Uplink | None = None
         self.ladder: RecoveryLadder | None = None
         self.control: ControlServer | None = None
+        self.sms: Any = None  # edge_agent.sms.SmsFallback when [sms] is configured
         self.remote: RemoteCommands | None = None
         self.tunnel: Any = None  # edge_agent.tunnel.Tunnel when [tunnel] is configured
         self.config: Any = None  # edge_agent.remote_config.ConfigManager with a config file
@@ -474,6 +475,7 @@ class Agent:
             },
             "recovery": [asdict(a) for a in (self.ladder.history if self.ladder else ())][-10:],
             "reports": {"state": self.reports_sent, "heartbeats": self.heartbeats_sent},
+            "sms": self.sms.status() if self.sms is not None else None,
             "remote": self.remote.info() if self.remote else None,
             "tunnel": self.tunnel.info() if self.tunnel else None,
             "config": self.config.info() if self.config else None,
@@ -601,6 +603,10 @@ class Agent:
                 soft_reset=self._soft_reset if self.modem is not None else None,
                 emit=self._recovery_event,
             )
+            if cfg.sms is not None and self.modem is not None:
+                from edge_agent.sms import SmsFallback
+
+                self.sms = SmsFallback(cfg.sms, self)
             self.remote = RemoteCommands(
                 self,
                 hook_command=cfg.recovery.hook_command,
@@ -661,6 +667,8 @@ class Agent:
             workers.append(tg.create_task(self._diagnosis_loop(), name="diagnosis"))
             workers.append(tg.create_task(self._heartbeat_loop(), name="heartbeat"))
             workers.append(tg.create_task(self.ladder.run(), name="recovery"))
+            if self.sms is not None:
+                workers.append(tg.create_task(self.sms.run(), name="sms"))
             interval = self.notifier.watchdog_interval
             if interval is not None:
                 workers.append(tg.create_task(self._watchdog_loop(interval), name="watchdog"))

@@ -78,6 +78,7 @@ _TIMED = frozenset(
         FaultCode.NOT_REGISTERED,
         FaultCode.NO_SERVICE,
         FaultCode.REGISTRATION_DENIED,
+        FaultCode.NO_BEARER,
         FaultCode.STREAM_LOST,
         FaultCode.MODEM_UNRESPONSIVE,
         FaultCode.AMP_NO_RESPONSE,
@@ -184,7 +185,25 @@ def _has_signal(r: ModemReading) -> bool:
 
 def _network_ok(r: ModemReading) -> bool:
     s = r.state
-    return s.responding and s.sim == SimState.READY and s.registration.registered
+    # Registered without a data bearer is the network's failure too, not the station's.
+    return (
+        s.responding
+        and s.sim == SimState.READY
+        and s.registration.registered
+        and s.data is not False
+    )
+
+
+def _no_bearer_text(r: ModemReading) -> str:
+    """Evidence for no_bearer: the bearer answers as the modem gave them."""
+    lines = [
+        ln
+        for cmd in ("AT+CGATT?", "AT+CGACT?", "AT+CGPADDR=1", "AT+QIACT?")
+        for ln in r.raw.get(cmd, ())
+        if ln.startswith(("+CGATT", "+CGACT", "+CGPADDR", "+QIACT"))
+    ]
+    where = "; ".join(lines) or "no active PDP context"
+    return f"registered ({r.state.registration.value}) but no data bearer: {where}"
 
 
 def _modem_samples(
@@ -248,6 +267,8 @@ def _modem_samples(
             or (s.rsrp_dbm is None and s.rssi_dbm is not None and s.rssi_dbm <= p.weak_rssi_dbm)
         )
         add(FaultCode.WEAK_SIGNAL, ts, _signal_text(r) if weak else None)
+        if reg.registered and s.data is not None:
+            add(FaultCode.NO_BEARER, ts, _no_bearer_text(r) if s.data is False else None)
     out[FaultCode.NETWORK_UNSTABLE] = _flap_samples(readings, p)
     return out
 

@@ -523,6 +523,14 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {self.path}: cannot persist {key}: {exc}") from exc
 
+    async def seq_range(self) -> tuple[int, int] | None:
+        """(lowest, highest) seq still held, or None when empty (the fault SMS names it)."""
+        async with self._db.execute("SELECT MIN(seq), MAX(seq) FROM outbox") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]), int(row[1])
+
     async def all(self) -> list[Pending]:
         """Every stored message in seq order, handed ones included (technician CLI, tests)."""
         async with self._lock:

@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 MAX_TOML_BYTES = 48 * 1024
 DEFAULT_DEADLINE_S = 180.0
 MAX_DEADLINE_S = 3600.0
-#: Set only by provisioning; a push may not change them.
-PROTECTED = ("device.id", "tunnel", "upgrade")
+#: Set only by provisioning; a push may not change them. A whole section, or one
+#: field of one: the SMS number and key are trust anchors (a push that redirected
+#: the fault SMS would spend the SIM's credit on someone else's number), while
+#: ``[sms]``'s rate limits are the district's to tune remotely.
+PROTECTED = ("device.id", "tunnel", "upgrade", "sms.number", "sms.key_file")
 
 
 def _paths(path: Path) -> tuple[Path, Path, Path]:
@@ -105,12 +108,17 @@ def _set_fields(text: str, changes: dict[str, Any]) -> str:
     return tomlkit.dumps(doc)
 
 
+def _setting(cfg: AgentConfig, dotted: str) -> object:
+    value: object = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
 def _protected(old: AgentConfig, new: AgentConfig) -> str | None:
-    if new.device.id != old.device.id:
-        return "device.id"
-    for section in PROTECTED[1:]:
-        if getattr(old, section, None) != getattr(new, section, None):
-            return f"[{section}]"
+    for dotted in PROTECTED:
+        if _setting(old, dotted) != _setting(new, dotted):
+            return dotted if "." in dotted else f"[{dotted}]"
     return None
 
 

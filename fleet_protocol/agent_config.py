@@ -17,6 +17,7 @@ documented example and is loaded by a test.
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -248,6 +249,25 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SmsConfig:
+    #: The district's SMS gateway number (+84 and 9 digits) the fault SMS goes to.
+    number: str
+    #: File holding this device's SMS key as hex on its first line (provisioning writes it, 0600).
+    key_file: Path
+    #: Send only once the data link has been down this long (SIM ready and registered).
+    after_s: float = 900.0
+    #: At most this many SMS in any 24 hours (an SMS costs money); 0 disables sending.
+    max_per_day: int = 3
+    #: Where the sent-SMS record lives, so a restart does not reset the daily count.
+    state_file: Path = Path("/var/lib/loa-agent/sms.json")
+    #: Seconds between checks of the link, the modem and the faults.
+    check_s: float = 60.0
+    #: Timeout of each AT exchange of a send; the network's answer gets send_timeout_s.
+    timeout_s: float = 2.0
+    send_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class TunnelConfig:
     """The reverse SSH tunnel a technician reaches the controller through (``tunnel`` command).
 
@@ -320,6 +340,8 @@ class AgentConfig:
     diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    #: SMS fallback when the data link is down but SMS works (needs [modem]); off when absent.
+    sms: SmsConfig | None = None
     #: The reverse SSH tunnel; absent: the ``tunnel`` command is unavailable.
     tunnel: TunnelConfig | None = None
     #: Signed agent upgrades; absent: the ``upgrade`` command is unavailable.
@@ -450,6 +472,8 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     if rc.hook_after_s < rc.soft_reset_after_s:
         raise ConfigError("recovery.hook_after_s", "must not be shorter than soft_reset_after_s")
     _positive("recovery.hook_timeout_s", rc.hook_timeout_s)
+    if cfg.sms is not None:
+        _validate_sms(cfg)
     if cfg.tunnel is not None:
         t = cfg.tunnel
         if not t.host:
@@ -473,6 +497,22 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     if not isinstance(logging.getLevelName(cfg.log_level.upper()), int):
         raise ConfigError("log_level", f"{cfg.log_level!r} is not a logging level")
     return cfg
+
+
+def _validate_sms(cfg: AgentConfig) -> None:
+    s = cfg.sms
+    assert s is not None
+    if cfg.modem is None:
+        raise ConfigError("sms", "needs a [modem] to send through")
+    if not re.fullmatch(r"\+?[0-9]{6,15}", s.number):
+        raise ConfigError("sms.number", f"{s.number!r} is not a phone number (+84...)")
+    _readable("sms.key_file", s.key_file)
+    _positive("sms.after_s", s.after_s)
+    _positive("sms.check_s", s.check_s)
+    _positive("sms.timeout_s", s.timeout_s)
+    _positive("sms.send_timeout_s", s.send_timeout_s)
+    if s.max_per_day < 0:
+        raise ConfigError("sms.max_per_day", "must not be negative")
 
 
 def parse_config(data: dict[str, Any], *, hardware: HardwareCheck | None = None) -> AgentConfig:
@@ -512,6 +552,7 @@ __all__ = [
     "OutboxConfig",
     "RecoveryConfig",
     "ReportsConfig",
+    "SmsConfig",
     "StreamConfig",
     "SystemConfig",
     "TunnelConfig",

@@ -28,6 +28,8 @@ class FaultCode(enum.StrEnum):
     NO_SERVICE = "no_service"
     WEAK_SIGNAL = "weak_signal"
     NETWORK_UNSTABLE = "network_unstable"
+    #: SIM ready and registered, but no packet data (PDP context refused, no IP).
+    NO_BEARER = "no_bearer"
     # broadcast stream
     STREAM_LOST = "stream_lost"
     # amplifier and speakers
@@ -126,6 +128,18 @@ FAULTS: dict[FaultCode, FaultInfo] = {
             "Mạng chập chờn",
             "Unstable network",
             "check the antenna; ask the operator about the cell",
+        ),
+        # Counted as unstable_network: the SIM works and the cluster is sound; it is
+        # the operator's data service that fails (plan out of data, barred APN,
+        # congested cell), which is what the district calls "mạng chập chờn".
+        FaultInfo(
+            FaultCode.NO_BEARER,
+            _C,
+            B2Cause.UNSTABLE_NETWORK,
+            "Có sóng nhưng mất kết nối dữ liệu (3G/4G)",
+            "Registered but no mobile data",
+            "check the SIM's data plan and credit and the APN; ask the operator "
+            "whether data is barred on the SIM or the cell is congested",
         ),
         FaultInfo(
             FaultCode.STREAM_LOST,

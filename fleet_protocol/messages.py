@@ -122,6 +122,8 @@ class ModemState(_Section, frozen=True):
     sinr_db: Annotated[float, Meta(ge=-30, le=60)] | None = None
     cell_id: Short | None = None
     tac: Short | None = None
+    #: Packet data bearer usable (context active with an IP); False: registered but no data.
+    data: bool | None = None
 
 
 class AmpState(_Section, frozen=True):

@@ -26,9 +26,10 @@ import errno
 import logging
 import random
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from edge_agent.config import (
     OutboxConfig,
     RecoveryConfig,
     ReportsConfig,
+    SmsConfig,
     SystemConfig,
     validate,
 )
@@ -56,6 +58,7 @@ from firmware_shims.amp.profile import load_profile
 from firmware_shims.modem.port import AtPort
 from firmware_shims.modem.probe import ModemProbe
 from firmware_shims.modem.sim import ModemEngine, SimOptions
+from firmware_shims.modem.smsc import SmsCentre
 from firmware_shims.readings import StreamReading, SystemReading
 from fleet_protocol import (
     Command,
@@ -63,6 +66,7 @@ from fleet_protocol import (
     SystemState,
     mqtt_compat,
 )
+from fleet_protocol.sms import sms_key
 from fleet_sim.scenario import LINK_CUTTING, ClusterSpec, Scenario
 from fleet_sim.timeline import OUTAGE, FleetClock
 
@@ -82,6 +86,39 @@ def sim_identity(seed: int, device_id: str, index: int) -> tuple[str, str, str]:
             mccmnc = op
             break
     return mccmnc, f"8984{mccmnc[3:]}{index:013d}", f"{mccmnc}{index:010d}"
+
+
+def sim_phone(seed: int, device_id: str, index: int) -> str:
+    """The phone number of a cluster's SIM (+84 and 9 digits, Viettel's 096 range)."""
+    del seed, device_id
+    return f"+8496{index:07d}"
+
+
+def serving_cell(commune_code: str, cells: tuple[str, ...], n: int) -> str:
+    """The hex cell id of the ``n``-th cluster (0-based) of a commune."""
+    if cells:
+        return cells[n % len(cells)]
+    return f"{zlib.crc32(commune_code.encode()) & 0xFFFFFFF:X}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSms:
+    """The fleet's SMS side: a simulated SMS centre every cluster's modem is attached to,
+    and the agents' SMS fallback settings (the district's number, a shared secret from
+    which each device's key is derived as provisioning does)."""
+
+    centre: SmsCentre
+    secret: bytes
+    number: str
+    after_s: float = 900.0
+    check_s: float = 60.0
+    max_per_day: int = 3
+
+
+#: A failing SIM answers +CME ERROR 13 for a few polls before the modem drops the
+#: bearer (live only): long enough for the agent to report it.
+SIM_LINK_GRACE_POLLS = 3
+_DELAYED_CUT = frozenset({"modem.sim_failure"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +288,7 @@ class ClusterSim:
         broker: BrokerTarget,
         password: str | None,
         phase_intervals: Callable[[], Intervals],
+        sms: FleetSms | None = None,
     ) -> None:
         self.spec = spec
         self.device = spec.device_id
@@ -272,6 +310,10 @@ class ClusterSim:
             imsi=imsi,
             mccmnc=mccmnc,
         )
+        self.modem_engine.cell_id = serving_cell(
+            commune.code, commune.cells, int(spec.device_id.rsplit("-", 1)[1]) - 1
+        )
+        self.phone = sim_phone(scenario.seed, spec.device_id, index)
         self.amp_engine = AmpEngine(
             load_profile(spec.amp_profile), clock=clock, seed=self.rng.randrange(1 << 30)
         )
@@ -288,6 +330,27 @@ class ClusterSim:
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self.cfg = self._config(scenario, state_dir, broker, password)
+        self._cut_at: dict[str, float] = {}
+        a_ = scenario.agent
+        self._grace = SIM_LINK_GRACE_POLLS * a_.poll_s + 2 * a_.confirm_s
+        if sms is not None:
+            sms.centre.attach(self.modem_engine, self.phone)
+            key = state_dir / f"{self.device}.sms.key"
+            key.write_text(sms_key(sms.secret, self.device).hex() + "\n", encoding="utf-8")
+            key.chmod(0o600)
+            # Set after validation: the fleet's agent builds its modem probe itself.
+            self.cfg = replace(
+                self.cfg,
+                sms=SmsConfig(
+                    number=sms.number,
+                    key_file=key,
+                    after_s=sms.after_s,
+                    check_s=sms.check_s,
+                    max_per_day=sms.max_per_day,
+                    state_file=state_dir / f"{self.device}.sms.json",
+                    timeout_s=self.intervals().at_timeout,
+                ),
+            )
 
     def _config(
         self, scenario: Scenario, state_dir: Path, broker: BrokerTarget, password: str | None
@@ -347,10 +410,26 @@ class ClusterSim:
             (self.amp_engine.faults.set if now else self.amp_engine.faults.clear)(fault)
         if name == "controller.off":
             self.powered = not now
+        if name in _DELAYED_CUT:
+            if now and self.clock.live:
+                loop = asyncio.get_running_loop()
+                self._cut_at[name] = loop.time() + self._grace
+                loop.call_later(self._grace, self._relink)
+            else:
+                self._cut_at.pop(name, None)
         self.link.set(self.link_should_be_up(), abrupt=self.clock.live)
 
+    def _relink(self) -> None:
+        self.link.set(self.link_should_be_up(), abrupt=self.clock.live)
+
+    def _cutting(self, name: str) -> bool:
+        if name not in LINK_CUTTING:
+            return False
+        at = self._cut_at.get(name)
+        return at is None or asyncio.get_running_loop().time() >= at
+
     def link_should_be_up(self) -> bool:
-        return OUTAGE not in self.active and not any(n in LINK_CUTTING for n in self.active)
+        return OUTAGE not in self.active and not any(self._cutting(n) for n in self.active)
 
     def injected(self) -> list[str]:
         return sorted(self.active)
@@ -468,9 +547,12 @@ class ClusterSim:
 __all__ = [
     "BrokerTarget",
     "ClusterSim",
+    "FleetSms",
     "Intervals",
     "Link",
     "SimStreamProbe",
     "SimSystemProbe",
+    "serving_cell",
     "sim_identity",
+    "sim_phone",
 ]

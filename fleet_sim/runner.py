@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fleet_sim.cluster import BrokerTarget, ClusterSim, Intervals
+from fleet_sim.cluster import BrokerTarget, ClusterSim, FleetSms, Intervals
 from fleet_sim.scenario import Scenario
 from fleet_sim.timeline import Change, FleetClock, build_schedule, changes
 
@@ -89,7 +89,10 @@ class Fleet:
         progress_s: float = 10.0,
         status_file: Path | None = None,
         stop_timeout_s: float = 10.0,
+        sms: FleetSms | None = None,
     ) -> None:
+        """``sms``: attach every cluster's modem to a simulated SMS centre and turn on
+        the agents' SMS fallback (``FleetSms``)."""
         k, n = shard
         if not 1 <= k <= n:
             raise ValueError(f"shard {k}/{n}: need 1 <= k <= n")
@@ -131,6 +134,7 @@ class Fleet:
                 broker=broker,
                 password=self._password(spec.device_id),
                 phase_intervals=self.intervals,
+                sms=sms,
             )
             for i, spec in members
         }

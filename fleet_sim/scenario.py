@@ -48,7 +48,8 @@ FAULT_NAMES: Final[tuple[str, ...]] = (
     *OTHER_FAULTS,
 )
 #: Modem faults that take the cluster's data link down with them: without a
-#: usable SIM or a registration there is no 4G data, so the agent buffers.
+#: usable SIM, a registration or a data bearer there is no 4G data, so the
+#: agent buffers (with data_blocked SMS still works).
 LINK_CUTTING: Final = frozenset(
     {
         "modem.sim_absent",
@@ -57,6 +58,7 @@ LINK_CUTTING: Final = frozenset(
         "modem.no_service",
         "modem.denied",
         "modem.unresponsive",
+        "modem.data_blocked",
         "controller.off",
     }
 )
@@ -141,6 +143,9 @@ class Commune:
     contractor: str
     #: District it belongs to (inventory column; a province scenario spans several).
     district: str
+    #: Serving cells (hex cell ids) its clusters are on, taken in turn; empty: one
+    #: cell of its own. A cell outage is a fault on the clusters of one cell.
+    cells: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,6 +307,8 @@ class _CommuneToml:
     amp_profiles: Any = None
     contractor: Any = None
     district: Any = None
+    #: Serving cells (hex cell ids) of its clusters, taken in turn.
+    cells: Any = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,6 +388,14 @@ def _check_profile(name: str, field: str) -> None:
         load_profile(name)
     except (ProfileError, OSError) as exc:
         raise ScenarioError(field, f"no amplifier profile {name!r}: {exc}") from None
+
+
+def _cells(value: object, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(c, str) and re.fullmatch(r"[0-9A-F]{1,8}", c) for c in value
+    ):
+        raise ScenarioError(field, 'must be a list of hex cell ids (e.g. ["1A2D101"])')
+    return tuple(value)
 
 
 def _fault_name(value: object, field: str) -> str:
@@ -586,6 +601,7 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
                     ct.contractor, f"{where}.contractor", defaults.contractor
                 ),
                 district=_optional_text(ct.district, f"{where}.district", meta.district),
+                cells=_cells(ct.cells, f"{where}.cells"),
             )
         )
         seen_codes.add(code)

@@ -22,6 +22,7 @@ from collector.b2.dates import end_of_day, short_date
 from collector.b2.service import b2_table
 from collector.b2.settings import ReportSettings
 from collector.b2.table import B2Table
+from collector.correlation import CorrelationConfig
 from collector.exports import Format, file_name, render
 from collector.store.alerts import DeliveryDraft, NotificationDraft
 from collector.store.base import Repository
@@ -61,10 +62,16 @@ class BuiltReport:
 
 
 async def build(
-    repo: Repository, *, as_of: dt.datetime, settings: ReportSettings, lang: str
+    repo: Repository,
+    *,
+    as_of: dt.datetime,
+    settings: ReportSettings,
+    lang: str,
+    correlation: CorrelationConfig,
 ) -> BuiltReport:
-    """Last month's B2 (or as of any moment) with the existing B2 service and XLSX export."""
-    table = await b2_table(repo, as_of=as_of, settings=settings, lang=lang)
+    """Last month's B2 (or as of any moment) with the existing B2 service and XLSX export,
+    its silent clusters' causes inferred with the collector's ``[correlation]`` rules."""
+    table = await b2_table(repo, as_of=as_of, settings=settings, lang=lang, correlation=correlation)
     return BuiltReport(table, render(table, Format.XLSX).body, file_name(table, Format.XLSX))
 
 

@@ -347,7 +347,13 @@ class AlertService:
         if as_of is None:
             as_of = previous_month_end(dt.datetime.fromtimestamp(now, self.tz))
         lang = self.settings.monthly_report.lang or self.cfg.report.lang
-        built = await monthly.build(self.repo, as_of=as_of, settings=self.cfg.report, lang=lang)
+        built = await monthly.build(
+            self.repo,
+            as_of=as_of,
+            settings=self.cfg.report,
+            lang=lang,
+            correlation=self.cfg.correlation,
+        )
         period = monthly.period_of(as_of)
         addresses = [(f"email:{a}", a) for a in to] if to else await self.report_addresses()
         key = (

@@ -75,6 +75,7 @@ async def b2_view(
         district=p.district,
         province=p.province,
         communes=_communes(request),
+        correlation=request.app[CONFIG].correlation,
     )
     fmt = Format(p.format)
     if fmt is Format.JSON:
@@ -97,7 +98,14 @@ async def b2_summary_view(request: web.Request, p: B2SummaryParams, b: None) -> 
     lang = p.lang or settings.lang
     repo = request.app[REPO]
     communes = _communes(request)
-    table = await b2_table(repo, as_of=as_of, settings=settings, lang=lang, communes=communes)
+    table = await b2_table(
+        repo,
+        as_of=as_of,
+        settings=settings,
+        lang=lang,
+        communes=communes,
+        correlation=request.app[CONFIG].correlation,
+    )
     data = table_to_dict(table)
     answer: dict[str, Any] = {
         "as_of": data["as_of"],

@@ -27,6 +27,7 @@ from collector.b2.dates import AsOfError, parse_as_of
 from collector.b2.service import b2_table, export_inventory, import_inventory, month_over_month
 from collector.b2.settings import ReportSettings
 from collector.b2.table import Scope
+from collector.correlation import CorrelationConfig
 from collector.exports import Format, render
 from collector.exports.as_text import to_text
 from collector.inventory import InventoryError
@@ -46,9 +47,12 @@ def _db_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, help="the collector's SQLite database (overrides --config)")
 
 
-def _settings_and_db(args: argparse.Namespace) -> tuple[ReportSettings, Path]:
+def _settings_and_db(
+    args: argparse.Namespace,
+) -> tuple[ReportSettings, Path, CorrelationConfig]:
+    """``[report]``, the database and ``[correlation]`` (defaults with ``--db``)."""
     if args.db is not None:
-        return ReportSettings(), Path(args.db)
+        return ReportSettings(), Path(args.db), CorrelationConfig()
     from collector.config import ConfigError, load_config
 
     path = Path(args.config or DEFAULT_CONFIG)
@@ -56,7 +60,7 @@ def _settings_and_db(args: argparse.Namespace) -> tuple[ReportSettings, Path]:
         cfg = load_config(path)
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
-    return cfg.report, Path(cfg.db.path)
+    return cfg.report, Path(cfg.db.path), cfg.correlation
 
 
 def _with_repo(db: Path, work: Callable[[Repository], Awaitable[T]]) -> T:
@@ -121,7 +125,7 @@ def _configure_inventory(sub: Any, parent: argparse.ArgumentParser) -> None:
 def run_inventory(args: argparse.Namespace) -> int:
     """Run a parsed ``inventory`` command."""
     try:
-        _, db = _settings_and_db(args)
+        _, db, _ = _settings_and_db(args)
         if args.inventory_command == "import":
             try:
                 data = args.file.read_bytes()
@@ -213,7 +217,7 @@ def _format_for(output: str | None) -> str:
 def run_report(args: argparse.Namespace) -> int:
     """Run a parsed ``report`` command."""
     try:
-        settings, db = _settings_and_db(args)
+        settings, db, correlation = _settings_and_db(args)
         if args.tz:
             settings = replace(settings, time_zone=args.tz)
         if args.unit is not None:
@@ -237,6 +241,7 @@ def run_report(args: argparse.Namespace) -> int:
                 lang=lang,
                 district=args.district,
                 province=args.province,
+                correlation=correlation,
             )
             if fmt == "text":
                 return to_text(table).encode()

@@ -7,14 +7,18 @@ Used by both the REST API (``collector.b2.api``) and the CLI
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Any
 
 from collector.b2.availability import Evaluation, Thresholds, evaluate, month_start
 from collector.b2.compare import Comparison, compare_statuses
 from collector.b2.dates import previous_month_end
 from collector.b2.settings import ReportSettings
 from collector.b2.table import B2Table, Scope, commune_label, compute_b2, select_devices
+from collector.causes import statuses_with_causes
+from collector.correlation import CorrelationConfig
 from collector.inventory import (
     ImportPlan,
     inventory_to_csv,
@@ -23,7 +27,8 @@ from collector.inventory import (
     plan_import,
 )
 from collector.model import InventoryDevice
-from collector.store.base import Repository
+from collector.store.base import B2Snapshot, Repository
+from fleet_protocol import B2Cause
 
 
 async def b2_table(
@@ -36,11 +41,21 @@ async def b2_table(
     district: str | None = None,
     province: str | None = None,
     communes: Collection[str] | None = None,
+    correlation: CorrelationConfig,
+    record: bool = True,
 ) -> B2Table:
     """The B2 table as of ``as_of`` from the stored inventory and status history,
-    with the evaluation of its communes over ``as_of``'s month up to ``as_of``."""
+    silent clusters' causes inferred with ``correlation`` (the collector's
+    ``[correlation]``: every caller passes it, so no report falls back to defaults),
+    with the evaluation of its communes over ``as_of``'s month up to ``as_of``.
+
+    Every broken cluster's cause is the best the evidence supports, with its
+    source (``collector.causes``). With ``record``, the whole-inventory table is
+    compared with the first one produced for the same moment (``changes``) and
+    kept as a snapshot when it differs from the last one.
+    """
     inventory = await repo.list_inventory()
-    statuses = await repo.statuses_as_of(as_of.timestamp())
+    statuses, attributions = await statuses_with_causes(repo, as_of.timestamp(), correlation)
     table = compute_b2(
         inventory,
         statuses,
@@ -54,10 +69,16 @@ async def b2_table(
         communes=communes,
     )
     devices = select_devices(inventory, district=district, province=province, communes=communes)
+    listed = {d.device_id for d in devices}
+    by_device = {k: a.to_json() for k, a in attributions.items() if k in listed}
     evaluation = await monthly_evaluation(
         repo, devices, as_of=as_of, settings=settings, lang=table.lang
     )
-    return replace(table, evaluation=evaluation)
+    table = replace(table, causes_by_device=by_device, evaluation=evaluation)
+    whole = district is None and province is None and communes is None
+    if record and whole:
+        table = await _against_snapshots(repo, table, scope)
+    return table
 
 
 async def monthly_evaluation(
@@ -84,6 +105,52 @@ async def monthly_evaluation(
             fair_pct=settings.rank_fair_pct,
             average_pct=settings.rank_average_pct,
         ),
+    )
+
+
+def _snapshot_body(table: B2Table) -> dict[str, Any]:
+    return {
+        "devices": {
+            k: [v["cause"], v["source"]] for k, v in sorted(table.causes_by_device.items())
+        },
+        "rows": {r.key: [r.working, r.broken, *r.causes] for r in table.rows},
+    }
+
+
+def snapshot_changes(
+    first: dict[str, Any], now: dict[str, Any], *, lang: str = "vi"
+) -> tuple[str, ...]:
+    """Lines saying what differs between two snapshot bodies (pure)."""
+    from collector.causes import CauseSource
+
+    def say(entry: list[str] | None) -> str:
+        if entry is None:
+            return "hoạt động tốt" if lang != "en" else "working"
+        cause = B2Cause(entry[0]).label(lang)
+        return f"{cause} ({CauseSource(entry[1]).label(lang)})"
+
+    out: list[str] = []
+    before, after = first.get("devices", {}), now.get("devices", {})
+    for device in sorted(set(before) | set(after)):
+        if before.get(device) != after.get(device):
+            out.append(f"{device}: {say(before.get(device))} → {say(after.get(device))}")
+    return tuple(out)
+
+
+async def _against_snapshots(repo: Repository, table: B2Table, scope: Scope) -> B2Table:
+    as_of = table.as_of.timestamp()
+    body = _snapshot_body(table)
+    snaps = await repo.b2_snapshots(as_of, str(scope))
+    if not snaps or snaps[-1].body != body:
+        await repo.save_b2_snapshot(
+            B2Snapshot(as_of=as_of, scope=str(scope), produced_at=time.time(), body=body)
+        )
+    if not snaps:
+        return table
+    return replace(
+        table,
+        first_produced_at=snaps[0].produced_at,
+        changes=snapshot_changes(snaps[0].body, body, lang=table.lang),
     )
 
 

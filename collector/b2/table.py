@@ -145,6 +145,8 @@ class B2Row:
     #: Clusters offline (heard from before) for longer than the table's offline_days.
     offline_long: int
     notes: str
+    #: Broken clusters per source of their cause (``collector.causes.CauseSource`` values).
+    sources: dict[str, int] = field(default_factory=dict)
 
     def cause(self, cause: B2Cause) -> int:
         return self.causes[CAUSES.index(cause)]
@@ -183,6 +185,12 @@ class B2Table:
     summary: str
     #: Devices that have a status but are not in the inventory (not counted).
     unlisted: tuple[str, ...] = field(default=())
+    #: Per broken device: its cause, the cause's source and evidence (JSON-ready).
+    causes_by_device: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: When the B2 for this date was first produced (None: this is the first time).
+    first_produced_at: float | None = None
+    #: What changed since then, one line per changed cluster or row (empty: nothing).
+    changes: tuple[str, ...] = field(default=())
     #: No cluster of the scope existed at ``as_of``: no rows, "no data".
     no_data: bool = False
     #: Monthly availability and ranking of the rows' communes (``collector.b2.availability``).
@@ -207,6 +215,8 @@ class _Tally:
         self.causes = dict.fromkeys(CAUSES, 0)
         self.never_reported = 0
         self.offline_long = 0
+        #: Broken clusters per cause source (``DeviceStatus.cause_source``).
+        self.sources: dict[str, int] = {}
 
     def add(self, status: DeviceStatus | None, offline_before: float) -> None:
         if status is None or status.never_reported:
@@ -228,6 +238,8 @@ class _Tally:
         else:
             self.not_repaired += 1
         self.causes[status.cause or B2Cause.UNKNOWN] += 1
+        if status.cause_source:
+            self.sources[status.cause_source] = self.sources.get(status.cause_source, 0) + 1
 
     def merge(self, other: _Tally) -> None:
         self.working += other.working
@@ -237,6 +249,8 @@ class _Tally:
             self.causes[cause] += n
         self.never_reported += other.never_reported
         self.offline_long += other.offline_long
+        for source, n in other.sources.items():
+            self.sources[source] = self.sources.get(source, 0) + n
 
     def row(self, *, stt: int | None, unit: str, key: str, lang: str, offline_days: float) -> B2Row:
         broken = self.in_repair + self.not_repaired
@@ -253,7 +267,15 @@ class _Tally:
             causes_text="; ".join(f"{c.label(lang)} ({n})" for c, n in ranked_causes(self.causes)),
             never_reported=self.never_reported,
             offline_long=self.offline_long,
-            notes=_notes(self.never_reported, self.offline_long, offline_days, lang),
+            notes="; ".join(
+                p
+                for p in (
+                    _notes(self.never_reported, self.offline_long, offline_days, lang),
+                    source_notes(self.sources, lang),
+                )
+                if p
+            ),
+            sources=dict(self.sources),
         )
 
 
@@ -276,6 +298,27 @@ def _notes(never: int, offline: int, offline_days: float, lang: str) -> str:
             parts.append(f"{never} cụm loa chưa từng báo cáo")
         if offline:
             parts.append(f"{offline} cụm loa mất kết nối quá {_days(offline_days)} ngày")
+    return "; ".join(parts)
+
+
+#: Sources the note names, in this order; a cause the device reported live is the norm.
+_NOTED_SOURCES: Final = ("finding", "sms", "device_late", "inferred")
+
+
+def source_notes(sources: dict[str, int], lang: str = "vi") -> str:
+    """ "3 cụm: nguyên nhân do kỹ thuật viên xác định; ..." for the sources worth saying."""
+    from collector.causes import CauseSource
+
+    parts = []
+    for key in _NOTED_SOURCES:
+        n = sources.get(key, 0)
+        if not n:
+            continue
+        label = CauseSource(key).label(lang)
+        if lang == "en":
+            parts.append(f"{n} cluster{'s' if n != 1 else ''}: cause {label}")
+        else:
+            parts.append(f"{n} cụm: nguyên nhân {label}")
     return "; ".join(parts)
 
 

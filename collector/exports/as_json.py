@@ -26,6 +26,7 @@ def _row(row: B2Row) -> dict[str, Any]:
         "never_reported": row.never_reported,
         "offline_long": row.offline_long,
         "notes": row.notes,
+        "cause_sources": dict(sorted(row.sources.items())),
     }
 
 
@@ -78,6 +79,11 @@ def table_to_dict(table: B2Table) -> dict[str, Any]:
         "no_data": table.no_data,
         "unlisted_devices": list(table.unlisted),
         "evaluation": None if table.evaluation is None else evaluation_to_dict(table.evaluation),
+        # Each broken cluster's cause with where it came from (device, SMS, rule, finding).
+        "clusters": table.causes_by_device,
+        # When this date's B2 was first produced, and what changed since (re-issue if any).
+        "first_produced_at": table.first_produced_at,
+        "changes_since_first": list(table.changes),
     }
 
 

@@ -220,6 +220,46 @@ class RepairStat:
     max_hours: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """The cause a person found on site, recorded on a repair ticket."""
+
+    id: int
+    ticket_id: int
+    device_id: str
+    cause: B2Cause
+    text: str
+    at: float
+    actor: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiagEvidence:
+    """The message that last set a device's diagnosis at a moment (its cause's evidence)."""
+
+    device_id: str
+    #: "state" (MQTT) or "sms".
+    kind: str
+    #: False for a report that arrived long after its ts (buffered on the device).
+    prompt: bool
+    broken: bool
+    cause: B2Cause | None
+    ts: float
+    received_at: float
+    #: The fault codes it carried.
+    faults: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class B2Snapshot:
+    """A produced B2, kept to show what changed when the same date is produced again."""
+
+    as_of: float
+    scope: str
+    produced_at: float
+    body: dict[str, Any]
+
+
 class Role(enum.StrEnum):
     ADMIN = "admin"
     DISTRICT_VIEWER = "district_viewer"
@@ -523,4 +563,33 @@ class Repository(Protocol):
 
         Within raw retention only; the newest ``limit`` when there are more.
         """
+        ...
+
+    # -- causes of silent clusters (collector.causes) -------------------------------------------
+    async def record_finding(
+        self, ticket_id: int, *, actor: str, at: float, cause: B2Cause, text: str
+    ) -> Finding:
+        """Record the cause found on site on a ticket (history + audit log); NotFound."""
+        ...
+
+    async def list_findings(self, device_id: str) -> list[Finding]:
+        """A device's findings, oldest first."""
+        ...
+
+    async def findings_as_of(self, t: float) -> dict[str, Finding]:
+        """Each device's latest finding recorded at or before ``t``."""
+        ...
+
+    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
+        """Per device, the latest report or SMS with event time at or before ``t``."""
+        ...
+
+    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
+        """Per device, the latest full state report (with a modem section) at or before ``t``."""
+        ...
+
+    async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None: ...
+
+    async def b2_snapshots(self, as_of: float, scope: str) -> list[B2Snapshot]:
+        """Snapshots of the B2 for ``as_of``, oldest first."""
         ...

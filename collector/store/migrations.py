@@ -333,6 +333,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX remote_commands_device ON remote_commands(device_id, created_at);
     """,
+    # 7: on-site findings on repair tickets, and a snapshot of every B2 produced (issue 14).
+    """
+    CREATE TABLE findings (
+        id        INTEGER PRIMARY KEY,
+        ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+        device_id TEXT NOT NULL,
+        cause     TEXT NOT NULL,
+        text      TEXT NOT NULL DEFAULT '',
+        at        REAL NOT NULL,
+        actor     TEXT NOT NULL
+    );
+    CREATE INDEX findings_device ON findings(device_id, at);
+
+    CREATE TABLE b2_snapshots (
+        id          INTEGER PRIMARY KEY,
+        as_of       REAL NOT NULL,
+        scope       TEXT NOT NULL,
+        produced_at REAL NOT NULL,
+        body        TEXT NOT NULL
+    );
+    CREATE INDEX b2_snapshots_key ON b2_snapshots(as_of, scope, produced_at);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

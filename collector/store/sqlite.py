@@ -9,6 +9,7 @@ snapshot and never block the writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -29,11 +30,14 @@ from collector.clocktruth import date_message, install_floor, learned_offset
 from collector.fleet import INITIAL, FleetState, Observation, ObsKind, Transition, fold
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from collector.store.base import (
+    B2Snapshot,
     BatchResult,
     Conflict,
     DeviceRow,
+    DiagEvidence,
     EventRow,
     FaultRow,
+    Finding,
     IncomingMessage,
     NotFound,
     RepairStat,
@@ -1660,6 +1664,133 @@ class SQLiteRepository:
             if isinstance(data, dict):
                 out.append((float(r[0]), data))
         return out
+
+    # -- causes of silent clusters (collector.causes) -------------------------------------------
+
+    @staticmethod
+    def _finding(r: sqlite3.Row | tuple[Any, ...]) -> Finding:
+        return Finding(
+            id=r[0],
+            ticket_id=r[1],
+            device_id=r[2],
+            cause=B2Cause(r[3]),
+            text=r[4],
+            at=r[5],
+            actor=r[6],
+        )
+
+    _FINDING_COLS: Final = "id, ticket_id, device_id, cause, text, at, actor"
+
+    async def record_finding(
+        self, ticket_id: int, *, actor: str, at: float, cause: B2Cause, text: str
+    ) -> Finding:
+        async with self._tx() as db:
+            ticket = await self._ticket(db, ticket_id)
+            cur = await db.execute(
+                "INSERT INTO findings (ticket_id, device_id, cause, text, at, actor)"
+                " VALUES (?,?,?,?,?,?)",
+                (ticket_id, ticket.device_id, str(cause), text, at, actor),
+            )
+            finding_id = int(cur.lastrowid or 0)
+            await cur.close()
+            await db.execute(
+                "INSERT INTO ticket_history (ticket_id, at, actor, action, note)"
+                " VALUES (?,?,?,?,?)",
+                (ticket_id, at, actor, "finding", f"{cause.label()}: {text}".rstrip(": ")),
+            )
+            await self._audit(
+                db,
+                actor,
+                "repair.finding",
+                f"ticket:{ticket_id}",
+                {"device": ticket.device_id, "cause": str(cause), "text": text, "at": at},
+            )
+            async with db.execute(
+                f"SELECT {self._FINDING_COLS} FROM findings WHERE id = ?", (finding_id,)
+            ) as c:
+                row = await c.fetchone()
+        assert row is not None
+        return self._finding(row)
+
+    async def list_findings(self, device_id: str) -> list[Finding]:
+        rows = await self._all(
+            f"SELECT {self._FINDING_COLS} FROM findings WHERE device_id = ? ORDER BY at, id",
+            (device_id,),
+        )
+        return [self._finding(r) for r in rows]
+
+    async def findings_as_of(self, t: float) -> dict[str, Finding]:
+        rows = await self._all(
+            f"SELECT {self._FINDING_COLS} FROM (SELECT *, row_number() OVER"
+            " (PARTITION BY device_id ORDER BY at DESC, id DESC) AS rn FROM findings"
+            " WHERE at <= ?) WHERE rn = 1",
+            (t,),
+        )
+        return {r[2]: self._finding(r) for r in rows}
+
+    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
+        rows = await self._all(
+            "SELECT device_id, kind, prompt, broken, cause, ts, received_at, payload FROM"
+            " (SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY ts DESC, seq DESC)"
+            "  AS rn FROM messages WHERE obs_kind = 'state' AND ts <= ?) WHERE rn = 1",
+            (t,),
+        )
+        out: dict[str, DiagEvidence] = {}
+        for r in rows:
+            faults: tuple[str, ...] = ()
+            with contextlib.suppress(msgspec.DecodeError, TypeError, AttributeError):
+                data = msgspec.json.decode(r[7]) if r[7] else {}
+                faults = tuple(str(f["code"]) for f in data.get("faults", ()))
+            out[r[0]] = DiagEvidence(
+                device_id=r[0],
+                kind=r[1],
+                prompt=bool(r[2]),
+                broken=bool(r[3]),
+                cause=_cause(r[4]),
+                ts=r[5],
+                received_at=r[6],
+                faults=faults,
+            )
+        return out
+
+    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
+        rows = await self._all(
+            "SELECT device_id, ts, payload FROM"
+            " (SELECT device_id, ts, payload, row_number() OVER (PARTITION BY device_id"
+            "  ORDER BY ts DESC, seq DESC) AS rn FROM messages WHERE kind = 'state'"
+            "  AND ts <= ? AND instr(CAST(payload AS TEXT), '\"modem\"') > 0) WHERE rn = 1",
+            (t,),
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            with contextlib.suppress(msgspec.DecodeError):
+                data = msgspec.json.decode(r[2])
+                if isinstance(data, dict):
+                    out[r[0]] = data
+        return out
+
+    async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO b2_snapshots (as_of, scope, produced_at, body) VALUES (?,?,?,?)",
+                (
+                    snapshot.as_of,
+                    snapshot.scope,
+                    snapshot.produced_at,
+                    json.dumps(snapshot.body, ensure_ascii=False),
+                ),
+            )
+
+    async def b2_snapshots(self, as_of: float, scope: str) -> list[B2Snapshot]:
+        rows = await self._all(
+            "SELECT as_of, scope, produced_at, body FROM b2_snapshots WHERE as_of = ?"
+            " AND scope = ? ORDER BY produced_at, id",
+            (as_of, scope),
+        )
+        return [
+            B2Snapshot(as_of=r[0], scope=r[1], produced_at=r[2], body=json.loads(r[3]))
+            for r in rows
+        ]
 
     # -- remote commands (collector.remote) --------------------------------------------------
 

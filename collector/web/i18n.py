@@ -168,6 +168,20 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "action_cancelled": ("huỷ phiếu", "cancelled"),
     "action_resolve": ("đã sửa xong", "resolved"),
     "action_resolved": ("đã sửa xong", "resolved"),
+    "action_finding": ("ghi nhận nguyên nhân tại hiện trường", "cause found on site"),
+    "cause_evidence_t": ("Nguyên nhân và căn cứ", "Cause and evidence"),
+    "cause_source": ("Nguồn", "Source"),
+    "cause_rule": ("Quy tắc suy luận", "Inference rule"),
+    "cause_evidence": ("Căn cứ", "Evidence"),
+    "cause_conflict": (
+        "Thiết bị báo khác với kết quả kiểm tra (chưa áp dụng)",
+        "The device reports otherwise than the finding (not applied)",
+    ),
+    "findings_t": ("Kết quả kiểm tra tại hiện trường", "Findings on site"),
+    "record_finding": ("Ghi nhận nguyên nhân tại hiện trường", "Record the cause found on site"),
+    "cause_found": ("Nguyên nhân tìm thấy", "Cause found"),
+    "finding_text": ("Mô tả kết quả kiểm tra", "What was found"),
+    "no_finding": ("— chưa kiểm tra —", "— not inspected —"),
 }
 
 

@@ -25,6 +25,7 @@ from collector.b2.api import as_of_param, settings_of
 from collector.b2.service import b2_table, monthly_evaluation
 from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
+from collector.causes import statuses_with_causes
 from collector.keys import CONFIG, REPO
 from collector.model import Status
 from collector.params import page_params, safe_next
@@ -194,6 +195,7 @@ def _forms(ctx: Ctx, contractor: str, active: Any) -> list[dict[str, str]]:
     if p.may(Permission.REPAIR_WORK) and active.state.value == "open":
         forms.append({"kind": "start", "base": base, "contractor": contractor})
     if p.may(Permission.REPAIR_WORK):
+        forms.append({"kind": "finding", "base": base})
         forms.append({"kind": "comment", "base": base})
     if p.may(Permission.REPAIR_CANCEL):
         forms.append({"kind": "cancel", "base": base})
@@ -267,6 +269,7 @@ async def device(request: web.Request) -> Context:
     signal = await repo.signal_history(device_id, since=start, until=end, limit=5000)
     reports = await repo.state_reports(device_id, since=start, until=end, limit=5000)
     history = await repo.status_history(device_id, until=end)
+    _, attributions = await statuses_with_causes(repo, ctx.now, request.app[CONFIG].correlation)
     signal_chart = charts.time_series(
         [
             charts.Series("RSSI", [(p.ts, p.rssi_dbm) for p in signal]),
@@ -312,6 +315,9 @@ async def device(request: web.Request) -> Context:
         "tickets": tickets,
         "remote": remote_panel(ctx, d),
         "action_label": lambda action: action_label(tr, action),
+        "cause": attributions.get(device_id),
+        "findings": await repo.list_findings(device_id),
+        "causes": [(c.value, c.label(ctx.lang)) for c in B2Cause],
     }
 
 
@@ -339,6 +345,7 @@ async def b2(request: web.Request) -> Context:
         scope=Scope(scope_raw),
         lang=ctx.lang,
         communes=ctx.principal.communes,
+        correlation=request.app[CONFIG].correlation,
     )
     day = table_.day.isoformat()
     return page_context(ctx, title=tr("b2"), active="b2") | {

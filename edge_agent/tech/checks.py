@@ -35,6 +35,7 @@ TARGET_CODES: Mapping[str, frozenset[FaultCode]] = {
             FaultCode.NO_SERVICE,
             FaultCode.WEAK_SIGNAL,
             FaultCode.NETWORK_UNSTABLE,
+            FaultCode.NO_BEARER,
         }
     ),
     "network": frozenset(
@@ -44,6 +45,7 @@ TARGET_CODES: Mapping[str, frozenset[FaultCode]] = {
             FaultCode.NO_SERVICE,
             FaultCode.WEAK_SIGNAL,
             FaultCode.NETWORK_UNSTABLE,
+            FaultCode.NO_BEARER,
         }
     ),
     "amp": frozenset(
@@ -78,6 +80,8 @@ REMEDY_VI: Mapping[FaultCode, str] = {
     FaultCode.NO_SERVICE: "kiểm tra ăng-ten, cáp ăng-ten và vùng phủ sóng tại chỗ",
     FaultCode.WEAK_SIGNAL: "nâng cao hoặc chỉnh hướng ăng-ten, hoặc lắp ăng-ten ngoài",
     FaultCode.NETWORK_UNSTABLE: "kiểm tra ăng-ten; hỏi nhà mạng về trạm phát",
+    FaultCode.NO_BEARER: "kiểm tra gói cước dữ liệu, tài khoản và APN của SIM; hỏi nhà mạng"
+    " xem SIM có bị chặn dữ liệu hoặc trạm phát có bị nghẽn không",
     FaultCode.STREAM_LOST: "kiểm tra địa chỉ luồng phát và máy chủ phát của đài",
     FaultCode.AMP_NO_RESPONSE: "kiểm tra nguồn amply, dây RS-485 và địa chỉ Modbus",
     FaultCode.AMP_OVER_TEMP: "kiểm tra thông gió và quạt của amply",

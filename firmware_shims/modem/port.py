@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -46,7 +47,7 @@ import serial
 import serial_asyncio_fast
 
 from firmware_shims.errors import PortUnavailable, ProbeTimeout
-from firmware_shims.modem.at import AtResponse, Framer, is_urc
+from firmware_shims.modem.at import AtResponse, Framer, is_final, is_urc
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class _Lines:
         self.garbage_bytes = 0
         self.arrived = asyncio.Event()
         self.closed: BaseException | None = None
+        #: Armed while a text-entry command (AT+CMGS) waits for the modem's "> ".
+        self.want_prompt = False
+        self.prompted = False
 
     def feed(self, data: bytes) -> None:
         self.partial += data
@@ -95,8 +99,20 @@ class _Lines:
             text = clean.decode("ascii").strip()
             if text:
                 self.lines.append(text)
+        if self.want_prompt and _NOT_PRINTABLE.sub(b"", bytes(self.partial)).strip() == b">":
+            # The prompt ends with a space, not a line end: it is its own signal.
+            self.partial.clear()
+            self.prompted = True
+            self.arrived.set()
         if self.lines:
             self.arrived.set()
+
+    def take_prompt(self) -> bool:
+        """Whether the prompt arrived (once); disarms it."""
+        if self.prompted:
+            self.prompted = self.want_prompt = False
+            return True
+        return False
 
     def close(self, exc: BaseException | None) -> None:
         self.closed = exc or ConnectionError("port closed")
@@ -124,6 +140,8 @@ class _Channel(Protocol):
     async def readline(self) -> str: ...
 
     def drain(self) -> list[str]: ...
+
+    def arm_prompt(self, on: bool) -> None: ...
 
     @property
     def garbage_bytes(self) -> int: ...
@@ -210,10 +228,13 @@ class _SerialChannel:
             raise PortUnavailable(self.where, f"write failed: {exc}") from exc
 
     async def readline(self) -> str:
+        """The next line; "" when an armed ``> `` prompt arrived instead."""
         while True:
             line = self._lines.pop()
             if line is not None:
                 return line
+            if self._lines.take_prompt():
+                return ""
             if self._lines.closed is not None:
                 raise PortUnavailable(self.where, f"port closed: {self._lines.closed}")
             await self._lines.arrived.wait()
@@ -223,6 +244,9 @@ class _SerialChannel:
         self._lines.lines.clear()
         self._lines.arrived.clear()
         return out
+
+    def arm_prompt(self, on: bool) -> None:
+        self._lines.want_prompt, self._lines.prompted = on, False
 
     async def aclose(self) -> None:
         transport, protocol = self._transport, self._protocol
@@ -290,6 +314,8 @@ class _EngineChannel:
             line = self._lines.pop()
             if line is not None:
                 return line
+            if self._lines.take_prompt():
+                return ""
             await asyncio.sleep(min(wait, self.tick_interval) if wait else self.tick_interval)
 
     def drain(self) -> list[str]:
@@ -297,6 +323,9 @@ class _EngineChannel:
         out = list(self._lines.lines)
         self._lines.lines.clear()
         return out
+
+    def arm_prompt(self, on: bool) -> None:
+        self._lines.want_prompt, self._lines.prompted = on, False
 
     async def aclose(self) -> None:
         self._open = False
@@ -409,6 +438,81 @@ class AtPort:
         if up == "ATE1":
             self._echo = True
         return resp
+
+    async def exchange_text(
+        self, cmd: str, body: bytes, *, timeout: float = 2.0, result_timeout: float = 60.0
+    ) -> AtResponse:
+        """A text-entry command (``AT+CMGS="+84..."``): send ``cmd``, wait for the
+        ``> `` prompt, send ``body`` and Ctrl-Z, frame the answer. The caller holds ``lock``.
+
+        A modem that refuses at once (``+CMS ERROR: 330`` instead of the prompt)
+        gives that answer without ``body`` being sent. No prompt within
+        ``timeout`` sends ESC (which aborts text entry) and raises ProbeTimeout;
+        no final code within ``result_timeout`` after Ctrl-Z raises ProbeTimeout.
+        """
+        command = cmd.strip()
+        if not command or any(c in command for c in "\r\n"):
+            raise ValueError(f"not a single AT command line: {cmd!r}")
+        if any(b in body for b in b"\r\n\x1a\x1b"):
+            raise ValueError("a text body may not hold CR, LF, Ctrl-Z or ESC")
+        loop = asyncio.get_running_loop()
+        wait = self._last_end + self.gap - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        ch = self._channel
+        try:
+            await self._ensure_open(command)
+            for line in ch.drain():
+                if is_urc(line):
+                    self.urcs.append(line)
+                else:
+                    self.stale_lines += 1
+            ch.arm_prompt(True)
+            ch.write(command.encode("ascii", "replace") + b"\r")
+            echoed = False
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        line = await ch.readline()
+                        if line == "":
+                            break
+                        if line.strip().upper() == command.upper():
+                            echoed = True
+                        elif is_final(line) and (echoed or not self._echo):
+                            return AtResponse(command=command, lines=(), final=line.strip())
+                        elif is_urc(line, command):
+                            self.urcs.append(line)
+                        else:
+                            self.stale_lines += 1
+            except TimeoutError:
+                ch.write(b"\x1b")
+                raise ProbeTimeout(
+                    self.where, f"no '> ' prompt in {timeout:g} s", command=command
+                ) from None
+            finally:
+                ch.arm_prompt(False)
+            # The modem echoes the text it was given: a line equal to it is that echo.
+            framer = Framer(body.decode("latin-1"))
+            ch.write(body + b"\x1a")
+            try:
+                async with asyncio.timeout(result_timeout):
+                    while True:
+                        resp = framer.feed(await ch.readline())
+                        if resp is not None:
+                            break
+            except TimeoutError:
+                raise ProbeTimeout(
+                    self.where, f"no result in {result_timeout:g} s after the text", command=command
+                ) from None
+        except PortUnavailable as exc:
+            await ch.aclose()
+            if exc.command is None:
+                raise PortUnavailable(exc.where, exc.detail, command=command) from exc
+            raise
+        finally:
+            self._last_end = loop.time()
+        self.urcs.extend(resp.urcs)
+        return dataclasses.replace(resp, command=command)
 
     async def aclose(self) -> None:
         """Close the device; a later ``command`` reopens it."""

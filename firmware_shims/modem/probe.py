@@ -23,9 +23,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from firmware_shims.errors import PortUnavailable, ProbeTimeout, ShimError
 from firmware_shims.modem import generic
 from firmware_shims.modem.at import AtResponse, error_text
+from firmware_shims.modem.bearer import BEARER_DETAIL, BEARER_FIRST, parse_bearer
 from firmware_shims.modem.dialects import Dialect, get_dialect
 from firmware_shims.modem.port import AtPort
 from firmware_shims.readings import ModemReading
@@ -126,6 +129,14 @@ class ModemProbe:
                     resp = await ask(cmd)
                     if failure is not None or generic.parse_iccid(cmd, resp):
                         break
+                # Registered is not connected: read the data bearer too.
+                for cmd in BEARER_FIRST:
+                    if failure is None:
+                        await ask(cmd)
+                if failure is None and parse_bearer(responses).address is None:
+                    for cmd in BEARER_DETAIL.get(self.dialect.name, BEARER_DETAIL["generic"]):
+                        if failure is None:
+                            await ask(cmd)
         ts = self.clock()
         if failure is not None and not answered:
             if not self._failing:
@@ -135,7 +146,11 @@ class ModemProbe:
         if self._failing:
             log.info("modem %s responding again", self.port.where)
         self._failing = False
-        return ModemReading(ts=ts, state=self.dialect.parse(responses), errors=errors, raw=raw)
+        state = self.dialect.parse(responses)
+        data = parse_bearer(responses).ok
+        if data is not None and state.registration.registered:
+            state = msgspec.structs.replace(state, data=data)
+        return ModemReading(ts=ts, state=state, errors=errors, raw=raw)
 
     async def soft_reset(self, *, timeout: float = 5.0) -> AtResponse:
         """Send the dialect's reset (``AT+CFUN=1,1`` / ``AT+CRESET``) and return its answer.

@@ -36,8 +36,10 @@ Faults: ``sim_absent``, ``sim_failure``, ``sim_locked``, ``no_service``,
 ``flap_period``), ``denied``, ``unresponsive`` (answers nothing, not even the
 echo), ``garbage`` (noise bytes between and inside replies, and while idle),
 ``slow`` (echo at once, the answer ``slow_delay`` seconds later),
-``csq_stuck`` (``+CSQ: 99,99`` on a healthy radio, as LTE-only modules do;
-``+CESQ`` still has the levels).
+``data_blocked`` (SIM ready and registered, but the PDP context cannot be
+activated: ``+CGACT: 1,0``, no address, ``AT+CGACT=1,1`` fails with ``+CME
+ERROR: 148``; SMS still works), ``csq_stuck`` (``+CSQ: 99,99`` on a healthy
+radio, as LTE-only modules do; ``+CESQ`` still has the levels).
 
 Dialects (``DIALECT_NAMES``) are those of ``firmware_shims.modem.dialects``;
 each prints what its family's manual (or field reports) show: ``quectel-ec200``
@@ -45,6 +47,10 @@ and ``quectel-eg800k`` have no ``AT+QCSQ`` and print +QENG's SINR in dB with
 ``-`` for srxlev; ``quectel-eg21`` prints +QCSQ's LTE RSSI as a positive number
 and +QENG's SINR in dB; ``simcom-a7670``/``simcom-a7672`` print +CPSI like the
 A76XX manual. Every dialect answers ``AT+CESQ``.
+
+SMS (``firmware_shims.modem.smsc``): every engine has an ``sms`` side that
+answers the TS 27.005 text-mode commands; ``SmsCentre.attach(engine, number)``
+links engines so one can text another.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from typing import Any
 from firmware_shims import control
 from firmware_shims.modem.at import CME_ERRORS
 from firmware_shims.modem.generic import OPERATORS, swap_nibbles
+from firmware_shims.modem.smsc import SmsEndpoint
 
 FAULTS = (
     "sim_absent",
@@ -79,6 +86,7 @@ FAULTS = (
     "unresponsive",
     "garbage",
     "slow",
+    "data_blocked",
     "csq_stuck",
 )
 DIALECT_NAMES = (
@@ -251,6 +259,9 @@ class ModemEngine:
         self.iccid = iccid
         self.imsi = imsi
         self.mccmnc = mccmnc
+        #: The serving cell (hex TAC and cell id) the modem reports while registered.
+        self.tac = "3A98"
+        self.cell_id = "1A2D101"
         self.rng = random.Random(options.seed)
         self._ident = _IDENTITY[dialect]
         self._buf = bytearray()
@@ -260,6 +271,7 @@ class ModemEngine:
         self.reset_until: float | None = None
         self.resets = 0
         self._reset_state()
+        self.sms = SmsEndpoint(self)
         self.faults = control.FaultSet(FAULTS, faults, on_change=self._faults_changed)
 
     # --- state ------------------------------------------------------------------
@@ -337,6 +349,15 @@ class ModemEngine:
         self._buf += data
         out: list[Chunk] = []
         while True:
+            if self.sms.entering:
+                # After AT+CMGS's prompt, bytes are the SMS text until Ctrl-Z / ESC.
+                taken = self.sms.take_text(self._buf)
+                if taken is None:
+                    break
+                printed, used = taken
+                del self._buf[:used]
+                out.append(Chunk(0.0, printed))
+                continue
             ends = [i for i in (self._buf.find(b"\r"), self._buf.find(b"\n")) if i >= 0]
             if not ends:
                 break
@@ -360,6 +381,7 @@ class ModemEngine:
             out += self.boot()
         if "unresponsive" in self.faults:
             return []
+        self.sms.tick()
         registered = self.net().registered
         if self._last_registered is not None and registered != self._last_registered:
             for name, n in self.reg_urc.items():
@@ -386,6 +408,10 @@ class ModemEngine:
             # Real modems ignore lines that are not AT commands...
             return out
         # ...and skip whatever noise precedes the "AT" of a command line.
+        prompt = self.sms.begin(text[start + 2 :])
+        if prompt is not None:
+            out.append(Chunk(0.0, prompt))
+            return out
         lines, final = self._execute(text[start + 2 :])
         reply = _lines([*lines, final])
         if self.options.urc_rate and self.rng.random() < self.options.urc_rate:
@@ -492,12 +518,37 @@ class ModemEngine:
             return [self._qeng()], "OK"
         if up == "+CPSI?" and d == "simcom":
             return [self._cpsi()], "OK"
+        sms = self.sms.command(up)
+        if sms is not None:
+            return sms
+        bearer = self._bearer(up)
+        if bearer is not None:
+            return bearer
         if up == "+CGDCONT?":
             return ['+CGDCONT: 1,"IP","v-internet","0.0.0.0",0,0'], "OK"
         if up.endswith("=?") and up[:-2] in _KNOWN_TESTS.get(d, frozenset()) | _KNOWN_TESTS["all"]:
             return [], "OK"
         # An unknown command gets a plain ERROR whatever AT+CMEE says.
         return [], "ERROR"
+
+    def _bearer(self, up: str) -> tuple[list[str], str] | None:
+        """The packet-data bearer: attached and active with an address when registered,
+        unless ``data_blocked`` (attached, but the PDP context is refused)."""
+        registered = self.net().registered
+        active = registered and "data_blocked" not in self.faults
+        if up == "+CGATT?":
+            return [f"+CGATT: {int(registered)}"], "OK"
+        if up == "+CGACT?":
+            return [f"+CGACT: 1,{int(active)}"], "OK"
+        if up.startswith("+CGACT="):
+            if up.startswith("+CGACT=1") and not active:
+                return [], self._error(148 if registered else 30)
+            return [], "OK"
+        if up in ("+CGPADDR=1", "+CGPADDR"):
+            return ['+CGPADDR: 1,"10.64.3.17"' if active else '+CGPADDR: 1,"0.0.0.0"'], "OK"
+        if up == "+QIACT?" and self.dialect == "quectel":
+            return (['+QIACT: 1,1,1,"10.64.3.17"'] if active else []), "OK"
+        return None
 
     def _start_reset(self) -> None:
         self.reset_until = self.clock() + self.options.reset_time
@@ -534,7 +585,7 @@ class ModemEngine:
             # LTE-only modules often report CS domain as not registered.
             stat = 0 if self.family == "simcom" else stat
         if n == 2 and stat in (1, 5):
-            return [f'+{name}: 2,{stat},"3A98","1A2D101",7'], "OK"
+            return [f'+{name}: 2,{stat},"{self.tac}","{self.cell_id}",7'], "OK"
         return [f"+{name}: {n},{stat}"], "OK"
 
     def _cops(self, rest: str) -> tuple[list[str], str]:
@@ -603,8 +654,8 @@ class ModemEngine:
         else:  # EG21 builds, EC200, EG800K: SINR in dB; Cat-1 builds print "-" for srxlev
             sinr, srxlev = str(n.sinr), "-" if self._cat1 else str(max(0, n.rsrp + 140))
         return (
-            f'+QENG: "servingcell","{state}","LTE","FDD",{mcc},{mnc},1A2D101,123,1650,3,5,5,'
-            f"3A98,{n.rsrp},{n.rsrq},{n.rssi},{sinr},{srxlev}"
+            f'+QENG: "servingcell","{state}","LTE","FDD",{mcc},{mnc},{self.cell_id},123,1650,3,5,5,'
+            f"{self.tac},{n.rsrp},{n.rsrq},{n.rssi},{sinr},{srxlev}"
         )
 
     def _cpsi(self) -> str:
@@ -613,7 +664,8 @@ class ModemEngine:
             return "+CPSI: NO SERVICE,Online"
         mcc, mnc = self._cell_fields()
         return (
-            f"+CPSI: LTE,Online,{mcc}-{mnc},0x3A98,27447553,123,EUTRAN-BAND3,1650,5,5,"
+            f"+CPSI: LTE,Online,{mcc}-{mnc},0x{self.tac},{int(self.cell_id, 16)},123,EUTRAN-BAND3,"
+            "1650,5,5,"
             f"{n.rsrq * 10},{n.rsrp * 10},{n.rssi * 10},{n.sinr}"
         )
 

@@ -17,17 +17,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import openpyxl
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from collector import cli
+from collector.alerts import report as monthly
 from collector.alerts.report import due_period, period_end
 from collector.alerts.service import CLOCK
 from collector.app import create_app
 from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.dates import zone
 from collector.config import CollectorConfig
+from collector.correlation import CorrelationConfig
 from collector.exports.as_xlsx import FIRST_DATA_ROW
 from collector.ingest import Ingestor
 from collector.metrics import IngestStats
@@ -255,3 +258,55 @@ def test_due_period_is_pure_and_catches_up() -> None:
     assert period_end("2027-02", TZ).date() == dt.date(2027, 2, 28)
     with pytest.raises(ValueError, match="YYYY-MM"):
         period_end("2026-13", TZ)
+
+
+async def test_monthly_report_infers_causes_with_the_configured_rules(tmp_path: Path) -> None:
+    """Two clusters on one cell fall silent together while another cell stays up: the
+    default ``[correlation]`` calls it the network; a district that set ``min_group = 3``
+    gets "unknown" in its emailed report too, as on its dashboard."""
+    cfg = make_config(None, tmp_path)
+    repo = await SQLiteRepository.open(cfg.db.path, synchronous="normal")
+    try:
+        await repo.migrate()
+        cells = {"dev-x1": 10, "dev-x2": 10, "dev-y1": 20}
+        await repo.upsert_inventory(
+            [
+                InventoryDevice(
+                    device_id=d, commune_code="xa-01", commune_name="Sơn Vi", position=i
+                )
+                for i, d in enumerate(cells)
+            ],
+            remove_missing=False,
+        )
+        ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+        at = time.time() - 7200
+        for device, cell in cells.items():
+            report = state(device, 2, at)
+            report = msgspec.structs.replace(
+                report, modem=msgspec.structs.replace(report.modem, tac="1A2B", cell_id=f"{cell:07X}")
+            )
+            msgs: list[Any] = [presence(device, 1, True, at - 60), report]
+            if cell == 10:
+                msgs.append(presence(device, 3, False, at + 120))
+            for msg in msgs:
+                kind = Kind.STATE if msg is report else Kind.PRESENCE
+                incoming = ingestor.prepare(topic(device, kind), encode(msg), received_at=msg.ts)
+                assert incoming is not None
+                await repo.write_batch([incoming], late_after_s=cfg.ingest.late_after_s)
+        as_of = dt.datetime.fromtimestamp(at + 3600, TZ)
+
+        async def causes(correlation: CorrelationConfig) -> dict[str, tuple[str, str | None]]:
+            built = await monthly.build(
+                repo, as_of=as_of, settings=cfg.report, lang="vi", correlation=correlation
+            )
+            by = built.table.causes_by_device
+            return {d: (by[d]["cause"], by[d]["rule"]) for d in ("dev-x1", "dev-x2")}
+
+        assert await causes(CorrelationConfig()) == {
+            d: ("unstable_network", "cell_outage") for d in ("dev-x1", "dev-x2")
+        }
+        assert await causes(CorrelationConfig(min_group=3)) == {
+            d: ("unknown", "lone_silence") for d in ("dev-x1", "dev-x2")
+        }
+    finally:
+        await repo.close()

@@ -37,6 +37,7 @@ from collector.b2.service import b2_table
 from collector.b2.settings import ReportSettings
 from collector.b2.table import commune_label, compute_b2
 from collector.cli import main
+from collector.correlation import CorrelationConfig
 from collector.exports import render
 from collector.model import DeviceStatus, InventoryDevice, Status
 from collector.store.base import StatusTimeline
@@ -229,7 +230,7 @@ async def test_july_evaluation_from_the_stored_transitions(repo: SQLiteRepositor
     inventory = demo_inventory()
     await repo.upsert_inventory(inventory, remove_missing=False)
     await drive_to_july_state(repo, Fleet(repo))
-    table = await b2_table(repo, as_of=JULY_END)
+    table = await b2_table(repo, as_of=JULY_END, correlation=CorrelationConfig())
     ev = table.evaluation
     assert ev is not None and ev.start == dt.datetime(2023, 7, 1, tzinfo=TZ)
     expect = _expected_july(inventory)
@@ -241,7 +242,9 @@ async def test_july_evaluation_from_the_stored_transitions(repo: SQLiteRepositor
     labels = {commune_label(d.commune_kind, d.commune_name) for d in inventory}
     assert {r.unit for r in ev.rows} == labels
     # Mid-month: the window ends at as_of, and the ranking follows.
-    mid = await b2_table(repo, as_of=end_of_day(dt.date(2023, 7, 15), TZ))
+    mid = await b2_table(
+        repo, as_of=end_of_day(dt.date(2023, 7, 15), TZ), correlation=CorrelationConfig()
+    )
     reporting = sum(not s.never_reported for s in demo_statuses(JULY_END.timestamp()))
     assert mid.evaluation is not None and mid.evaluation.total.share == pytest.approx(
         (15 * DAY - 7 * HOUR) * reporting / (15 * DAY * 200), rel=1e-6
@@ -263,7 +266,7 @@ async def test_july_evaluation_from_the_stored_transitions(repo: SQLiteRepositor
     assert sheet.cell(5, 1).value == 1 and sheet.cell(5 + 14, 2).value == "Tổng cộng"
     page = render(table, "html").body.decode()
     assert '<table class="evaluation">' in page and ev.rows[0].unit in page
-    en = await b2_table(repo, as_of=JULY_END, lang="en")
+    en = await b2_table(repo, as_of=JULY_END, lang="en", correlation=CorrelationConfig())
     assert en.evaluation is not None and "MONTHLY EVALUATION, 7/2023" in render(
         en, "csv"
     ).body.decode("utf-8-sig")
@@ -274,7 +277,7 @@ async def test_b2_before_the_fleet_existed_says_no_data(repo: SQLiteRepository) 
     await drive_to_july_state(repo, Fleet(repo))
     before = end_of_day(dt.date.fromisoformat(BEFORE_FLEET), TZ)
     assert not any(s.exists for s in await repo.statuses_as_of(before.timestamp()))
-    table = await b2_table(repo, as_of=before)
+    table = await b2_table(repo, as_of=before, correlation=CorrelationConfig())
     assert table.no_data and table.rows == () and table.total.broken == 0
     assert json.loads(render(table, "json").body)["no_data"] is True
     for fmt in ("csv", "html"):
@@ -284,10 +287,12 @@ async def test_b2_before_the_fleet_existed_says_no_data(repo: SQLiteRepository) 
     ev = table.evaluation
     assert ev is not None and ev.total.share is None and all(r.share is None for r in ev.rows)
     # While communes were being installed, only the installed clusters count.
-    sept = await b2_table(repo, as_of=end_of_day(dt.date(2021, 9, 10), TZ))
+    sept = await b2_table(
+        repo, as_of=end_of_day(dt.date(2021, 9, 10), TZ), correlation=CorrelationConfig()
+    )
     assert not sept.no_data and 0 < sept.total.total < 200
     assert sept.total.total == sept.total.never_reported  # installed, not reporting yet
-    july = await b2_table(repo, as_of=JULY_END)
+    july = await b2_table(repo, as_of=JULY_END, correlation=CorrelationConfig())
     assert july.total.total == 200 and not july.no_data
 
 
@@ -303,7 +308,9 @@ async def test_without_install_dates_a_cluster_counts_from_listing_or_first_repo
     never = {s.device_id for s in demo_statuses(JULY_END.timestamp()) if s.never_reported}
     assert not any(s.exists for s in before.values())
     assert {d for d, s in after.items() if s.exists} == set(before) - never
-    table = await b2_table(repo, as_of=end_of_day(dt.date(2023, 6, 30), TZ))
+    table = await b2_table(
+        repo, as_of=end_of_day(dt.date(2023, 6, 30), TZ), correlation=CorrelationConfig()
+    )
     assert table.no_data
     # Listed clusters that never reported count from their listing (now).
     now = {s.device_id: s for s in await repo.statuses_as_of(time.time() + 1)}

@@ -602,3 +602,30 @@ async def test_cli_provisions_a_whole_inventory_in_one_run(
     # One device or a file, not both.
     assert await asyncio.to_thread(cli.main, [*argv, "--commune", "08431"]) == 2
     assert "drop --commune" in capsys.readouterr().err
+
+
+async def test_sms_fallback_gets_the_device_key_the_gateway_derives(tmp_path: Path) -> None:
+    """Provisioning gives the controller its own SMS key (derived from the district
+    secret): the agent loads it, and a fault SMS it signs verifies at the gateway."""
+    from edge_agent.config import load_config
+    from fleet_protocol.sms import decode_fault_sms, encode_fault_sms, sms_key
+
+    secret = bytes.fromhex("ab" * 32)
+    bundle = tmp_path / "bundle"
+    done = await provision(
+        "dev-001",
+        COMMUNE,
+        out_dir=bundle,
+        broker_url="mqtts://127.0.0.1",
+        broker_dir=None,
+        auth="password",
+        install_dir=bundle,
+        sms=(secret, "+84912000000"),
+    )
+    assert "sms.key" in done.files and mode(bundle / "sms.key") == 0o600
+    cfg = load_config(bundle / "agent.toml")
+    assert cfg.sms is not None and cfg.sms.number == "+84912000000"
+    key = bytes.fromhex(cfg.sms.key_file.read_text().split()[0])
+    assert key == sms_key(secret, "dev-001") and key != secret
+    text = encode_fault_sms("dev-001", 5, 1.7e9, [], None, key)
+    assert decode_fault_sms(text).verify(sms_key(secret, "dev-001"))

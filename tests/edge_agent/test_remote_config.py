@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_agent.config import parse_config
+from edge_agent.control import ControlRequestError
 from edge_agent.remote import config_version
+from edge_agent.remote_config import validate_text
 from fleet_protocol import EventType
 from tests.edge_agent.agent_support import (
     AgentProcess,
@@ -149,3 +153,36 @@ async def test_a_trial_past_its_deadline_is_rolled_back_at_start(
             assert "does not load" in (rolled[0].detail or "")
             assert cfg.read_text() == good
             assert await asyncio.to_thread(agent.stop) == 0
+
+
+def test_sms_trust_anchors_cannot_be_pushed_but_its_limits_can(tmp_path: Path) -> None:
+    """The SMS number and key come from provisioning: a push that redirected the
+    fault SMS to another number would spend the SIM's credit on it."""
+    key = tmp_path / "sms.key"
+    key.write_text("00" * 32 + "\n")
+
+    def toml(**sms: object) -> str:
+        values = {"number": '"+84912000000"', "key_file": f'"{key}"', **sms}
+        return "\n".join(
+            [
+                '[device]\nid = "dev-001"\ncommune = "xa-test"',
+                '[broker]\nurl = "mqtt://127.0.0.1:1883"',
+                f'[modem]\nport = "{tmp_path / "ttyUSB2"}"',
+                "[sms]",
+                *(f"{k} = {v}" for k, v in values.items()),
+            ]
+        )
+
+    running = validate_text(toml(), parse_config(tomllib.loads(toml())))
+    assert validate_text(toml(max_per_day=1, after_s=1800.0), running).sms.max_per_day == 1  # type: ignore[union-attr]
+    other_key = tmp_path / "other.key"
+    other_key.write_text("11" * 32 + "\n")
+    refused = {
+        "number": toml(number='"+84999999999"'),
+        "key_file": toml(key_file=f'"{other_key}"'),
+        "removed": "\n".join(toml().split("\n")[:-3]),
+    }
+    for what, text in refused.items():
+        with pytest.raises(ControlRequestError, match=r"sms\.(number|key_file)") as err:
+            validate_text(text, running)
+        assert "set by provisioning" in str(err.value), what

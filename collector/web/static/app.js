@@ -42,6 +42,8 @@
     const out = {};
     for (const el of form.elements) {
       if (!el.name) continue;
+      // An optional choice left empty is not sent (the API reads absent as "none").
+      if (el.dataset.omitEmpty !== undefined && el.value === "") continue;
       if (el.type === "checkbox") out[el.name] = el.checked;
       else if (el.tagName === "SELECT" && el.multiple)
         out[el.name] = Array.from(el.selectedOptions).map((o) => o.value);
