@@ -10,7 +10,8 @@ with valid credentials floods its own topics with ``--messages`` bad messages
 payloads, a payload naming another device, and -- at QoS 1 -- replays of a
 stored seq with other content), at QoS 1 or 0. The collector's resident set
 size (VmRSS from /proc) is sampled before, during (peak) and after (once
-ingest has taken everything and a few seconds passed). The broker's own
+ingest has taken everything and a few seconds passed), and its flow control
+reported (how often it paused reading the broker, the most messages queued). The broker's own
 per-client queue cap (``max_queued_bytes``) may drop part of such a flood
 before the collector sees it; "received" says how much arrived. Prints each run and
 the median, and the machine. ``--collector-src`` runs the collector from
@@ -197,6 +198,10 @@ async def one_run(n: int, qos: int, src: Path) -> tuple[float, float, float, flo
             await asyncio.sleep(5.0)
             after = rss_mib(proc.pid)
             received = metric(http_port, "loa_ingest_received_total", tok)
+            # Flow control (0 from a collector that has none).
+            pauses = metric(http_port, "loa_ingest_read_pauses_total", tok)
+            queued = metric(http_port, "loa_ingest_queued_peak", tok)
+            print(f"  reading paused {pauses:.0f} times; at most {queued:.0f} messages queued")
             return before, peak, after, received
         finally:
             proc.terminate()

@@ -348,14 +348,45 @@ class _Queue(asyncio.Queue[Any]):
     until their batch came up -- the 160-380 MiB a 50,000-message flood used to
     cost. Ordinary small messages are validated when their batch is taken, so
     paho's read loop stays as short as before.
+
+    Flow control: QoS 0 has no receive maximum, so a device flooding at QoS 0
+    could fill this queue without bound (150 MiB more after a 50,000-message
+    flood, never returned). Once ``pause_at`` messages are queued the socket is
+    no longer read (``mqtt_compat.pause_reading``; ``_BufferedSocket`` stops
+    refilling) until the consumer has taken the queue down to ``resume_at``:
+    TCP's window fills and the broker holds the rest, under its own per-client
+    limits (deploy/mosquitto: ``max_queued_bytes``).
     """
 
     instances: list[_Queue]
     ingestor: Ingestor
+    #: With this many messages queued, the socket is no longer read until the
+    #: consumer has taken the queue down to ``resume_at`` (flow control: a
+    #: QoS 0 flood, which no receive maximum limits, stays at the broker).
+    pause_at: int
+    resume_at: int
 
     def __init__(self, maxsize: int = 0) -> None:
         super().__init__(maxsize)
         type(self).instances.append(self)
+        self.client: aiomqtt.Client | None = None
+        self.paused = False
+
+    def _flow(self) -> None:
+        """Pause or resume reading the socket by how full the queue is."""
+        client = self.client
+        sock = mqtt_compat.socket_of(client)
+        if client is None or not isinstance(sock, _BufferedSocket):
+            return
+        n = self.qsize()
+        stats = self.ingestor.stats
+        stats.queued_peak = max(stats.queued_peak, n)
+        if not self.paused and n >= self.pause_at:
+            self.paused = sock.paused = mqtt_compat.pause_reading(client)
+            stats.read_pauses += self.paused
+        elif self.paused and n <= self.resume_at:
+            self.paused = sock.paused = False
+            mqtt_compat.resume_reading(client)
 
     def put_nowait(self, item: Any) -> None:
         if isinstance(item, aiomqtt.Message):
@@ -367,6 +398,7 @@ class _Queue(asyncio.Queue[Any]):
                 )
                 item = _Received(item.mid, item.qos, prepared)
         super().put_nowait(item)
+        self._flow()
 
 
 class _BufferedSocket:
@@ -385,9 +417,16 @@ class _BufferedSocket:
         self._sock = sock
         self._data = b""
         self._pos = 0
+        #: Flow control (``_Queue``): once what is buffered here is served, reading
+        #: stops -- ``recv`` says "would block" instead of reading the socket again
+        #: -- so one readable event cannot drain the whole kernel buffer into the
+        #: queue. paho keeps a packet cut short and goes on with it when resumed.
+        self.paused = False
 
     def recv(self, n: int) -> bytes:
         if self._pos >= len(self._data):
+            if self.paused:
+                raise BlockingIOError
             data = self._sock.recv(max(n, self._READ))
             if len(data) <= n:
                 return bytes(data)
@@ -397,7 +436,7 @@ class _BufferedSocket:
         return out
 
     def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        inner = self._sock.pending() if hasattr(self._sock, "pending") and not self.paused else 0
         return len(self._data) - self._pos + int(inner)
 
     def __getattr__(self, name: str) -> Any:
@@ -449,10 +488,14 @@ async def run_ingest(
     filters = subscriptions(cfg.mqtt.shared_group or None)
     while True:
         # A fresh subclass per connection, so its instance list holds this client's queue.
+        batch = cfg.ingest.batch_size
         queue_cls: type[_Queue] = type(
-            "_ConnQueue", (_Queue,), {"instances": [], "ingestor": ingestor}
+            "_ConnQueue",
+            (_Queue,),
+            {"instances": [], "ingestor": ingestor, "pause_at": 2 * batch, "resume_at": batch},
         )
         client = _client(cfg, queue_cls)
+        queue_cls.instances[0].client = client
         try:
             async with client:
                 _buffer_reads(client)
@@ -595,6 +638,7 @@ async def _consume(
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
+        queue._flow()
         batch = [r.prepared for r in raw if r.prepared is not None]
         if batch:
             await _write_until_stored(ingestor, batch)

@@ -35,6 +35,10 @@ class IngestStats:
     #: Store confirmations (Ack messages) published to devices.
     confirmations: int = 0
     batches: int = 0
+    #: Flow control: times reading the broker was paused because the queue was
+    #: full, and the most messages ever queued (bounded by it).
+    read_pauses: int = 0
+    queued_peak: int = 0
     connected: bool = False
     connects: int = 0
     #: The supervised ingest task: running now, restarts so far, why it last ended.
@@ -110,6 +114,12 @@ def render(stats: IngestStats, devices: Iterable[tuple[str, str, int]]) -> str:
         "# HELP loa_ingest_batches_total Write transactions.",
         "# TYPE loa_ingest_batches_total counter",
         f"loa_ingest_batches_total {stats.batches}",
+        "# HELP loa_ingest_read_pauses_total Times reading the broker paused: queue full.",
+        "# TYPE loa_ingest_read_pauses_total counter",
+        f"loa_ingest_read_pauses_total {stats.read_pauses}",
+        "# HELP loa_ingest_queued_peak Most messages queued in memory at once.",
+        "# TYPE loa_ingest_queued_peak gauge",
+        f"loa_ingest_queued_peak {stats.queued_peak}",
         "# HELP loa_ingest_rate Messages stored per second over the last minute.",
         "# TYPE loa_ingest_rate gauge",
         f"loa_ingest_rate {stats.rate():.3f}",

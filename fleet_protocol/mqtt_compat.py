@@ -10,7 +10,9 @@ also why ``pyproject.toml`` pins aiomqtt to one minor version.
 - ``client._client``: the ``paho.mqtt.client.Client`` aiomqtt wraps;
 - ``client._connected`` / ``client._disconnected``: aiomqtt's futures for
   CONNACK and for the link's end;
-- ``paho._sock``, ``paho._sock_close()``: paho's socket and its only close.
+- ``paho._sock``, ``paho._sock_close()``: paho's socket and its only close;
+- ``client._loop``: the event loop aiomqtt registered the socket's reader on
+  (``pause_reading``/``resume_reading``).
 
 Nothing here sends or receives on its own; callers decide when.
 """
@@ -121,6 +123,47 @@ def wrap_socket(client: aiomqtt.Client, wrap: Callable[[Any], Any], kind: type) 
         paho._sock = wrap(sock)
 
 
+def pause_reading(client: aiomqtt.Client) -> bool:
+    """Stop reading the session's socket (flow control); False when not connected.
+
+    aiomqtt reads whenever the socket is readable and queues every message
+    without bound; a consumer slower than the broker (a flood at QoS 0, which
+    no receive maximum limits) then holds the whole flood in memory. With the
+    reader removed, TCP's window fills and the broker holds what is left, under
+    its own per-client limits. ``resume_reading`` registers it again.
+    """
+    sock = socket_of(client)
+    if sock is None or sock.fileno() < 0:
+        return False
+    client._loop.remove_reader(sock.fileno())
+    return True
+
+
+def resume_reading(client: aiomqtt.Client) -> None:
+    """Read the socket again after ``pause_reading``: the same loop aiomqtt's reader runs."""
+    paho = paho_of(client)
+    sock = socket_of(client)
+    if sock is None or sock.fileno() < 0:
+        return
+
+    def read() -> None:
+        try:
+            while True:
+                paho.loop_read()
+                if hasattr(paho._sock, "pending") and paho._sock.pending() > 0:
+                    continue
+                break
+        except Exception as exc:  # as aiomqtt's reader: the link broke
+            fut = getattr(client, "_disconnected", None)
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(exc)
+
+    client._loop.add_reader(sock.fileno(), read)
+    if hasattr(paho._sock, "pending") and paho._sock.pending() > 0:
+        # Bytes already read off the socket (TLS records) make it readable no more.
+        client._loop.call_soon(read)
+
+
 __all__ = [
     "TESTED",
     "ack",
@@ -131,6 +174,8 @@ __all__ = [
     "hang_up",
     "manual_acks",
     "paho_of",
+    "pause_reading",
+    "resume_reading",
     "socket_of",
     "wrap_socket",
 ]

@@ -283,7 +283,8 @@ async def test_monthly_report_infers_causes_with_the_configured_rules(tmp_path: 
         for device, cell in cells.items():
             report = state(device, 2, at)
             report = msgspec.structs.replace(
-                report, modem=msgspec.structs.replace(report.modem, tac="1A2B", cell_id=f"{cell:07X}")
+                report,
+                modem=msgspec.structs.replace(report.modem, tac="1A2B", cell_id=f"{cell:07X}"),
             )
             msgs: list[Any] = [presence(device, 1, True, at - 60), report]
             if cell == 10:

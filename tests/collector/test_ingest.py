@@ -416,3 +416,49 @@ async def test_stored_and_rejected_seqs_are_confirmed_to_the_device_only(
             async for m in c.messages:
                 assert m.retain
                 break
+
+
+async def test_a_qos0_flood_waits_at_the_broker_not_in_memory_and_loses_nothing(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QoS 0 has no receive maximum: without flow control the collector would read
+    a device's whole flood into its queue while the store is slow (the flood
+    bench's 150 MiB). With it, reading pauses once ``2 x batch_size`` messages
+    are queued, TCP's window fills, the broker holds the rest; all is stored."""
+    import sqlite3
+
+    from tests.collector.conftest import device_client
+
+    n = 4000
+    cfg = make_config(broker, tmp_path, ingest={"batch_size": 10})
+    repo = await SQLiteRepository.open(cfg.db.path, synchronous="normal", busy_timeout_s=0.2)
+    await repo.migrate()
+    blocker = sqlite3.connect(cfg.db.path, isolation_level=None)
+    try:
+        async with ingest_running(cfg, repo) as (ingestor, _):
+            blocker.execute("BEGIN EXCLUSIVE")  # a slow store: nothing can be written
+            async with device_client(broker, "dev-q0") as c:
+                for seq in range(1, n + 1):
+                    await c.publish(topic("dev-q0", Kind.STATE), encode(state("dev-q0", seq)))
+
+            async def paused() -> bool:
+                return ingestor.stats.read_pauses >= 1 and any(
+                    "cannot store" in r.getMessage() for r in caplog.records
+                )
+
+            await wait_for(paused, what="reading paused while the store fails")
+            blocker.execute("ROLLBACK")
+
+            async def stored() -> bool:
+                return ingestor.stats.stored == n
+
+            await wait_for(stored, timeout=60, what=f"all {n} messages stored")
+            assert await repo.stored_seqs("dev-q0") == list(range(1, n + 1))
+            # 2 x batch_size, plus at most what one 256 KiB read had already buffered
+            # (without flow control: every message sent while the store was locked).
+            smallest = len(encode(state("dev-q0", 1)))
+            peak = ingestor.stats.queued_peak
+            assert peak <= 20 + 256 * 1024 // smallest < n, (peak, ingestor.stats.read_pauses)
+    finally:
+        blocker.close()
+        await repo.close()

@@ -36,6 +36,7 @@ async def test_the_private_attributes_it_reaches_exist() -> None:
     assert isinstance(paho, paho_client.Client)
     assert isinstance(client._connected, asyncio.Future)
     assert isinstance(client._disconnected, asyncio.Future)
+    assert client._loop is asyncio.get_running_loop()  # where aiomqtt adds the reader
     assert hasattr(paho, "_sock") and paho._sock is None
     for name in ("_sock_close", "socket", "disconnect", "manual_ack_set", "ack"):
         assert callable(getattr(paho, name)), name
@@ -44,6 +45,8 @@ async def test_the_private_attributes_it_reaches_exist() -> None:
     mqtt_compat.close_half_open(client)  # nothing open: a no-op
     mqtt_compat.drop(None)
     mqtt_compat.hang_up(None)
+    assert mqtt_compat.pause_reading(client) is False  # not connected
+    mqtt_compat.resume_reading(client)
 
 
 async def test_a_link_closed_before_connack_fails_the_attempt_at_once() -> None:
