@@ -2,13 +2,14 @@
 
 ``get_dialect(name)`` returns the registry entry (``DIALECTS``): ``generic``
 (3GPP), ``quectel`` (EC2x/EG2x), ``quectel-eg21``, ``quectel-ec200``
-(EC200U/EC200A), ``quectel-eg800k``, ``simcom`` (SIM7600/SIM7000),
+(EC200U/EC200A/EC200T), ``quectel-eg800k``, ``simcom`` (SIM7600/SIM7000),
 ``simcom-a7670`` and ``simcom-a7672``. A probe runs ``poll_commands``, then the
 ``followups`` those answers call for (the generic ``AT+CESQ`` when ``+CSQ``
 gave 99), then (unless the SIM is absent or failed) the ``iccid_commands`` in
 order until one yields an ICCID, and hands all answers, keyed by command, to
 ``parse``. What differs between the families and firmware builds is in the
-``quectel`` and ``simcom`` module docs.
+``quectel`` and ``simcom`` module docs; firmware_shims/README.md names the
+sources each was checked against.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ DIALECTS: dict[str, Dialect] = _registry(
     ),
     _quectel_family("quectel", "Quectel EC25, EC21, EG25, EP06", cat1=False),
     _quectel_family("quectel-eg21", "Quectel EG21-G", cat1=False),
-    _quectel_family("quectel-ec200", "Quectel EC200U, EC200A", cat1=True),
+    _quectel_family("quectel-ec200", "Quectel EC200U, EC200A, EC200T", cat1=True),
     _quectel_family("quectel-eg800k", "Quectel EG800K", cat1=True),
     Dialect(
         name="simcom",

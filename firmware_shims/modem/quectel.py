@@ -3,28 +3,33 @@
 - ``AT+QCCID`` → ``+QCCID: <iccid>`` (sometimes with trailing ``F``).
 - ``AT+QCSQ`` → ``+QCSQ: "NOSERVICE"`` or ``"LTE",<rssi>,<rsrp>,<sinr>,<rsrq>``
   (also ``"CAT-M1"``/``"CAT-NB1"`` the same way, ``"WCDMA",<rssi>,<rscp>,<ecio>``,
-  ``"GSM",<rssi>``); SINR is 0..250 with dB = v/5 − 20.
+  ``"GSM",<rssi>``); SINR is 0..250 with dB = v/5 − 20 ("1/5th of a dB").
 - ``AT+QENG="servingcell"`` → ``+QENG: "servingcell",<state>,"LTE",<FDD|TDD>,
   <mcc>,<mnc>,<cellid>,<pcid>,<earfcn>,<band>,<ul_bw>,<dl_bw>,<tac>,<rsrp>,
   <rsrq>,<rssi>,<sinr>,...``; state SEARCH (no more fields), LIMSRV, NOCONN or
-  CONNECT. Parsed by position; 5G families insert fields after SINR, and in
-  EN-DC mode print the state alone with the LTE cell on a ``+QENG: "LTE",...`` line.
+  CONNECT. Parsed by position; 5G families insert fields after SINR (CQI, TX
+  power), and in EN-DC mode print the state alone with the LTE cell on a
+  ``+QENG: "LTE",...`` line. Any field may be ``-`` (not known).
 
-Family and firmware differences (``Variant``):
+Family and firmware differences (``SinrScale``); firmware README.md lists the
+sources:
 
-- EC2x/EG2x manuals give +QENG SINR on the 0..250 scale, but later firmware
-  (field reports of EP06/EG06 and EC25 builds) prints plain dB (``...,-56,21,35``),
-  so the ``quectel`` dialect reads it as ``auto``: +QCSQ's SINR (always on the
-  0..250 scale) wins when present; otherwise a value above 40 can only be the
-  0..250 scale (LTE SINR tops out near 30-35 dB); 0..40 is dB unless the cell's
-  RSRQ is -16 dB or worse, where the 0..250 reading (-20..-12 dB) is the one
-  that fits (an inference: both readings are possible only there).
-- The LTE Cat-1 modules EC200U/EC200A and the Cat-1bis EG800K print +QENG's
-  SINR in plain dB ("requires no conversion"), may print ``-`` for a field
-  they do not know, and have no ``AT+QCSQ``: their poll asks +QENG only.
+- Quectel's manuals give SINR on the 0..250 scale, but EP06-E/EG06-E firmware
+  prints +QENG's SINR in plain dB (``...,-84,-9,-56,21,35``), so the
+  ``quectel`` dialect reads it as ``auto``: +QCSQ's SINR (on the 0..250 scale)
+  wins when present; otherwise a value above 40 can only be the 0..250 scale
+  (LTE SINR tops out near 30-35 dB); 0..40 is dB unless the cell's RSRQ is
+  -16 dB or worse, where the 0..250 reading (-20..-12 dB) is taken (an
+  inference with no source behind it).
+- The LTE Cat-1 modules (EC200T/EC200A reports: +QENG's SINR "requires no
+  conversion") and the Cat-1bis EG800K are read as ``db``: plain dB, except a
+  value above 40, which only the 0..250 scale explains (an EC200 driver's
+  captures ``...,-99,-14,-71,53,30`` read -9.4 dB). Their poll asks +QENG and
+  not ``AT+QCSQ`` (no source shows these modules answering it).
 - EG21 firmware prints +QCSQ's LTE RSSI as a positive number
   (``+QCSQ: "LTE",65,-95,150,-11``): no received level is above 0 dBm, so a
-  positive RSSI is read as its negative.
+  positive RSSI is read as its negative (no public source found; kept because
+  it cannot misread a real level).
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ POLL = (*generic.POLL, CMD_QCSQ, CMD_QENG)
 ICCID_COMMANDS = (CMD_QCCID, generic.CMD_CRSM_ICCID)
 #: EC200U/EC200A/EG800K: no AT+QCSQ; +QENG carries the levels.
 CAT1_POLL = (*generic.POLL, CMD_QENG)
-#: EC200/EG800K firmware answers AT+QCCID on most builds; where a build does
-#: not, the 3GPP AT+CCID and then the SIM file itself are asked.
+#: EC200/EG800K: AT+QCCID first (Quectel's command); should a build refuse it
+#: (no source shows one that does), the 3GPP-style AT+CCID and then the SIM
+#: file itself are asked.
 CAT1_ICCID_COMMANDS = (CMD_QCCID, generic.CMD_CCID, generic.CMD_CRSM_ICCID)
 
 #: How a family prints SINR in +QENG: ``fifth_db`` is the 0..250 scale
-#: (dB = v/5 − 20, EC2x/EG2x manuals); ``db`` is plain dB (EC200, EG800K, 5G
-#: families); ``auto`` tells them apart by value (module doc).
+#: (dB = v/5 − 20, Quectel manuals); ``db`` is plain dB, a value above 40 read
+#: on the 0..250 scale (EC200, EG800K, 5G families); ``auto`` tells them apart
+#: by value and RSRQ (module doc).
 SinrScale = Literal["fifth_db", "db", "auto"]
 #: +QENG SINR above this cannot be dB (LTE SINR tops out near 30-35 dB).
 _MAX_DB_SINR = 40
@@ -181,12 +188,10 @@ def _lte_cell(
         return to_int(f[i]) if len(f) > i else None
 
     sinr, rsrq = num(13), num(11)
-    if sinr_scale == "auto":
-        fifth = sinr is not None and (
-            sinr > _MAX_DB_SINR or (rsrq is not None and rsrq <= _POOR_RSRQ_DB)
-        )
-        sinr_scale = "fifth_db" if fifth else "db"
-    sinr_db = sinr_from_scale(sinr) if sinr_scale == "fifth_db" else sinr
+    fifth = sinr_scale == "fifth_db" or (sinr is not None and sinr > _MAX_DB_SINR)
+    if sinr_scale == "auto" and sinr is not None and rsrq is not None:
+        fifth = fifth or rsrq <= _POOR_RSRQ_DB
+    sinr_db = sinr_from_scale(sinr) if fifth else sinr
     return ServingCell(
         state=state,
         rat=rat,

@@ -45,8 +45,9 @@ Dialects (``DIALECT_NAMES``) are those of ``firmware_shims.modem.dialects``;
 each prints what its family's manual (or field reports) show: ``quectel-ec200``
 and ``quectel-eg800k`` have no ``AT+QCSQ`` and print +QENG's SINR in dB with
 ``-`` for srxlev; ``quectel-eg21`` prints +QCSQ's LTE RSSI as a positive number
-and +QENG's SINR in dB; ``simcom-a7670``/``simcom-a7672`` print +CPSI like the
-A76XX manual. Every dialect answers ``AT+CESQ``.
+and +QENG's SINR in dB; ``simcom-a7670``/``simcom-a7672`` print +CPSI's levels
+as the A76XX manual's report values (RSRP + 140, 2·RSRQ + 40, RSSI + 110),
+``simcom`` in tenths of a dB as SIM7600 does. Every dialect answers ``AT+CESQ``.
 
 SMS (``firmware_shims.modem.smsc``): every engine has an ``sms`` side that
 answers the TS 27.005 text-mode commands; ``SmsCentre.attach(engine, number)``
@@ -663,10 +664,15 @@ class ModemEngine:
         if not n.registered:
             return "+CPSI: NO SERVICE,Online"
         mcc, mnc = self._cell_fields()
+        if self.dialect in ("simcom-a7670", "simcom-a7672"):
+            # A76XX manual V1.09: report values, RSRP-140 dBm, (RSRQ-40)/2 dB, RSSI-110 dBm.
+            rsrq = min(34, max(0, round(n.rsrq * 2 + 40)))
+            levels = f"{rsrq},{min(97, max(0, n.rsrp + 140))},{min(110, max(0, n.rssi + 110))}"
+        else:  # SIM7600: tenths of a dB
+            levels = f"{n.rsrq * 10},{n.rsrp * 10},{n.rssi * 10}"
         return (
             f"+CPSI: LTE,Online,{mcc}-{mnc},0x{self.tac},{int(self.cell_id, 16)},123,EUTRAN-BAND3,"
-            "1650,5,5,"
-            f"{n.rsrq * 10},{n.rsrp * 10},{n.rssi * 10},{n.sinr}"
+            f"1650,5,5,{levels},{n.sinr}"
         )
 
 

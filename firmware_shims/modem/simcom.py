@@ -1,22 +1,29 @@
 """SIMCom extras (SIM7600, A7670, SIM7000/7080). Pure: no I/O; parsers never raise.
 
-- ``AT+CICCID`` → ``+ICCID: <iccid>``.
+- ``AT+CICCID`` → ``+ICCID: <iccid>`` (A76XX manual V1.09 §6.2.1).
 - ``AT+CPSI?`` → ``+CPSI: <sysmode>,<opmode>[,<mcc>-<mnc>,<tac>,<cellid>,...]``:
   for LTE ``...,<pcid>,EUTRAN-BAND<n>,<earfcn>,<dlbw>,<ulbw>,<rsrq>,<rsrp>,
-  <rssi>,<rssnr>``; ``+CPSI: NO SERVICE,Online`` without service. SIM7600 and
-  A7670 print RSRQ/RSRP/RSSI in tenths of a dB (``-147,-1143,-764``);
-  SIM7000/7080 in whole dB. ``family`` picks the unit; ``None`` infers it from
-  RSRP's magnitude (no real RSRP is below −200 dBm, no tenths value above it).
-- The A76xx Cat-1 modules (A7670, A7672; ``family="a76xx"``) print the same
-  line (A76XX manual: ``...,EUTRAN-BAND3,1300,5,5,-94,-850,-545,15``, tenths),
-  but builds differ on RSRQ (whole dB on some), so each field's unit is told
-  from its own magnitude: RSRQ in dB lies within −34..3, RSRP within −160..−30,
-  RSSI within −130..−10; a value past those limits is tenths. RSSNR is whole dB.
+  <rssi>,<rssnr>``; ``+CPSI: NO SERVICE,Online`` without service. SIM7600
+  prints RSRQ/RSRP/RSSI in tenths of a dB (SIM7500/SIM7600 manual example
+  ``-168,-1126,-773,7``); SIM7000/7080 in whole dB (``LTE CAT-M1`` field
+  captures such as ``-16,-83,-53,10``). ``family`` picks the unit; ``None``
+  infers it from RSRP's magnitude (no real RSRP is below −200 dBm, no tenths
+  value above it). RSSNR is whole dB in every family.
+- The A76xx Cat-1 modules (A7670, A7672; ``family="a76xx"``) print 3GPP-style
+  report values, not levels (A76XX manual V1.09 §4.2.9: RSRP = value − 140
+  dBm, RSRQ = (value − 40)/2 dB, RSSI = value − 110 dBm; example
+  ``...,EUTRAN-BAND3,1650,5,0,21,67,255,19``; an A7670G capture prints
+  ``...,5,5,8,53,60,-4``). So a value of 0 or more is a report value (RSRP
+  0..97, RSRQ 0..34, RSSI 0..110; anything else, such as the example's RSSI
+  255, is unknown). A negative value cannot be a report value: it is read as
+  whole dB within RSRQ −34..3, RSRP −160..−30, RSSI −130..−10 and as tenths
+  past those limits, in case a build prints levels (the SIM767XX manual's
+  example does, in whole dB); no A76xx source shows that form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,15 +38,25 @@ POLL = (*generic.POLL, CMD_CPSI)
 ICCID_COMMANDS = (CMD_CICCID, generic.CMD_CRSM_ICCID)
 
 #: ``sim7600``: tenths of a dB; ``sim7000`` (also SIM7080): whole dB; ``a76xx``
-#: (A7670, A7672): per field by magnitude (module doc).
+#: (A7670, A7672): report values, levels tolerated (module doc).
 Family = Literal["sim7600", "sim7000", "a76xx"]
 #: Per field, the most negative value a whole-dB reading can take (A76xx).
 _WHOLE_DB_FLOOR = {"rsrq": -34, "rsrp": -160, "rssi": -130}
+#: Per field, the largest report value and its conversion (A76XX manual V1.09).
+_REPORT: dict[str, tuple[int, Callable[[int], float]]] = {
+    "rsrq": (34, lambda v: (v - 40) / 2),
+    "rsrp": (97, lambda v: float(v - 140)),
+    "rssi": (110, lambda v: float(v - 110)),
+}
 
 
-def _per_field(v: int | None, name: str) -> float | None:
+def _a76xx_level(v: int | None, name: str) -> float | None:
+    """An A76xx +CPSI level field: a report value when 0 or more, else dB or tenths."""
     if v is None:
         return None
+    if v >= 0:
+        top, convert = _REPORT[name]
+        return convert(v) if v <= top else None
     return v / 10.0 if v < _WHOLE_DB_FLOOR[name] else float(v)
 
 
@@ -129,7 +146,11 @@ def parse_cpsi(resp: AtResponse | None, family: Family | None = None) -> Cpsi:
     rsrq, rsrp, rssi, snr = num(10), num(11), num(12), num(13)
     levels: tuple[float | None, ...]
     if family == "a76xx":
-        levels = (_per_field(rsrq, "rsrq"), _per_field(rsrp, "rsrp"), _per_field(rssi, "rssi"))
+        levels = (
+            _a76xx_level(rsrq, "rsrq"),
+            _a76xx_level(rsrp, "rsrp"),
+            _a76xx_level(rssi, "rssi"),
+        )
     else:
         tenths = family == "sim7600" or (family is None and rsrp is not None and rsrp < -200)
         scale = 10.0 if tenths else 1.0

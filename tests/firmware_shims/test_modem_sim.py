@@ -108,6 +108,21 @@ def test_simcom_answers() -> None:
     assert ask(e, "AT+CPSI?").lines == ("+CPSI: NO SERVICE,Online",)
 
 
+@pytest.mark.parametrize(
+    ("dialect", "levels"),
+    [
+        ("simcom", (-100, -950, -650)),  # SIM7600: tenths of a dB
+        ("simcom-a7670", (20, 45, 45)),  # A76XX manual: report values
+        ("simcom-a7672", (20, 45, 45)),
+    ],
+)
+def test_cpsi_levels_as_each_family_prints_them(dialect: str, levels: tuple[int, ...]) -> None:
+    """The normal cell (RSRQ -10 dB, RSRP -95 dBm, RSSI -65 dBm) in each family's encoding."""
+    e, _ = engine(dialect)
+    fields = ask(e, "AT+CPSI?").lines[0].split(",")
+    assert tuple(int(v) for v in fields[10:13]) == levels
+
+
 def test_reset_goes_silent_then_prints_rdy() -> None:
     e, clock = engine("quectel", reset_time=5.0)
     assert ask(e, "ATE0").ok
