@@ -355,6 +355,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX b2_snapshots_key ON b2_snapshots(as_of, scope, produced_at);
     """,
+    # 8: which report opened and which cleared each fault episode, so re-dating
+    # that report (clock truth, issue 11) moves the episode's since / cleared_at too.
+    """
+    ALTER TABLE faults ADD COLUMN opened_seq INTEGER;
+    ALTER TABLE faults ADD COLUMN cleared_seq INTEGER;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

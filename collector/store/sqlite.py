@@ -147,8 +147,14 @@ def payload_digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=16).digest()
 
 
+def _shifted_since(since: float, delta: float, ts: float) -> float:
+    """A fault's ``since``, stamped by the same clock as its report, moved as the report
+    was by ``delta``; never after the report's (new) time ``ts``."""
+    return min(since + delta, ts)
+
+
 def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMessage:
-    """``m`` at event time ``ts``; a report's promptness follows its new time."""
+    """``m`` at event time ``ts``; a report's promptness and its faults' since follow."""
     if ts == m.ts:
         return m
     obs = m.observation
@@ -157,7 +163,14 @@ def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMess
         if obs.kind is ObsKind.REPORT:
             prompt = m.received_at - ts <= late_after_s
         obs = dataclasses.replace(obs, ts=ts, prompt=prompt)
-    return dataclasses.replace(m, ts=ts, observation=obs)
+    faults = m.faults
+    if faults:
+        delta = ts - m.ts
+        faults = tuple(
+            (code, _shifted_since(since, delta, ts), cause, severity, evidence)
+            for code, since, cause, severity, evidence in faults
+        )
+    return dataclasses.replace(m, ts=ts, observation=obs, faults=faults)
 
 
 #: State-report sections a compact heartbeat may leave out (unchanged).
@@ -645,6 +658,7 @@ class SQLiteRepository:
             ) as cur:
                 rows = list(await cur.fetchall())
             updates: list[tuple[Any, ...]] = []
+            shifts: list[tuple[Any, ...]] = []
             for seq, old_ts, received_at, mono, obs_kind in rows:
                 dated = date_message(
                     ts=float(mono) + offset,
@@ -660,6 +674,7 @@ class SQLiteRepository:
                 late = obs_kind == ObsKind.REPORT and received_at - dated.ts > late_after_s
                 prompt = 0 if late else 1
                 updates.append((dated.ts, prompt, device, seq))
+                shifts.append((dated.ts - float(old_ts), dated.ts, device, seq))
                 key = min((float(old_ts), int(seq)), (dated.ts, int(seq)))
                 refold_from[device] = min(refold_from.get(device, key), key)
             if updates:
@@ -671,6 +686,17 @@ class SQLiteRepository:
                 await db.executemany(
                     "UPDATE events SET ts = ? WHERE device_id = ? AND seq = ?",
                     [(ts, d, s) for ts, _p, d, s in updates],
+                )
+                # The fault episodes these reports opened or closed move with them
+                # (``_shifted_since``: since was stamped by the same wrong clock).
+                await db.executemany(
+                    "UPDATE faults SET since = min(since + ?, ?)"
+                    " WHERE device_id = ? AND opened_seq = ?",
+                    shifts,
+                )
+                await db.executemany(
+                    "UPDATE faults SET cleared_at = ? WHERE device_id = ? AND cleared_seq = ?",
+                    [(ts, d, s) for _delta, ts, d, s in shifts],
                 )
                 count += len(updates)
         return refold_from, count
@@ -954,25 +980,26 @@ class SQLiteRepository:
                 faults = {f[0]: f for f in report.faults or ()}
                 for code in sorted(active - set(faults)):
                     if code in opened_here:
-                        opened_here.pop(code)[6] = report.ts
+                        row = opened_here.pop(code)
+                        row[6], row[8] = report.ts, report.seq
                     else:
-                        clears.append((report.ts, device, code))
+                        clears.append((report.ts, report.seq, device, code))
                 for code in sorted(set(faults) - active):
                     _, since, cause, severity, evidence = faults[code]
-                    row = [device, code, since, cause, severity, evidence, None]
+                    row = [device, code, since, cause, severity, evidence, None, report.seq, None]
                     inserts.append(row)
                     opened_here[code] = row
                 active = set(faults)
         if clears:
             await db.executemany(
-                "UPDATE faults SET cleared_at = ? WHERE device_id = ? AND code = ?"
-                " AND cleared_at IS NULL",
+                "UPDATE faults SET cleared_at = ?, cleared_seq = ? WHERE device_id = ?"
+                " AND code = ? AND cleared_at IS NULL",
                 clears,
             )
         if inserts:
             await db.executemany(
                 "INSERT INTO faults (device_id, code, since, cause, severity, evidence,"
-                " cleared_at) VALUES (?,?,?,?,?,?,?)",
+                " cleared_at, opened_seq, cleared_seq) VALUES (?,?,?,?,?,?,?,?,?)",
                 inserts,
             )
 

@@ -118,3 +118,47 @@ async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_time
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
+
+
+async def test_fault_episodes_move_with_the_reports_that_opened_and_closed_them(
+    tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    """A fault raised and cleared while the clock was three years behind: its episode
+    is first dated by arrival (never three years back), then, once the boot's offset
+    is learned, at the true times of the reports that opened and closed it."""
+    import msgspec
+
+    from collector.ingest import Ingestor
+    from collector.metrics import IngestStats
+    from fleet_protocol import Fault, FaultCode, Kind, encode, topic
+    from tests.collector.conftest import state
+
+    cfg = make_config(None, tmp_path)
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    boot, offset = "9a1b2c3d", time.time() - 7200.0  # this boot began two hours ago
+    fault = Fault.of(FaultCode.STREAM_LOST, offset + 600.0 - THREE_YEARS, "test")
+
+    async def send(seq: int, mono: float, *, synced: bool, faults: tuple[Fault, ...]) -> None:
+        wrong = 0.0 if synced else THREE_YEARS
+        msg = msgspec.structs.replace(
+            state(DEV, seq, offset + mono - wrong),
+            boot_id=boot,
+            mono=mono,
+            clock_synced=synced,
+            faults=faults,
+        )
+        # All of it arrives now, after the link came back.
+        incoming = ingestor.prepare(topic(DEV, Kind.STATE), encode(msg), received_at=time.time())
+        assert incoming is not None
+        await repo.write_batch([incoming], late_after_s=cfg.ingest.late_after_s)
+
+    await send(1, 300.0, synced=False, faults=())
+    await send(2, 605.0, synced=False, faults=(fault,))  # raised at mono 600
+    await send(3, 1800.0, synced=False, faults=())  # cleared by mono 1800
+    (episode,) = await repo.list_faults(DEV)
+    assert episode.since > time.time() - 60 and episode.cleared_at is not None
+    assert episode.cleared_at > time.time() - 60  # by arrival: estimated, not 2023
+    await send(4, 7000.0, synced=True, faults=())  # NTP synced: the offset is learned
+    (episode,) = await repo.list_faults(DEV)
+    assert episode.since == pytest.approx(offset + 600.0, abs=0.01)
+    assert episode.cleared_at == pytest.approx(offset + 1800.0, abs=0.01)
