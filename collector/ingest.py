@@ -495,11 +495,14 @@ async def run_ingest(
             {"instances": [], "ingestor": ingestor, "pause_at": 2 * batch, "resume_at": batch},
         )
         client = _client(cfg, queue_cls)
-        queue_cls.instances[0].client = client
         try:
             async with client:
                 _buffer_reads(client)
                 await client.subscribe([(f, 1) for f in filters])
+                # Flow control only from now on: the SUBACK may come behind a
+                # backlog the broker sends as soon as the session resumes, and
+                # pausing before the consumer runs would never read it.
+                queue_cls.instances[0].client = client
                 ingestor.stats.connected = True
                 ingestor.stats.connects += 1
                 if failing:

@@ -462,3 +462,22 @@ async def test_a_qos0_flood_waits_at_the_broker_not_in_memory_and_loses_nothing(
     finally:
         blocker.close()
         await repo.close()
+
+
+async def test_a_backlog_waiting_at_reconnect_is_read_past_the_flow_control_limit(
+    broker: Broker, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    """The broker sends a persistent session's backlog right after CONNACK, before the
+    SUBACK: pausing reads then (queue past 2 x batch_size) would never see the SUBACK,
+    and ingest would hang before it ever consumed."""
+    cfg = make_config(broker, tmp_path, ingest={"batch_size": 10})
+    async with ingest_running(cfg, repo):
+        pass  # the session exists at the broker now; the collector goes away
+    await publish(broker, "dev-bl", *(state("dev-bl", s) for s in range(1, 301)))
+    async with ingest_running(cfg, repo) as (ingestor, _):
+
+        async def stored() -> bool:
+            return ingestor.stats.stored == 300
+
+        await wait_for(stored, timeout=30, what="the backlog stored")
+        assert await repo.stored_seqs("dev-bl") == list(range(1, 301))
