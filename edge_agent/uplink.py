@@ -17,11 +17,16 @@
   ``confirm_fallback_s`` of connected time without one (an older collector),
   a PUBACK deletes the message as it always did; after such a fallback only a
   live (not retained) ack switches confirmations back on.
-- The link never gives up: after a failure it sleeps
-  ``uniform(0, base ** min(10, n))`` capped at ``backoff_max_s`` (n = failed
-  attempts in a row), or at ``refused_backoff_max_s`` when the broker refused
-  us (bad credentials, TLS failure), since retrying those fast costs mobile
-  data for nothing. A failing link is logged once, and its recovery once.
+- The link never gives up. Before retry n it sleeps ``backoff(n)``:
+  uniform(0, min(cap, base ** n)) ("full jitter"; 0-2 s, 0-4 s, 0-8 s, ...
+  with base 2, and never a window over twice the time the link has been
+  down), cap ``backoff_max_s`` (300 s), or ``refused_backoff_max_s``
+  when the broker refused us (bad credentials, TLS failure), since retrying
+  those fast costs mobile data for nothing. n counts failed attempts since
+  the last session that got going (SUBACK and the birth PUBACK): a broker
+  that accepts connections and drops them at once does not reset it. A
+  failing link is logged once, and its recovery once. See :func:`backoff`
+  for why this shape, and :class:`Dialer` for several broker addresses.
 - ``stop()`` asks for an orderly end: drain what is stored (bounded by the
   caller's timeout), publish a retained ``offline`` presence, disconnect.
 """
@@ -31,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
+import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -55,6 +62,7 @@ from fleet_protocol import (
     encode,
     topic,
 )
+from fleet_protocol.agent_config import broker_endpoint
 from fleet_protocol.mqtt_compat import close_half_open as _close_socket
 from fleet_protocol.mqtt_compat import consume_disconnect as _consume_disconnect
 from fleet_protocol.mqtt_compat import fail_fast_before_connack as _fail_fast_before_connack
@@ -82,8 +90,129 @@ def tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:
 
 
 def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
-    """Seconds before the next attempt: uniform(0, base ** min(10, attempt)), capped."""
-    return min(cap, rng() * base ** min(10, attempt))
+    """Seconds before retry ``attempt`` (1, 2, ...): uniform(0, min(cap, base ** attempt)).
+
+    ``rng()`` is uniform on [0, 1). The window doubles (base 2) from 2 s to
+    the cap and the delay is drawn over the *whole* window ("full jitter"):
+
+    - a lone device after a short outage is back fast: its first retry comes
+      within 2 s (mean 1 s), its second within 4 s;
+    - a fleet that lost its broker at the same instant (a broker restart drops
+      everyone at once) does not synchronise. The first retry after a loss is
+      jittered too, over 0-2 s, and every failed round doubles each agent's
+      window, so the attempts the broker sees thin out as about 2 N / window
+      per second: an overloaded broker makes agents fail, which spreads them
+      further, until its capacity is enough. At the cap (mean delay cap / 2)
+      the rate is 2 N / cap: 100,000 agents still out at 300 s make ~670
+      attempts/s, about what one Mosquitto core completes in TLS handshakes
+      (more nodes in ``broker.urls`` divide it), instead of ~40,000/s with
+      the old 2.5 s cap, which kept a large fleet above any broker's
+      capacity for ever: every attempt timed out and was retried in step;
+    - nobody gives up: there is no attempt limit, only the cap.
+
+    Drawing within the cap matters: ``min(cap, uniform(0, window))`` (the
+    old formula) puts almost every agent exactly at the cap once the window
+    outgrows it, which re-synchronises the whole fleet on a cap-period beat.
+    The first retry after a loss is not more spread than 2 s: a lone device
+    should be back at once, and a fleet's first retries mostly hit a broker
+    that is still restarting (refused by the kernel, nearly free), so what
+    the broker meets when it is back is the wider later windows.
+    """
+    if attempt < 1 or cap <= 0:
+        return 0.0
+    # base ** attempt grows without bound; past the cap only the cap matters.
+    window = cap if attempt * math.log(base) >= math.log(cap) else base**attempt
+    return rng() * min(cap, window)
+
+
+def start_index(device: str, count: int) -> int:
+    """The address a device tries first: a hash of its id, spread evenly over ``count``.
+
+    A hash rather than a random draw, so an agent that restarts goes back to
+    the node that holds its persistent session, while the fleet as a whole
+    spreads over all the nodes instead of piling onto the first.
+    """
+    return zlib.crc32(device.encode()) % count if count > 0 else 0
+
+
+class Dialer:
+    """Which broker address to try next, and how long to wait before it.
+
+    The agent stays on its current address while it works. Any failure there
+    (an attempt that fails, a session that is lost) moves it to the next
+    address, round-robin from :func:`start_index`. Every attempt but the
+    very first is preceded by a jittered delay, also when moving to another
+    node (a node's whole share of the fleet moves at once when it dies).
+
+    The delay is ``backoff(rounds, base, cap', rng)`` where:
+
+    - ``rounds`` counts full rounds over the addresses (ceil(failures / len)),
+      so trying a dead node in the list does not slow a device down more
+      than a single address would;
+    - ``cap'`` is the cap, but never more than twice the time since the first
+      failure of this outage (and never less than ``base``). Doubling per
+      attempt alone lets a device whose first draws were short climb to a
+      window far longer than the outage (a 5 s outage could cost it a minute);
+      with this bound the wait after the broker is back is under about twice
+      the outage, while a fleet still thins out as ~N / t over an outage of
+      length t, and reaches the same 2 N / cap once everyone is at the cap.
+
+    ``established()`` (after a session got going) resets both. Pure: no I/O,
+    a given rng and monotonic clock.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        device: str,
+        *,
+        base: float,
+        cap: float,
+        refused_cap: float,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not addresses:
+            raise ValueError("Dialer needs at least one broker address")
+        self.addresses = tuple(addresses)
+        self.index = start_index(device, len(self.addresses))
+        self.base = base
+        self.cap = cap
+        self.refused_cap = refused_cap
+        self.rng = rng
+        self.clock = clock
+        #: Failed attempts (and lost sessions) since the last established session.
+        self.failures = 0
+        #: When the first of those failures happened (``clock`` time), or None.
+        self.failing_since: float | None = None
+
+    @property
+    def url(self) -> str:
+        """The address to try now."""
+        return self.addresses[self.index]
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        host, port, _ = broker_endpoint(self.url)
+        return host, port
+
+    def established(self) -> None:
+        """A session on ``url`` got going: the next failure starts the backoff afresh."""
+        self.failures = 0
+        self.failing_since = None
+
+    def failed(self, *, refused: bool = False) -> float:
+        """Record a failure on ``url``; move to the next address; return the delay before it."""
+        now = self.clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failures += 1
+        self.index = (self.index + 1) % len(self.addresses)
+        rounds = -(-self.failures // len(self.addresses))
+        down = max(self.base, 2.0 * (now - self.failing_since))
+        return backoff(
+            rounds, self.base, min(self.refused_cap if refused else self.cap, down), self.rng
+        )
 
 
 class Uplink:
@@ -132,10 +261,22 @@ class Uplink:
         self._seen_commands: deque[str] = deque(maxlen=64)
         self._password = cfg.password()
         self._tls = tls_context(cfg)
+        b = cfg.broker
+        #: The broker address now in use and the reconnect backoff.
+        self.dialer = Dialer(
+            b.addresses,
+            self.device,
+            base=b.backoff_base_s,
+            cap=b.backoff_max_s,
+            refused_cap=b.refused_backoff_max_s,
+            rng=rng,
+        )
 
     @property
     def endpoint(self) -> str:
-        return f"{self.cfg.broker.host}:{self.cfg.broker.port}"
+        """``host:port`` of the broker address in use (or to be tried next)."""
+        host, port = self.dialer.endpoint
+        return f"{host}:{port}"
 
     def stop(self) -> None:
         """Ask ``run`` to flush, publish ``offline`` and return."""
@@ -153,9 +294,10 @@ class Uplink:
 
     def _client(self, will_seq: int) -> aiomqtt.Client:
         b = self.cfg.broker
+        host, port = self.dialer.endpoint
         client = self.client_factory(
-            b.host,
-            b.port,
+            host,
+            port,
             username=self.cfg.username,
             password=self._password,
             identifier=self.device,
@@ -179,13 +321,12 @@ class Uplink:
         self.confirming = bool(await self.outbox.get_meta(_META_CONFIRMS))
         self._distrust_retained = bool(await self.outbox.get_meta(_META_DISTRUST))
         self._waited_s = float(await self.outbox.get_meta(_META_WAITED))
-        failures = 0
         while not self._stopping.is_set():
             refused = False
             client: aiomqtt.Client | None = None
             try:
                 will_seq = await self.outbox.reserve_seq()
-                log.debug("uplink: connecting with last will seq %d", will_seq)
+                log.debug("uplink: connecting to %s with last will seq %d", self.endpoint, will_seq)
                 client = self._client(will_seq)
                 async with asyncio.timeout(self.cfg.broker.connect_timeout_s + _CONNECT_SLACK_S):
                     await client.__aenter__()
@@ -194,7 +335,6 @@ class Uplink:
                 _close_socket(client)
                 self._link_failed(f"cannot connect: {exc or type(exc).__name__}")
             else:
-                failures = 0
                 try:
                     await self._session(client)
                 except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
@@ -207,11 +347,11 @@ class Uplink:
                     _consume_disconnect(client)
                 if self._stopping.is_set():
                     return
-            failures += 1
-            cap = (
-                self.cfg.broker.refused_backoff_max_s if refused else self.cfg.broker.backoff_max_s
-            )
-            delay = backoff(failures, self.cfg.broker.backoff_base_s, cap, self.rng)
+            # A failure on this address (or the loss of its session): the next
+            # attempt goes to the next address, after a jittered delay even
+            # after a loss, since a broker restart drops every agent at once.
+            delay = self.dialer.failed(refused=refused)
+            log.debug("uplink: next attempt on %s in %.1f s", self.endpoint, delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
@@ -252,6 +392,8 @@ class Uplink:
         await client.publish(
             topic(self.device, Kind.PRESENCE), birth, qos=1, retain=True, timeout=timeout
         )
+        # The broker serves us (SUBACK, PUBACK), not only accepts sockets.
+        self.dialer.established()
         drain = asyncio.create_task(self._drain(client), name="uplink.drain")
         listen = asyncio.create_task(self._listen(client), name="uplink.cmd")
         watch = asyncio.create_task(self._watch_confirmations(), name="uplink.confirm")
@@ -404,4 +546,4 @@ class Uplink:
             await self.on_command(cmd)
 
 
-__all__ = ["Uplink", "backoff", "tls_context"]
+__all__ = ["Dialer", "Uplink", "backoff", "start_index", "tls_context"]

@@ -51,7 +51,13 @@ class DeviceConfig:
 @dataclass(frozen=True, kw_only=True)
 class BrokerConfig:
     #: ``mqtts://host[:8883]`` (TLS) or ``mqtt://host[:1883]`` (plain, local tests only).
-    url: str
+    #: Set this or ``urls``, not both.
+    url: str = ""
+    #: Several broker nodes, e.g. ``["mqtts://a:8883", "mqtts://b:8883"]`` (all mqtts://
+    #: or all mqtt://). The agent stays on one node while it works and moves to the
+    #: next after a failure there; each device starts at its own place in the list
+    #: (a hash of its id), so a fleet spreads over the nodes. See edge_agent.uplink.
+    urls: tuple[str, ...] = ()
     #: CA bundle that signed the broker's certificate (mqtts); "" uses the system store.
     ca_file: Path | None = None
     #: Client certificate and key (PEM) when the device authenticates by certificate.
@@ -67,26 +73,45 @@ class BrokerConfig:
     connect_timeout_s: float = 10.0
     #: Wait for one PUBACK at most this long before treating the link as dead.
     publish_timeout_s: float = 20.0
-    #: Reconnect backoff: sleep uniform(0, base ** min(10, attempt)), capped at backoff_max_s.
-    #: The low cap is deliberate: it gets the agent back within ~3 s of the broker
-    #: returning, and while the 4G link itself is down an attempt costs no data.
+    #: Reconnect backoff (full jitter): before retry n the agent sleeps
+    #: uniform(0, min(cap, base ** n)), n counting failed rounds over ``urls``:
+    #: the first retry within 2 s, then 4, 8, ... s, but never a window over
+    #: twice the time the link has been down (back within ~2x a short outage).
     backoff_base_s: float = 2.0
-    backoff_max_s: float = 2.5
+    #: The cap. N agents that lost the broker together retry at about 2 N / cap
+    #: per second once at the cap (mean delay cap / 2): 100,000 / 300 s x 2 =
+    #: ~670/s, about what one Mosquitto core takes in TLS handshakes (more
+    #: nodes in urls divide it); a lone device waits at most this long (mean
+    #: half) after a long outage ends. No attempt limit: the agent never gives up.
+    backoff_max_s: float = 300.0
     #: Cap when the broker refused us (bad credentials, TLS failure): each such
     #: attempt costs a TLS handshake of mobile data, so back off much further.
     refused_backoff_max_s: float = 600.0
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every broker URL, in the configured order (``urls``, or ``url`` alone)."""
+        return self.urls or (self.url,)
+
+    @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+        return broker_endpoint(self.addresses[0])[2]
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        """The first address's host (tools that check one broker)."""
+        return broker_endpoint(self.addresses[0])[0]
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+        return broker_endpoint(self.addresses[0])[1]
+
+
+def broker_endpoint(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a validated ``mqtt://`` or ``mqtts://`` URL."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    return parts.hostname or "", parts.port or (8883 if tls else 1883), tls
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -397,13 +422,7 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     if not valid_device_id(cfg.device.id):
         raise ConfigError("device.id", f"{cfg.device.id!r} must match [a-z0-9][a-z0-9-]{{2,62}}")
     b = cfg.broker
-    parts = urlsplit(b.url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError("broker.url", f"{b.url!r} must be mqtt://host[:port] or mqtts://host")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError("broker.url", f"{b.url!r} has a bad port") from None
+    _validate_broker_urls(b)
     _readable("broker.ca_file", b.ca_file)
     _readable("broker.client_cert", b.client_cert)
     _readable("broker.client_key", b.client_key)
@@ -411,7 +430,10 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     if (b.client_cert is None) != (b.client_key is None):
         raise ConfigError("broker.client_key", "client_cert and client_key go together")
     if (b.client_cert is not None or b.ca_file is not None) and not b.tls:
-        raise ConfigError("broker.url", "certificates are configured but the URL is not mqtts://")
+        raise ConfigError(
+            "broker.urls" if b.urls else "broker.url",
+            "certificates are configured but the URL is not mqtts://",
+        )
     if b.keepalive_s < 5:
         raise ConfigError("broker.keepalive_s", f"{b.keepalive_s} s is too short (>= 5)")
     for name in (
@@ -499,6 +521,30 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
     return cfg
 
 
+def _validate_broker_urls(b: BrokerConfig) -> None:
+    if b.url and b.urls:
+        raise ConfigError("broker.urls", "set broker.url or broker.urls, not both")
+    if not b.url and not b.urls:
+        raise ConfigError("broker.url", "required (or broker.urls, a list of addresses)")
+    keys = [f"broker.urls[{i}]" for i in range(len(b.urls))] if b.urls else ["broker.url"]
+    seen: dict[tuple[str, int], str] = {}
+    for key, url in zip(keys, b.addresses, strict=True):
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(key, f"{url!r} must be mqtt://host[:port] or mqtts://host")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(key, f"{url!r} has a bad port") from None
+        host, port, tls = broker_endpoint(url)
+        if (host, port) in seen:
+            raise ConfigError(key, f"{url!r} is the same broker as {seen[(host, port)]}")
+        seen[(host, port)] = key
+        if tls != b.tls:
+            # One TLS context (CA, client certificate) serves every address.
+            raise ConfigError(key, f"{url!r}: every address must be mqtts:// or every one mqtt://")
+
+
 def _validate_sms(cfg: AgentConfig) -> None:
     s = cfg.sms
     assert s is not None
@@ -557,6 +603,7 @@ __all__ = [
     "SystemConfig",
     "TunnelConfig",
     "UpgradeConfig",
+    "broker_endpoint",
     "load_config",
     "parse_config",
     "validate",
