@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from collector.broker_config import DEPLOY_DIR
 from fleet_protocol.topics import valid_device_id
 
 PRODUCTION_CONF = DEPLOY_DIR / "rabbitmq" / "rabbitmq.conf"
 PRODUCTION_PLUGINS = DEPLOY_DIR / "rabbitmq" / "enabled_plugins"
+PRODUCTION_DEFINITIONS = DEPLOY_DIR / "rabbitmq" / "definitions.json"
 #: Debian's rabbitmqctl (a wrapper that runs the real one as the rabbitmq user).
 RABBITMQCTL = "rabbitmqctl"
 VHOST = "/"
@@ -255,41 +258,66 @@ def render_conf(
 # --- command line -------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m collector.broker_rabbitmq DEVICE_ID --password-file FILE [--node N]``.
-
-    Creates the device's RabbitMQ user (or, with ``--collector``, loa_collector's)
-    from the password in FILE (the bundle's ``mqtt-password`` that
-    ``loa-collector provision --no-broker`` wrote).
-    """
-    p = argparse.ArgumentParser(
-        prog="python -m collector.broker_rabbitmq",
-        description="Create a device's RabbitMQ user and per-device topic permissions.",
-    )
+def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="DEVICE_ID", nargs="?", help="the device (or --collector)")
     p.add_argument("--collector", action="store_true", help=f"provision {COLLECTOR_USER}")
-    p.add_argument("--password-file", type=Path, required=True, help="the password, one line")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        required=True,
+        help="the password, one line: the bundle's mqtt-password that "
+        "`loa-collector provision --no-broker` wrote",
+    )
     p.add_argument("--node", help="rabbitmqctl --node (default: the local node)")
-    p.add_argument("--ctl", default=RABBITMQCTL, help="rabbitmqctl program (default %(default)s)")
-    args = p.parse_args(argv)
-    ctl = [args.ctl, *(["--node", args.node] if args.node else [])]
+    p.add_argument(
+        "--ctl",
+        default=RABBITMQCTL,
+        help="rabbitmqctl command line, e.g. 'ssh mq1 rabbitmqctl' (default %(default)s)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``rabbitmq-user`` command; prints what was done (never the password)."""
+    ctl = [*shlex.split(args.ctl), *(["--node", args.node] if args.node else [])]
+    if not args.collector and not args.user:
+        print("error: give DEVICE_ID or --collector", file=sys.stderr)
+        return 2
     try:
         password = args.password_file.read_text(encoding="utf-8").strip()
         if args.collector:
             provision_rabbitmq_user(COLLECTOR_USER, password, COLLECTOR_PERMISSIONS, ctl=ctl)
-            print(f"{COLLECTOR_USER}: RabbitMQ user and permissions set")
-        elif args.user:
-            provision_rabbitmq_device(args.user, password, ctl=ctl)
-            print(f"{args.user}: RabbitMQ user and permissions set")
         else:
-            p.error("give DEVICE_ID or --collector")
+            provision_rabbitmq_device(args.user, password, ctl=ctl)
     except OSError as exc:
         print(f"error: {args.password_file}: {exc.strerror}", file=sys.stderr)
         return 2
     except RabbitProvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"{COLLECTOR_USER if args.collector else args.user}: RabbitMQ user and permissions set")
     return 0
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add ``rabbitmq-user`` to ``loa-collector`` (it needs no collector config)."""
+    p = sub.add_parser(
+        "rabbitmq-user",
+        help="create a device's (or the collector's) RabbitMQ user and topic permissions",
+        description="Create a device's RabbitMQ user and per-device topic permissions "
+        "(deploy/rabbitmq/README.md).",
+    )
+    configure_parser(p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m collector.broker_rabbitmq DEVICE_ID --password-file FILE [--node N]``."""
+    p = argparse.ArgumentParser(
+        prog="python -m collector.broker_rabbitmq",
+        description="Create a device's RabbitMQ user and per-device topic permissions.",
+    )
+    configure_parser(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

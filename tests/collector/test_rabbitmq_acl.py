@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shlex
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from collector import cli
 from collector.broker_rabbitmq import (
     COLLECTOR_USER,
     RabbitProvisionError,
@@ -29,6 +33,7 @@ from collector.broker_rabbitmq import (
     provision_rabbitmq_device,
     routing_key,
 )
+from collector.tls import CertificateAuthority, install_broker_files
 from tests.support.rabbitmq import Node, RabbitCluster, available
 
 pytestmark = [
@@ -40,9 +45,18 @@ V311 = aiomqtt.ProtocolVersion.V311
 
 
 @pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    """One node, with the collector and three devices provisioned."""
-    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbit1"), 1)
+def fleet_ca() -> CertificateAuthority:
+    return CertificateAuthority.create("loa-fleet test CA")
+
+
+@pytest.fixture(scope="module")
+def rabbit(
+    tmp_path_factory: pytest.TempPathFactory, fleet_ca: CertificateAuthority
+) -> Iterator[RabbitCluster]:
+    """One node with the TLS listener, the collector and three devices provisioned."""
+    tls = tmp_path_factory.mktemp("rabbit-tls")
+    install_broker_files(fleet_ca, tls, ["127.0.0.1", "localhost"])
+    cluster = RabbitCluster(tmp_path_factory.mktemp("rabbit1"), 1, tls_dir=tls)
     cluster.start()
     try:
         print(f"\nRabbitMQ 1 node: serving MQTT {cluster.started_in:.1f} s after launch")
@@ -235,6 +249,136 @@ async def test_reprovisioning_changes_the_password(rabbit: RabbitCluster, tmp_pa
             pass
     async with client(rabbit, "dev-004", password="second-password") as dev:
         await dev.publish("loa/v1/dev-004/state", b"{}", qos=1)
+
+
+async def test_provisioned_device_connects_over_tls(
+    rabbit: RabbitCluster,
+    fleet_ca: CertificateAuthority,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The documented flow: `provision --no-broker` writes the bundle, `rabbitmq-user`
+    gives its password to RabbitMQ; the device connects over TLS with the bundle's CA."""
+    node = rabbit.nodes[0]
+    assert node.tls_port is not None
+    bundle = tmp_path / "bundle"
+    provision_argv = [
+        "provision", "dev-005", "--commune", "19087", "--commune-name", "Thạch Sơn",
+        "--broker-url", f"mqtts://127.0.0.1:{node.tls_port}", "--out", str(bundle),
+        "--install-dir", str(bundle), "--no-broker", "--no-inventory",
+        "--ca-dir", str(tmp_path / "ca"), "--auth", "password",
+    ]  # fmt: skip
+    (tmp_path / "ca").mkdir()
+    fleet_ca.save(tmp_path / "ca")  # the CA that issued the broker's certificate
+    assert await asyncio.to_thread(cli.main, provision_argv) == 0
+    # rabbitmqctl for this test cluster: its cookie (HOME) and epmd port.
+    env = rabbit.env(node)
+    ctl = "env " + " ".join(
+        shlex.quote(f"{k}={env[k]}") for k in ("HOME", "ERL_EPMD_PORT", "RABBITMQ_CONF_ENV_FILE")
+    )
+    user_argv = [
+        "rabbitmq-user", "dev-005", "--password-file", str(bundle / "mqtt-password"),
+        "--node", node.name, "--ctl", f"{ctl} {rabbit.ctl_argv(node)[0]}",
+    ]  # fmt: skip
+    assert await asyncio.to_thread(cli.main, user_argv) == 0
+    password = (bundle / "mqtt-password").read_text().strip()
+    out = capsys.readouterr()
+    assert password not in out.out + out.err
+    assert "dev-005: RabbitMQ user and permissions set" in out.out
+
+    tls = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
+    async with watching(rabbit, "loa/v1/+/state") as watch:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            node.tls_port,
+            username="dev-005",
+            password=password,
+            identifier="dev-005",
+            protocol=V311,
+            tls_context=tls,
+            clean_session=False,
+            timeout=5,
+        ) as dev:
+            await dev.publish("loa/v1/dev-005/state", b"{}", qos=1)
+        await watch.wait(1, what="state over TLS")
+    assert watch.got == [("loa/v1/dev-005/state", b"{}")]
+
+
+def queue_depths(cluster: RabbitCluster) -> dict[str, int]:
+    out = cluster.ctl("list_queues", "name", "messages", "--formatter", "json")
+    return {q["name"]: int(q["messages"]) for q in json.loads(out)}
+
+
+async def test_definitions_limit_queues_without_dropping_silently(rabbit: RabbitCluster) -> None:
+    """deploy/rabbitmq/definitions.json is loaded at boot. A full ingest queue
+    refuses the publish (the device gets no PUBACK and keeps the message); a full
+    device session drops its oldest into the loa.dropped queue, where it is counted."""
+    policies = {p["name"] for p in json.loads(rabbit.ctl("list_policies", "--formatter", "json"))}
+    assert {"loa-ingest", "loa-device-sessions"} <= policies
+    queues = json.loads(rabbit.ctl("list_queues", "name", "type", "--formatter", "json"))
+    assert {"name": "loa.dropped", "type": "quorum"} in queues
+    # The production limits (10^6, 1000) scaled down for this test's queues, same overflow.
+    rabbit.ctl("set_policy", "--apply-to", "queues", "--priority", "20", "t-ingest",
+               "^mqtt-subscription-loa-collector-fullqos1$",
+               '{"max-length": 3, "overflow": "reject-publish"}')  # fmt: skip
+    rabbit.ctl("set_policy", "--apply-to", "queues", "--priority", "20", "t-device",
+               "^mqtt-subscription-dev-006qos1$",
+               '{"max-length": 2, "overflow": "drop-head", '
+               '"dead-letter-exchange": "loa.dropped"}')  # fmt: skip
+    rabbit.add_device("dev-006")
+    try:
+        # The ingest queue: the collector's session, offline, holds three at most.
+        async with client(
+            rabbit, COLLECTOR_USER, identifier="loa-collector-full", clean_session=False
+        ) as col:
+            await col.subscribe("loa/v1/dev-006/state", qos=1)
+        async with client(rabbit, "dev-006", clean_session=True) as dev:
+            for i in range(3):
+                await dev.publish("loa/v1/dev-006/state", f"{i}".encode(), qos=1)
+        # The fourth: 3.10 ends the device's connection on the broker's nack, no PUBACK.
+        await refused(rabbit, "dev-006", "publish", "loa/v1/dev-006/state")
+        assert (await asyncio.to_thread(queue_depths, rabbit))[
+            "mqtt-subscription-loa-collector-fullqos1"
+        ] == 3
+        async with client(
+            rabbit, COLLECTOR_USER, identifier="loa-collector-full", clean_session=False
+        ) as col:
+            got = []
+            async with asyncio.timeout(10):
+                async for m in col.messages:
+                    got.append(bytes(m.payload))  # type: ignore[arg-type]
+                    if len(got) == 3:
+                        break
+        assert got == [b"0", b"1", b"2"]
+
+        # A device's session: four commands while it is away, room for two.
+        before = (await asyncio.to_thread(queue_depths, rabbit))["loa.dropped"]
+        async with client(rabbit, "dev-006", clean_session=False) as dev:
+            await dev.subscribe("loa/v1/dev-006/cmd", qos=1)
+        async with client(rabbit, COLLECTOR_USER, identifier="loa-collector-1-cmd") as col:
+            for i in range(4):
+                await col.publish("loa/v1/dev-006/cmd", f"cmd{i}".encode(), qos=1)
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await asyncio.to_thread(queue_depths, rabbit))["loa.dropped"] < before + 2:
+            assert asyncio.get_running_loop().time() < deadline, "nothing dead-lettered"
+        async with client(rabbit, "dev-006", clean_session=False) as dev:
+            got = []
+            async with asyncio.timeout(10):
+                async for m in dev.messages:
+                    got.append(bytes(m.payload))  # type: ignore[arg-type]
+                    if len(got) == 2:
+                        break
+        assert got == [b"cmd2", b"cmd3"]
+    finally:
+        rabbit.ctl("clear_policy", "t-ingest")
+        rabbit.ctl("clear_policy", "t-device")
+        # Clean sessions end both persistent sessions (their queues are deleted).
+        async with client(
+            rabbit, COLLECTOR_USER, identifier="loa-collector-full", clean_session=True
+        ):
+            pass
+        async with client(rabbit, "dev-006", clean_session=True):
+            pass
 
 
 def test_three_nodes_cluster_and_survive_a_kill(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ import psutil
 from collector.broker_rabbitmq import (
     COLLECTOR_PERMISSIONS,
     COLLECTOR_USER,
+    PRODUCTION_DEFINITIONS,
     PRODUCTION_PLUGINS,
     Permissions,
     provision_rabbitmq_device,
@@ -140,6 +141,7 @@ class RabbitCluster:
             "listeners.tcp.default": f"127.0.0.1:{node.amqp_port}",
             "mqtt.listeners.tcp.default": f"127.0.0.1:{node.mqtt_port}",
             "disk_free_limit.absolute": "50MB",
+            "definitions.local.path": str(PRODUCTION_DEFINITIONS),
         }
         drop = ["cluster_formation."]  # the tests join nodes with rabbitmqctl join_cluster
         if self.tls_dir is not None and node.tls_port is not None:
