@@ -317,6 +317,9 @@ async def test_definitions_limit_queues_without_dropping_silently(rabbit: Rabbit
     assert {"loa-ingest", "loa-device-sessions"} <= policies
     queues = json.loads(rabbit.ctl("list_queues", "name", "type", "--formatter", "json"))
     assert {"name": "loa.dropped", "type": "quorum"} in queues
+    # Definitions at boot replace the default user: there is no guest to log in as.
+    users = {u["user"] for u in json.loads(rabbit.ctl("list_users", "--formatter", "json"))}
+    assert "guest" not in users and COLLECTOR_USER in users
     # The production limits (10^6, 1000) scaled down for this test's queues, same overflow.
     rabbit.ctl("set_policy", "--apply-to", "queues", "--priority", "20", "t-ingest",
                "^mqtt-subscription-loa-collector-fullqos1$",
@@ -398,6 +401,8 @@ def test_three_nodes_cluster_and_survive_a_kill(tmp_path: Path) -> None:
         cluster.add_collector()
         cluster.add_device("dev-001")  # users are cluster-wide: added on node 1 only
 
+        asyncio.run(_retained_is_node_local_and_exact_only(cluster))
+
         victim, *rest = cluster.nodes[::-1]  # kill node 3
         pid = victim.pid
         cluster.kill9(victim)
@@ -418,3 +423,27 @@ async def _serves(cluster: RabbitCluster, nodes: list[Node]) -> None:
             await dev.publish("loa/v1/dev-001/state", a.name.encode(), qos=1)
         await watch.wait(1, what=f"state via {a.name} at {b.name}")
     assert watch.got == [("loa/v1/dev-001/state", a.name.encode())]
+
+
+async def _retained_first(cluster: RabbitCluster, node: Node, topic_filter: str) -> bytes | None:
+    """The retained message a fresh collector session gets on subscribing, if any in 3 s."""
+    async with client(cluster, COLLECTOR_USER, node=node, clean_session=True) as col:
+        await col.subscribe(topic_filter, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                async for m in col.messages:
+                    return bytes(m.payload)  # type: ignore[arg-type]
+    return None
+
+
+async def _retained_is_node_local_and_exact_only(cluster: RabbitCluster) -> None:
+    """RabbitMQ 3.10: a retained message is kept by the node that took it, and
+    delivered on subscription to an exact topic only (deploy/rabbitmq/README.md).
+    This pins the behaviour the deployment notes rely on; an upgrade that
+    changes it fails here."""
+    n1, n2, _ = cluster.nodes
+    async with client(cluster, "dev-001", node=n1, clean_session=True) as dev:
+        await dev.publish("loa/v1/dev-001/presence", b"online", qos=1, retain=True)
+    assert await _retained_first(cluster, n1, "loa/v1/dev-001/presence") == b"online"
+    assert await _retained_first(cluster, n1, "loa/v1/+/presence") is None
+    assert await _retained_first(cluster, n2, "loa/v1/dev-001/presence") is None
