@@ -20,7 +20,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from collector import broker_config, findings_cli, provision, remote_cli, repairs_cli, users
+from collector import (
+    broker_config,
+    broker_rabbitmq,
+    findings_cli,
+    provision,
+    remote_cli,
+    repairs_cli,
+    users,
+)
 from collector.alerts import cli as alerts_cli
 from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.cli import register as _b2_register
@@ -216,6 +224,7 @@ SUBCOMMANDS: list[Register] = [
     alerts_cli.register,
     provision.register,
     broker_config.register,
+    broker_rabbitmq.register,
     repairs_cli.register,
     findings_cli.register,
     remote_cli.register,
