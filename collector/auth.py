@@ -38,7 +38,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from collector.config import LoginConfig
-from collector.store.base import NotFound, Repository, Role, ThrottleRule, User
+from collector.store.base import AccountStore, NotFound, Repository, Role, ThrottleRule, User
 
 SESSION_COOKIE = "loa_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -186,7 +186,7 @@ def require(
     return principal
 
 
-async def authenticate(request: web.Request, repo: Repository) -> Principal | None:
+async def authenticate(request: web.Request, repo: AccountStore) -> Principal | None:
     """The caller from a bearer token or a session cookie (CSRF checked), or None."""
     now = time.time()
     header = request.headers.get("Authorization", "")
@@ -228,7 +228,7 @@ def auth_middleware(repo_of: Callable[[web.Request], Repository]) -> Middleware:
 
 
 async def login(
-    repo: Repository, name: str, password: str, *, ttl_s: float
+    repo: AccountStore, name: str, password: str, *, ttl_s: float
 ) -> tuple[User, str, str] | None:
     """Check a password; on success store a session and return (user, session id, csrf)."""
     try:
@@ -305,7 +305,7 @@ def throttle_rules(name: str, address: str, cfg: LoginConfig) -> tuple[ThrottleR
 
 
 async def throttled_login(
-    repo: Repository,
+    repo: AccountStore,
     name: str,
     password: str,
     *,

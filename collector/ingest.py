@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties
 from collector.config import CollectorConfig, IngestConfig
 from collector.fleet import Observation, ObsKind, event_time, report_observation
 from collector.metrics import IngestStats
-from collector.store.base import BatchResult, IncomingMessage, Repository, StoreError
+from collector.store.base import BatchResult, IncomingMessage, IngestStore, StoreError
 from collector.store.sqlite import payload_digest
 from fleet_protocol import (
     CONFIRMED_KINDS,
@@ -179,7 +179,7 @@ class Ingestor:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: IngestStore,
         cfg: IngestConfig,
         stats: IngestStats,
         *,

@@ -308,10 +308,9 @@ class Session:
     expires_at: float
 
 
-class Repository(Protocol):
-    """Storage of the collector. See the module docstring for the rules."""
+class StoreLifecycle(Protocol):
+    """Open schema and connection."""
 
-    # -- lifecycle -------------------------------------------------------------------------
     async def migrate(self) -> int:
         """Bring the schema to the latest version; returns the version now in place."""
         ...
@@ -320,7 +319,10 @@ class Repository(Protocol):
 
     async def close(self) -> None: ...
 
-    # -- inventory (used by collector.inventory and collector.b2) ----------------------------
+
+class InventoryStore(Protocol):
+    """The district's inventory of clusters (collector.inventory, collector.b2)."""
+
     async def upsert_inventory(
         self, devices: Sequence[InventoryDevice], *, remove_missing: bool, actor: str = "system"
     ) -> tuple[int, int, int]:
@@ -337,25 +339,11 @@ class Repository(Protocol):
         """The inventory in inventory order (``position``, then device id)."""
         ...
 
-    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
-        """One DeviceStatus per inventory device, in inventory order, as of moment ``t``.
 
-        Computed from the stored status-transition history and repair-ticket
-        history, so any past moment works (within what was recorded): a device
-        with no transition at or before ``t`` is ``never_reported`` (broken,
-        cause unknown); ``in_repair`` is True when a ticket for it was started at
-        or before ``t`` and not closed by ``t``; ``exists`` is False when the
-        cluster did not count yet at ``t`` (its install date, else its first
-        inventory listing or first report, is later).
-        """
-        ...
+class IngestStore(Protocol):
+    """Ingest and fleet state: messages in, the fleet's rules applied
+    (collector.fleet_step), silence, retention."""
 
-    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
-        """One StatusTimeline per inventory device (inventory order) over (t0, t1]:
-        its status at ``t0`` and every transition after it up to ``t1``."""
-        ...
-
-    # -- ingest ----------------------------------------------------------------------------
     async def write_batch(
         self,
         messages: Sequence[IncomingMessage],
@@ -391,7 +379,37 @@ class Repository(Protocol):
         """Delete raw messages received before ``older_than``; returns how many."""
         ...
 
-    # -- fleet views -----------------------------------------------------------------------
+    async def stored_seqs(self, device_id: str) -> list[int]:
+        """Wire seqs stored for ``device_id``, ascending (within raw retention)."""
+        ...
+
+    async def message_count(self) -> int:
+        """Wire messages held in raw storage."""
+        ...
+
+
+class HistoryStore(Protocol):
+    """History queries: the fleet as of any moment, a device's history, the evidence for
+    causes, the B2 snapshots."""
+
+    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+        """One DeviceStatus per inventory device, in inventory order, as of moment ``t``.
+
+        Computed from the stored status-transition history and repair-ticket
+        history, so any past moment works (within what was recorded): a device
+        with no transition at or before ``t`` is ``never_reported`` (broken,
+        cause unknown); ``in_repair`` is True when a ticket for it was started at
+        or before ``t`` and not closed by ``t``; ``exists`` is False when the
+        cluster did not count yet at ``t`` (its install date, else its first
+        inventory listing or first report, is later).
+        """
+        ...
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        """One StatusTimeline per inventory device (inventory order) over (t0, t1]:
+        its status at ``t0`` and every transition after it up to ``t1``."""
+        ...
+
     async def list_devices(
         self,
         *,
@@ -435,15 +453,33 @@ class Repository(Protocol):
 
     async def list_faults(self, device_id: str, *, active_only: bool = False) -> list[FaultRow]: ...
 
-    async def stored_seqs(self, device_id: str) -> list[int]:
-        """Wire seqs stored for ``device_id``, ascending (within raw retention)."""
+    async def state_reports(
+        self, device_id: str, *, since: float, until: float, limit: int = 10000
+    ) -> list[tuple[float, dict[str, Any]]]:
+        """Stored state reports of a device as (event time, decoded JSON), oldest first.
+
+        Within raw retention only; the newest ``limit`` when there are more.
+        """
         ...
 
-    async def message_count(self) -> int:
-        """Wire messages held in raw storage."""
+    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
+        """Per device, the latest report or SMS with event time at or before ``t``."""
         ...
 
-    # -- repairs -----------------------------------------------------------------------------
+    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
+        """Per device, the latest full state report (with a modem section) at or before ``t``."""
+        ...
+
+    async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None: ...
+
+    async def b2_snapshots(self, as_of: float, scope: str) -> list[B2Snapshot]:
+        """Snapshots of the B2 for ``as_of``, oldest first."""
+        ...
+
+
+class RepairStore(Protocol):
+    """Repair tickets and on-site findings."""
+
     async def open_ticket(
         self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
     ) -> Ticket:
@@ -494,7 +530,24 @@ class Repository(Protocol):
         """Event time since which the device's diagnosis has been broken (None: it is not)."""
         ...
 
-    # -- users, tokens, sessions, audit --------------------------------------------------------
+    async def record_finding(
+        self, ticket_id: int, *, actor: str, at: float, cause: B2Cause, text: str
+    ) -> Finding:
+        """Record the cause found on site on a ticket (history + audit log); NotFound."""
+        ...
+
+    async def list_findings(self, device_id: str) -> list[Finding]:
+        """A device's findings, oldest first."""
+        ...
+
+    async def findings_as_of(self, t: float) -> dict[str, Finding]:
+        """Each device's latest finding recorded at or before ``t``."""
+        ...
+
+
+class AccountStore(Protocol):
+    """Accounts, tokens, sessions, the login throttle and the audit log."""
+
     async def add_user(
         self, name: str, *, role: Role, communes: frozenset[str], password_hash: str
     ) -> User: ...
@@ -519,7 +572,6 @@ class Repository(Protocol):
 
     async def audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None: ...
 
-    # -- login throttle (shared by every instance on the database) ---------------------------
     async def throttle_attempt(self, rules: Sequence[ThrottleRule], *, at: float) -> float:
         """Count one login attempt against every key in one transaction.
 
@@ -539,7 +591,6 @@ class Repository(Protocol):
 
     async def audit_log(self, *, limit: int = 200) -> list[dict[str, Any]]: ...
 
-    # -- used by the dashboard (collector.web) ----------------------------------------------
     async def list_users(self) -> list[User]:
         """Every user, by name."""
         ...
@@ -556,40 +607,9 @@ class Repository(Protocol):
         """Change a user's role, communes and disabled flag (audited); raises NotFound."""
         ...
 
-    async def state_reports(
-        self, device_id: str, *, since: float, until: float, limit: int = 10000
-    ) -> list[tuple[float, dict[str, Any]]]:
-        """Stored state reports of a device as (event time, decoded JSON), oldest first.
 
-        Within raw retention only; the newest ``limit`` when there are more.
-        """
-        ...
-
-    # -- causes of silent clusters (collector.causes) -------------------------------------------
-    async def record_finding(
-        self, ticket_id: int, *, actor: str, at: float, cause: B2Cause, text: str
-    ) -> Finding:
-        """Record the cause found on site on a ticket (history + audit log); NotFound."""
-        ...
-
-    async def list_findings(self, device_id: str) -> list[Finding]:
-        """A device's findings, oldest first."""
-        ...
-
-    async def findings_as_of(self, t: float) -> dict[str, Finding]:
-        """Each device's latest finding recorded at or before ``t``."""
-        ...
-
-    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
-        """Per device, the latest report or SMS with event time at or before ``t``."""
-        ...
-
-    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
-        """Per device, the latest full state report (with a modem section) at or before ``t``."""
-        ...
-
-    async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None: ...
-
-    async def b2_snapshots(self, as_of: float, scope: str) -> list[B2Snapshot]:
-        """Snapshots of the B2 for ``as_of``, oldest first."""
-        ...
+class Repository(
+    StoreLifecycle, InventoryStore, IngestStore, HistoryStore, RepairStore, AccountStore, Protocol
+):
+    """Storage of the collector: every role over one connection. See the module
+    docstring for the rules; code that needs one role takes that role's type."""

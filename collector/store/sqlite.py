@@ -28,6 +28,16 @@ import msgspec
 
 from collector.clocktruth import date_message, install_floor, learned_offset
 from collector.fleet import INITIAL, FleetState, Observation, ObsKind, Transition, fold
+from collector.fleet_step import (
+    DeviceRecord,
+    DeviceStep,
+    fuller_report,
+    merged_report,
+    reconcile_faults,
+    refold_start,
+    silence,
+    step_device,
+)
 from collector.model import CommuneKind, DeviceStatus, InventoryDevice, Status
 from collector.store.base import (
     B2Snapshot,
@@ -113,6 +123,50 @@ def _obs_of(row: sqlite3.Row | tuple[Any, ...]) -> Observation:
     )
 
 
+#: The ``devices`` columns of a ``DeviceRecord`` (``_record_of``).
+_RECORD_COLS: Final = (
+    "device_id, commune_code, online, has_diag, diag_broken, diag_cause, status_since,"
+    " obs_ts, obs_seq, last_ts, last_seq, last_seen, report_ts, first_seen"
+)
+
+
+_RECORD_NAMES: Final = tuple(c.strip() for c in _RECORD_COLS.split(","))
+
+
+def _record_of(row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
+    """A ``devices`` row (``_RECORD_COLS``) as the fleet step's record, read by name."""
+    r = dict(zip(_RECORD_NAMES, tuple(row), strict=True))
+    return DeviceRecord(
+        device_id=r["device_id"],
+        commune_code=r["commune_code"] or "",
+        state=FleetState(
+            online=bool(r["online"]),
+            has_diag=bool(r["has_diag"]),
+            diag_broken=bool(r["diag_broken"]),
+            diag_cause=_cause(r["diag_cause"]),
+            status_since=r["status_since"],
+        ),
+        obs_key=None if r["obs_ts"] is None else (r["obs_ts"], r["obs_seq"]),
+        last_key=None if r["last_ts"] is None else (r["last_ts"], r["last_seq"]),
+        last_seen=r["last_seen"],
+        report_ts=r["report_ts"],
+        first_seen=r["first_seen"],
+    )
+
+
+def _state_cols(state: FleetState) -> tuple[Any, ...]:
+    """online, has_diag, diag_broken, diag_cause, status, cause, status_since."""
+    return (
+        int(state.online),
+        int(state.has_diag),
+        int(state.diag_broken),
+        state.diag_cause and str(state.diag_cause),
+        str(state.status),
+        state.cause and str(state.cause),
+        state.status_since,
+    )
+
+
 def _inventory_of(row: sqlite3.Row | tuple[Any, ...]) -> InventoryDevice:
     r = tuple(row)
     return InventoryDevice(
@@ -171,18 +225,6 @@ def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMess
             for code, since, cause, severity, evidence in faults
         )
     return dataclasses.replace(m, ts=ts, observation=obs, faults=faults)
-
-
-#: State-report sections a compact heartbeat may leave out (unchanged).
-_REPORT_SECTIONS = (
-    "commune",
-    "modem",
-    "amp",
-    "stream",
-    "system",
-    "agent_version",
-    "config_version",
-)
 
 
 class SQLiteRepository:
@@ -728,43 +770,12 @@ class SQLiteRepository:
                     out.append((device, m.seq))
         return tuple(out)
 
-    async def _merged_report(
-        self,
-        db: aiosqlite.Connection,
-        device: str,
-        report: IncomingMessage,
-        batch_reports: Sequence[IncomingMessage],
-    ) -> bytes:
-        """The device's latest report: a heartbeat keeps the sections it leaves out.
-
-        A compact heartbeat carries only the envelope, outbox depth and faults;
-        its modem, amplifier, stream and system sections are those of the last
-        full report (from the same batch, else the stored one), so the
-        dashboard does not go blank between full reports.
-        """
-        if not report.heartbeat:
-            return report.payload
-        fuller = [
-            m for m in batch_reports if not m.heartbeat and (m.ts, m.seq) < (report.ts, report.seq)
-        ]
-        if fuller:
-            base: bytes | None = max(fuller, key=lambda m: (m.ts, m.seq)).payload
-        else:
-            async with db.execute(
-                "SELECT last_report FROM devices WHERE device_id = ?", (device,)
-            ) as cur:
-                row = await cur.fetchone()
-            base = row[0] if row is not None else None
-        if not base:
-            return report.payload
-        old = msgspec.json.decode(base)
-        new = msgspec.json.decode(report.payload)
-        if not isinstance(old, dict) or not isinstance(new, dict):
-            return report.payload
-        for section in _REPORT_SECTIONS:
-            if section not in new and section in old:
-                new[section] = old[section]
-        return msgspec.json.encode(new)
+    async def _stored_report(self, db: aiosqlite.Connection, device: str) -> bytes | None:
+        async with db.execute(
+            "SELECT last_report FROM devices WHERE device_id = ?", (device,)
+        ) as cur:
+            row = await cur.fetchone()
+        return row[0] if row is not None else None
 
     async def _apply(
         self,
@@ -772,7 +783,8 @@ class SQLiteRepository:
         new: Sequence[IncomingMessage],
         refold_from: dict[str, tuple[float, int]] | None = None,
     ) -> list[str]:
-        """Fold the new messages of a batch into devices, transitions, events and faults.
+        """Load, step (``collector.fleet_step``: the rules), save: the new messages of a
+        batch into devices, transitions, events and fault episodes.
 
         ``refold_from`` forces a device's history to be re-derived from that key
         (its stored messages were re-dated).
@@ -783,114 +795,57 @@ class SQLiteRepository:
             by_device[m.device_id].append(m)
         if not by_device:
             return []
-        current: dict[str, sqlite3.Row] = {}
+        current: dict[str, DeviceRecord] = {}
         ids = sorted(by_device)
         for chunk in _chunks(ids):
             async with db.execute(
-                "SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since,"
-                " obs_ts, obs_seq, last_ts, last_seq, last_seen, report_ts, commune_code,"
-                f" first_seen FROM devices WHERE device_id IN ({_qmarks(len(chunk))})",
+                f"SELECT {_RECORD_COLS} FROM devices WHERE device_id IN ({_qmarks(len(chunk))})",
                 chunk,
             ) as cur:
                 for r in await cur.fetchall():
-                    current[r[0]] = r
-        changed: list[str] = []
-        device_rows: list[tuple[Any, ...]] = []
-        transitions: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        fault_reports: dict[str, list[IncomingMessage]] = {}
+                    rec = _record_of(r)
+                    current[rec.device_id] = rec
+        steps: dict[str, DeviceStep] = {}
         for device, msgs in by_device.items():
-            cur_row = current.get(device)
-            obs = sorted((m.observation for m in msgs if m.observation), key=lambda o: o.key)
-            state = INITIAL if cur_row is None else _state_of(cur_row, 1)
-            obs_key: tuple[float, int] | None = (
-                None if cur_row is None or cur_row[6] is None else (cur_row[6], cur_row[7])
-            )
-            redo = refold_from.get(device)
-            if obs or (redo is not None and obs_key is not None):
-                first = min(obs[0].key, redo) if obs and redo else (obs[0].key if obs else redo)
-                assert first is not None
-                if obs_key is not None and (first < obs_key or redo is not None):
-                    # Late arrivals or re-dated ones: re-derive this device's history
-                    # from the earliest.
-                    state, trs = await self._refold(db, device, first)
-                else:
-                    state, trs = fold(state, obs)
-                if trs:
-                    changed.append(device)
-                transitions.extend(
-                    (
-                        device,
-                        tr.ts,
-                        tr.seq,
-                        int(tr.state.online),
-                        int(tr.state.has_diag),
-                        int(tr.state.diag_broken),
-                        tr.state.diag_cause and str(tr.state.diag_cause),
-                        str(tr.state.status),
-                        tr.state.cause and str(tr.state.cause),
-                        tr.state.status_since,
-                    )
-                    for tr in trs
+            cur_rec = current.get(device)
+            start = refold_start(cur_rec, msgs, refold_from.get(device))
+            history = await self._stored_history(db, device, start) if start is not None else None
+            steps[device] = step_device(device, cur_rec, msgs, history=history, replace_from=start)
+        for device, st in steps.items():
+            if st.replace_from is not None:
+                ts0, seq0 = st.replace_from
+                await db.execute(
+                    "DELETE FROM transitions WHERE device_id = ?"
+                    " AND (ts > ? OR (ts = ? AND seq >= ?))",
+                    (device, ts0, ts0, seq0),
                 )
-                if obs:
-                    obs_key = max(obs[-1].key, obs_key) if obs_key else obs[-1].key
-            newest = max(msgs, key=lambda m: (m.ts, m.seq))
-            last_ts, last_seq = (newest.ts, newest.seq)
-            if (
-                cur_row is not None
-                and cur_row[8] is not None
-                and (cur_row[8], cur_row[9])
-                > (
-                    last_ts,
-                    last_seq,
-                )
-            ):
-                last_ts, last_seq = cur_row[8], cur_row[9]
-            last_seen = max(m.received_at for m in msgs)
-            if cur_row is not None and cur_row[10] is not None:
-                last_seen = max(last_seen, cur_row[10])
-            reports = [m for m in msgs if m.kind == "state"]
-            report = max(reports, key=lambda m: (m.ts, m.seq)) if reports else None
-            old_report_ts = None if cur_row is None else cur_row[11]
-            take_report = report is not None and (
-                old_report_ts is None or report.ts >= old_report_ts
-            )
-            commune = cur_row[12] if cur_row is not None else ""
-            if take_report and report is not None and report.commune:
-                commune = report.commune
+        device_rows: list[tuple[Any, ...]] = []
+        for device, st in steps.items():
+            rec = st.record
+            last_report: bytes | None = None
+            if st.report is not None:
+                base = None
+                if st.report.heartbeat:
+                    base = fuller_report(st.report, by_device[device])
+                    if base is None:
+                        base = await self._stored_report(db, device)
+                last_report = merged_report(st.report, base)
             device_rows.append(
                 (
                     device,
-                    commune,
-                    int(state.online),
-                    int(state.has_diag),
-                    int(state.diag_broken),
-                    state.diag_cause and str(state.diag_cause),
-                    str(state.status),
-                    state.cause and str(state.cause),
-                    state.status_since,
-                    None if obs_key is None else obs_key[0],
-                    None if obs_key is None else obs_key[1],
-                    last_ts,
-                    last_seq,
-                    last_seen,
-                    cur_row[13] if cur_row is not None else min(m.received_at for m in msgs),
-                    report.ts if take_report and report else old_report_ts,
-                    (
-                        await self._merged_report(db, device, report, reports)
-                        if take_report and report
-                        else None
-                    ),
-                    1 if take_report else 0,
+                    rec.commune_code,
+                    *_state_cols(rec.state),
+                    None if rec.obs_key is None else rec.obs_key[0],
+                    None if rec.obs_key is None else rec.obs_key[1],
+                    None if rec.last_key is None else rec.last_key[0],
+                    None if rec.last_key is None else rec.last_key[1],
+                    rec.last_seen,
+                    rec.first_seen,
+                    rec.report_ts,
+                    last_report,
+                    1 if st.report is not None else 0,
                 )
             )
-            if reports:
-                fault_reports[device] = sorted(
-                    (m for m in reports if old_report_ts is None or m.ts >= old_report_ts),
-                    key=lambda m: (m.ts, m.seq),
-                )
-            events.extend((device, m.seq, m.ts, *m.event) for m in msgs if m.event is not None)
         await db.executemany(
             """
             INSERT INTO devices (device_id, commune_code, online, has_diag, diag_broken,
@@ -908,27 +863,37 @@ class SQLiteRepository:
             """,
             device_rows,
         )
-        await db.executemany(
-            "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online, has_diag,"
-            " diag_broken, diag_cause, status, cause, status_since)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            transitions,
+        await self._save_transitions(
+            db, [(device, tr) for device, st in steps.items() for tr in st.transitions]
         )
-        await self._reconcile_faults(db, fault_reports)
+        await self._save_faults(
+            db, {d: st.fault_reports for d, st in steps.items() if st.fault_reports}
+        )
+        events = [(d, *e) for d, st in steps.items() for e in st.events]
         if events:
             await db.executemany(
                 "INSERT OR IGNORE INTO events (device_id, seq, ts, type, fault_code, action,"
                 " detail) VALUES (?,?,?,?,?,?,?)",
                 events,
             )
-        return changed
+        return [d for d, st in steps.items() if st.changed]
 
-    async def _refold(
+    async def _save_transitions(
+        self, db: aiosqlite.Connection, rows: Sequence[tuple[str, Transition]]
+    ) -> None:
+        await db.executemany(
+            "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online, has_diag,"
+            " diag_broken, diag_cause, status, cause, status_since)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(device, tr.ts, tr.seq, *_state_cols(tr.state)) for device, tr in rows],
+        )
+
+    async def _stored_history(
         self, db: aiosqlite.Connection, device: str, start: tuple[float, int]
-    ) -> tuple[FleetState, list[Transition]]:
-        """Re-derive ``device``'s transitions from observation key ``start`` on.
+    ) -> tuple[FleetState, list[Observation]]:
+        """(state before ``start``, stored observations from it on) for a refold.
 
-        The state before ``start`` is the last stored transition before it; the
+        The state is the last stored transition before ``start``; the
         observations are the stored messages (which already include this batch).
         """
         ts0, seq0 = start
@@ -940,10 +905,6 @@ class SQLiteRepository:
         ) as cur:
             row = await cur.fetchone()
         base = INITIAL if row is None else _state_of(row)
-        await db.execute(
-            "DELETE FROM transitions WHERE device_id = ? AND (ts > ? OR (ts = ? AND seq >= ?))",
-            (device, ts0, ts0, seq0),
-        )
         async with db.execute(
             "SELECT ts, seq, obs_kind, prompt, broken, cause FROM messages"
             " WHERE device_id = ? AND obs_kind IS NOT NULL AND (ts > ? OR (ts = ? AND seq >= ?))"
@@ -951,17 +912,13 @@ class SQLiteRepository:
             (device, ts0, ts0, seq0),
         ) as cur:
             observations = [_obs_of(r) for r in await cur.fetchall()]
-        return fold(base, observations)
+        return base, observations
 
-    async def _reconcile_faults(
-        self, db: aiosqlite.Connection, reports: dict[str, list[IncomingMessage]]
+    async def _save_faults(
+        self, db: aiosqlite.Connection, reports: dict[str, Sequence[IncomingMessage]]
     ) -> None:
-        """Fault episodes from in-order state reports: open new codes, clear vanished ones.
-
-        Each report's fault list is compared with the one before it, so a fault
-        raised and cleared within one batch still leaves its episode.
-        """
-        devices = sorted(d for d, r in reports.items() if r)
+        """Fault episodes (``fleet_step.reconcile_faults``) against the stored open ones."""
+        devices = sorted(reports)
         open_now: dict[str, set[str]] = defaultdict(set)
         for chunk in _chunks(devices):
             async with db.execute(
@@ -972,24 +929,13 @@ class SQLiteRepository:
                 for r in await cur.fetchall():
                     open_now[r[0]].add(r[1])
         clears: list[tuple[Any, ...]] = []
-        inserts: list[list[Any]] = []
+        inserts: list[tuple[Any, ...]] = []
         for device in devices:
-            active = open_now[device]
-            opened_here: dict[str, list[Any]] = {}
-            for report in reports[device]:
-                faults = {f[0]: f for f in report.faults or ()}
-                for code in sorted(active - set(faults)):
-                    if code in opened_here:
-                        row = opened_here.pop(code)
-                        row[6], row[8] = report.ts, report.seq
-                    else:
-                        clears.append((report.ts, report.seq, device, code))
-                for code in sorted(set(faults) - active):
-                    _, since, cause, severity, evidence = faults[code]
-                    row = [device, code, since, cause, severity, evidence, None, report.seq, None]
-                    inserts.append(row)
-                    opened_here[code] = row
-                active = set(faults)
+            changes = reconcile_faults(open_now[device], reports[device])
+            clears += [(c.at, c.seq, device, c.code) for c in changes.cleared]
+            for o in changes.opened:
+                row = (o.code, o.since, o.cause, o.severity, o.evidence, o.cleared_at)
+                inserts.append((device, *row, o.opened_seq, o.cleared_seq))
         if clears:
             await db.executemany(
                 "UPDATE faults SET cleared_at = ?, cleared_seq = ? WHERE device_id = ?"
@@ -1014,36 +960,15 @@ class SQLiteRepository:
                 rows = list(await cur.fetchall())
             for r in rows:
                 device = r[0]
-                ts = min(float(r[6]) + grace_s, now)
-                # Derived rows get a negative seq: wire seqs are >= 0, so no clash.
-                seq = -int(ts * 1000)
-                if r[7] is not None and (ts, seq) <= (r[7], r[8]):
-                    ts, seq = float(r[7]), int(r[8]) + 1 if int(r[8]) < -1 else -1
-                obs = Observation(ts, seq, ObsKind.SILENT)
+                obs_key = None if r[7] is None else (float(r[7]), int(r[8]))
+                obs = silence(float(r[6]), obs_key, now=now, grace_s=grace_s)
                 await db.execute(
                     "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at,"
                     " obs_kind) VALUES (?,?,?,?,?,?)",
-                    (device, seq, "silent", ts, now, str(ObsKind.SILENT)),
+                    (device, obs.seq, "silent", obs.ts, now, str(ObsKind.SILENT)),
                 )
                 state, trs = fold(_state_of(r, 1), [obs])
-                for tr in trs:
-                    await db.execute(
-                        "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online,"
-                        " has_diag, diag_broken, diag_cause, status, cause, status_since)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            device,
-                            tr.ts,
-                            tr.seq,
-                            int(tr.state.online),
-                            int(tr.state.has_diag),
-                            int(tr.state.diag_broken),
-                            tr.state.diag_cause and str(tr.state.diag_cause),
-                            str(tr.state.status),
-                            tr.state.cause and str(tr.state.cause),
-                            tr.state.status_since,
-                        ),
-                    )
+                await self._save_transitions(db, [(device, tr) for tr in trs])
                 await db.execute(
                     "UPDATE devices SET online = 0, status = ?, cause = ?, status_since = ?,"
                     " obs_ts = ?, obs_seq = ? WHERE device_id = ?",
@@ -1051,8 +976,8 @@ class SQLiteRepository:
                         str(state.status),
                         state.cause and str(state.cause),
                         state.status_since,
-                        ts,
-                        seq,
+                        obs.ts,
+                        obs.seq,
                         device,
                     ),
                 )
