@@ -261,3 +261,13 @@ async def browser() -> AsyncIterator[Any]:
             yield b
         finally:
             await b.close()
+
+
+async def sign_in(page: Any, collector: Collector, *, tap: bool = False) -> None:
+    """Sign in as the admin through the login form; wait for the overview."""
+    await page.goto("/login")
+    await page.fill('input[name="name"]', ADMIN[0])
+    await page.fill('input[name="password"]', ADMIN[1])
+    submit = 'button[type="submit"]'
+    await (page.tap(submit) if tap else page.click(submit))
+    await page.wait_for_url(collector.url + "/")

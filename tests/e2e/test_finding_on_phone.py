@@ -11,7 +11,7 @@ import pytest
 from collector.model import InventoryDevice
 from fleet_protocol import FaultCode
 from tests.collector.conftest import wait_for
-from tests.e2e.conftest import ADMIN, Collector, Fleet
+from tests.e2e.conftest import Collector, Fleet, sign_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -30,11 +30,7 @@ async def test_a_finding_recorded_on_a_phone_becomes_the_b2_cause(
     context = await browser.new_context(base_url=collector.url, **PHONE)
     try:
         page = await context.new_page()
-        await page.goto("/login")
-        await page.fill('input[name="name"]', ADMIN[0])
-        await page.fill('input[name="password"]', ADMIN[1])
-        await page.tap('button[type="submit"]')
-        await page.wait_for_url(collector.url + "/")
+        await sign_in(page, collector, tap=True)
 
         async def cause() -> dict[str, Any]:
             resp = await page.request.get(f"/api/v1/devices/{device}/cause")

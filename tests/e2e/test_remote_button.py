@@ -12,7 +12,7 @@ import pytest
 from collector.model import InventoryDevice
 from edge_agent.remote import config_version
 from tests.collector.conftest import wait_for
-from tests.e2e.conftest import ADMIN, Collector
+from tests.e2e.conftest import Collector, sign_in
 from tests.edge_agent.agent_support import AgentProcess, write_config
 from tests.support.mosquitto import Broker
 
@@ -33,11 +33,7 @@ async def test_remote_button_shows_the_reply_and_the_offline_refusal(
     with AgentProcess(cfg, tmp_path / "agent.log") as agent:
         context = await browser.new_context(base_url=collector.url)
         page = await context.new_page()
-        await page.goto("/login")
-        await page.fill('input[name="name"]', ADMIN[0])
-        await page.fill('input[name="password"]', ADMIN[1])
-        await page.click('button[type="submit"]')
-        await page.wait_for_url(collector.url + "/")
+        await sign_in(page, collector)
 
         # Wait until the collector has seen the agent come online.
         async def online() -> bool:
