@@ -1,0 +1,358 @@
+"""SQLite store: connections, transactions, schema and the shared helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, Self
+
+import aiosqlite
+import msgspec
+
+from collector.fleet import FleetState, Observation, ObsKind
+from collector.fleet_step import (
+    DeviceRecord,
+)
+from collector.model import CommuneKind, InventoryDevice, Status
+from collector.store.base import (
+    DeviceRow,
+    IncomingMessage,
+    StoreError,
+)
+from collector.store.migrations import LATEST, MIGRATIONS
+from fleet_protocol import B2Cause
+
+#: SQLite's default limit on bound parameters is 32766 (3.32+); stay far below.
+_CHUNK: Final = 500
+_SYNCHRONOUS: Final = ("off", "normal", "full", "extra")
+
+_INVENTORY_COLS: Final = (
+    "device_id, commune_code, commune_name, commune_kind, district, province, address, "
+    "latitude, longitude, contractor, sim_iccid, sim_phone, install_date, position"
+)
+
+
+#: Install dates are days in Vietnam's one time zone: a cluster counts from 00:00 there.
+_INSTALL_TZ: Final = dt.timezone(dt.timedelta(hours=7))
+
+
+def _install_ts(day: str) -> float | None:
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(0), _INSTALL_TZ).timestamp()
+    except ValueError:
+        return None
+
+
+def counted_from(
+    install_date: str, listed_at: float | None, first_report: float | None
+) -> float | None:
+    """When a cluster starts to count: its install date, else the earlier of its
+    first inventory listing and its first report; None when nothing says (it
+    then counts at every moment)."""
+    installed = _install_ts(install_date) if install_date else None
+    if installed is not None:
+        return installed
+    known = [t for t in (listed_at, first_report) if t is not None]
+    return min(known) if known else None
+
+
+def _cause(v: str | None) -> B2Cause | None:
+    return None if v is None else B2Cause(v)
+
+
+def _state_of(row: sqlite3.Row | tuple[Any, ...], at: int = 0) -> FleetState:
+    """FleetState from (online, has_diag, diag_broken, diag_cause, status_since) at ``at``."""
+    online, has_diag, broken, cause, since = tuple(row)[at : at + 5]
+    return FleetState(
+        online=bool(online),
+        has_diag=bool(has_diag),
+        diag_broken=bool(broken),
+        diag_cause=_cause(cause),
+        status_since=since,
+    )
+
+
+def _obs_of(row: sqlite3.Row | tuple[Any, ...]) -> Observation:
+    ts, seq, kind, prompt, broken, cause = tuple(row)
+    return Observation(
+        ts, seq, ObsKind(kind), prompt=bool(prompt), broken=bool(broken), cause=_cause(cause)
+    )
+
+
+#: The ``devices`` columns of a ``DeviceRecord`` (``_record_of``).
+_RECORD_COLS: Final = (
+    "device_id, commune_code, online, has_diag, diag_broken, diag_cause, status_since,"
+    " obs_ts, obs_seq, last_ts, last_seq, last_seen, report_ts, first_seen"
+)
+
+
+_RECORD_NAMES: Final = tuple(c.strip() for c in _RECORD_COLS.split(","))
+
+
+def _record_of(row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
+    """A ``devices`` row (``_RECORD_COLS``) as the fleet step's record, read by name."""
+    r = dict(zip(_RECORD_NAMES, tuple(row), strict=True))
+    return DeviceRecord(
+        device_id=r["device_id"],
+        commune_code=r["commune_code"] or "",
+        state=FleetState(
+            online=bool(r["online"]),
+            has_diag=bool(r["has_diag"]),
+            diag_broken=bool(r["diag_broken"]),
+            diag_cause=_cause(r["diag_cause"]),
+            status_since=r["status_since"],
+        ),
+        obs_key=None if r["obs_ts"] is None else (r["obs_ts"], r["obs_seq"]),
+        last_key=None if r["last_ts"] is None else (r["last_ts"], r["last_seq"]),
+        last_seen=r["last_seen"],
+        report_ts=r["report_ts"],
+        first_seen=r["first_seen"],
+    )
+
+
+def _state_cols(state: FleetState) -> tuple[Any, ...]:
+    """online, has_diag, diag_broken, diag_cause, status, cause, status_since."""
+    return (
+        int(state.online),
+        int(state.has_diag),
+        int(state.diag_broken),
+        state.diag_cause and str(state.diag_cause),
+        str(state.status),
+        state.cause and str(state.cause),
+        state.status_since,
+    )
+
+
+def _inventory_of(row: sqlite3.Row | tuple[Any, ...]) -> InventoryDevice:
+    r = tuple(row)
+    return InventoryDevice(
+        device_id=r[0],
+        commune_code=r[1],
+        commune_name=r[2],
+        commune_kind=CommuneKind(r[3]),
+        district=r[4],
+        province=r[5],
+        address=r[6],
+        latitude=r[7],
+        longitude=r[8],
+        contractor=r[9],
+        sim_iccid=r[10],
+        sim_phone=r[11],
+        install_date=r[12],
+        position=r[13],
+    )
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _qmarks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """The content digest stored per message (replay conflicts compare it)."""
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _shifted_since(since: float, delta: float, ts: float) -> float:
+    """A fault's ``since``, stamped by the same clock as its report, moved as the report
+    was by ``delta``; never after the report's (new) time ``ts``."""
+    return min(since + delta, ts)
+
+
+def _redated(m: IncomingMessage, ts: float, late_after_s: float) -> IncomingMessage:
+    """``m`` at event time ``ts``; a report's promptness and its faults' since follow."""
+    if ts == m.ts:
+        return m
+    obs = m.observation
+    if obs is not None:
+        prompt = obs.prompt
+        if obs.kind is ObsKind.REPORT:
+            prompt = m.received_at - ts <= late_after_s
+        obs = dataclasses.replace(obs, ts=ts, prompt=prompt)
+    faults = m.faults
+    if faults:
+        delta = ts - m.ts
+        faults = tuple(
+            (code, _shifted_since(since, delta, ts), cause, severity, evidence)
+            for code, since, cause, severity, evidence in faults
+        )
+    return dataclasses.replace(m, ts=ts, observation=obs, faults=faults)
+
+
+class _SQLiteBase:
+    """The connections, transactions and schema, and what several roles share
+    (the audit log, device rows)."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._w = writer
+        self._r = reader
+        self._wlock = asyncio.Lock()
+        self._rlock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, synchronous: str = "full", busy_timeout_s: float = 10.0
+    ) -> Self:
+        """Open (creating if needed) the database; does not migrate.
+
+        ``synchronous`` is SQLite's WAL durability: "full" survives power loss,
+        "normal" survives a crash of the process (kill -9) but may lose the last
+        commits on power loss.
+        """
+        if synchronous not in _SYNCHRONOUS:
+            raise StoreError(f"{path}: synchronous must be one of {_SYNCHRONOUS}")
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conns: list[aiosqlite.Connection] = []
+            for _ in range(2):
+                conn = await aiosqlite.connect(path, isolation_level=None)
+                conns.append(conn)
+                await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute(f"PRAGMA synchronous = {synchronous}")
+                await conn.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as exc:
+            for c in conns:
+                await c.close()
+            raise StoreError(f"{path}: cannot open database: {exc}") from exc
+        return cls(path, conns[0], conns[1])
+
+    async def close(self) -> None:
+        async with self._wlock, self._rlock:
+            await self._w.close()
+            await self._r.close()
+
+    async def schema_version(self) -> int:
+        async with self._r.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def migrate(self) -> int:
+        async with self._tx() as db:
+            async with db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > LATEST:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this collector "
+                    f"({LATEST}); upgrade the collector"
+                )
+            for step in range(version, LATEST):
+                for stmt in MIGRATIONS[step].split(";"):
+                    if stmt.strip():
+                        await db.execute(stmt)
+                await db.execute(f"PRAGMA user_version = {step + 1}")
+        return LATEST
+
+    async def require_schema(self) -> None:
+        """Raise StoreError unless the schema is at the latest version."""
+        version = await self.schema_version()
+        if version != LATEST:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this collector needs {LATEST}; "
+                "run `loa-collector db migrate`"
+            )
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error)."""
+        async with self._wlock:
+            try:
+                await self._w.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
+            try:
+                yield self._w
+            except sqlite3.Error as exc:
+                await self._w.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: write failed, rolled back: {exc}") from exc
+            except BaseException:
+                await self._w.execute("ROLLBACK")
+                raise
+            try:
+                await self._w.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._w.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A consistent read snapshot over several statements."""
+        async with self._rlock:
+            await self._r.execute("BEGIN")
+            try:
+                yield self._r
+            finally:
+                await self._r.execute("COMMIT")
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self._rlock, self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _audit(
+        self,
+        db: aiosqlite.Connection,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any],
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?,?,?,?,?)",
+            (time.time(), actor, action, target, json.dumps(detail, ensure_ascii=False)),
+        )
+
+    _DEVICE_SELECT: Final = f"""
+        WITH ids AS (SELECT device_id FROM inventory UNION SELECT device_id FROM devices),
+        v AS (
+            SELECT ids.device_id AS id,
+                   coalesce(i.commune_code, d.commune_code, '') AS commune,
+                   coalesce(d.status, 'broken') AS status,
+                   CASE WHEN d.device_id IS NULL THEN 'unknown' ELSE d.cause END AS cause,
+                   i.position AS position,
+                   EXISTS (SELECT 1 FROM tickets t WHERE t.device_id = ids.device_id
+                           AND t.state = 'in_repair') AS in_repair,
+                   d.online, d.status_since, d.last_seen, d.last_ts, d.last_seq, d.last_report,
+                   i.device_id IS NOT NULL AS in_inventory,
+                   d.device_id IS NULL AS never_reported,
+                   {", ".join("i." + c.strip() for c in _INVENTORY_COLS.split(","))}
+            FROM ids LEFT JOIN inventory i ON i.device_id = ids.device_id
+                     LEFT JOIN devices d ON d.device_id = ids.device_id
+        )
+        SELECT * FROM v
+    """
+
+    @staticmethod
+    def _device_row(r: sqlite3.Row | tuple[Any, ...]) -> DeviceRow:
+        t = tuple(r)
+        status = Status(t[2])
+        return DeviceRow(
+            device_id=t[0],
+            commune_code=t[1],
+            status=status,
+            cause=_cause(t[3]) if status is Status.BROKEN else None,
+            in_repair=bool(t[5]) and status is Status.BROKEN,
+            online=bool(t[6]),
+            since=t[7],
+            last_seen=t[8],
+            last_ts=t[9],
+            last_seq=t[10],
+            last_report=msgspec.json.decode(t[11]) if t[11] else None,
+            in_inventory=bool(t[12]),
+            never_reported=bool(t[13]),
+            inventory=_inventory_of(t[14:]) if t[12] else None,
+        )

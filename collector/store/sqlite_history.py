@@ -1,0 +1,362 @@
+"""``HistoryStore`` on SQLite: the fleet as of any moment, device history, B2 snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from collector.fleet import Transition
+from collector.model import DeviceStatus, Status
+from collector.store.base import (
+    B2Snapshot,
+    DeviceRow,
+    DiagEvidence,
+    EventRow,
+    FaultRow,
+    NotFound,
+    SignalPoint,
+    StatusTimeline,
+)
+from collector.store.sqlite_base import (
+    _INVENTORY_COLS,
+    _cause,
+    _inventory_of,
+    _qmarks,
+    _SQLiteBase,
+    _state_of,
+    counted_from,
+)
+from fleet_protocol import B2Cause
+
+
+class HistoryRole(_SQLiteBase):
+    """``HistoryStore`` on SQLite."""
+
+    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+        async with self._read() as db:
+            async with db.execute(
+                f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [_inventory_of(r) for r in await cur.fetchall()]
+            async with db.execute(
+                """
+                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since, ts
+                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
+                                                   ORDER BY ts DESC, seq DESC) AS rn
+                      FROM transitions WHERE ts <= ?)
+                WHERE rn = 1 AND device_id IN (SELECT device_id FROM inventory)
+                """,
+                (t,),
+            ) as cur:
+                states = {r[0]: (_state_of(r, 1), r[6]) for r in await cur.fetchall()}
+            async with db.execute(
+                "SELECT DISTINCT device_id FROM tickets WHERE started_at <= ? "
+                "AND (closed_at IS NULL OR closed_at > ?)",
+                (t, t),
+            ) as cur:
+                repairing = {r[0] for r in await cur.fetchall()}
+            starts = await self._counted_from(db)
+            async with db.execute(
+                """
+                SELECT i.device_id,
+                       (SELECT max(m.ts) FROM messages m
+                        WHERE m.device_id = i.device_id AND m.ts <= ? AND m.seq >= 0)
+                FROM inventory i
+                """,
+                (t,),
+            ) as cur:
+                heard = {r[0]: r[1] for r in await cur.fetchall()}
+        out: list[DeviceStatus] = []
+        for d in inventory:
+            found = states.get(d.device_id)
+            start = starts.get(d.device_id)
+            exists = start is None or start <= t
+            if found is None:
+                out.append(
+                    DeviceStatus(
+                        device_id=d.device_id,
+                        commune_code=d.commune_code,
+                        status=Status.BROKEN,
+                        cause=B2Cause.UNKNOWN,
+                        in_repair=d.device_id in repairing,
+                        never_reported=True,
+                        exists=exists,
+                    )
+                )
+                continue
+            state, tr_ts = found
+            last = heard.get(d.device_id)
+            out.append(
+                DeviceStatus(
+                    device_id=d.device_id,
+                    commune_code=d.commune_code,
+                    status=state.status,
+                    cause=state.cause,
+                    in_repair=state.status is Status.BROKEN and d.device_id in repairing,
+                    online=state.online,
+                    since=state.status_since,
+                    last_seen=last if last is not None else tr_ts,
+                    exists=exists,
+                )
+            )
+        return out
+
+    async def _counted_from(self, db: aiosqlite.Connection) -> dict[str, float | None]:
+        """Per inventory device, when it starts to count (``counted_from``)."""
+        async with db.execute(
+            "SELECT i.device_id, i.install_date, i.listed_at,"
+            " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
+            " FROM inventory i"
+        ) as cur:
+            return {r[0]: counted_from(r[1], r[2], r[3]) for r in await cur.fetchall()}
+
+    async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT device_id, commune_code FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [(r[0], r[1]) for r in await cur.fetchall()]
+            starts = await self._counted_from(db)
+            async with db.execute(
+                """
+                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since
+                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
+                                                   ORDER BY ts DESC, seq DESC) AS rn
+                      FROM transitions WHERE ts <= ?)
+                WHERE rn = 1
+                """,
+                (t0,),
+            ) as cur:
+                initial = {r[0]: _state_of(r, 1).status for r in await cur.fetchall()}
+            changes: dict[str, list[tuple[float, Status]]] = {}
+            async with db.execute(
+                "SELECT device_id, ts, online, has_diag, diag_broken, diag_cause, status_since"
+                " FROM transitions WHERE ts > ? AND ts <= ? ORDER BY device_id, ts, seq",
+                (t0, t1),
+            ) as cur:
+                async for r in cur:
+                    changes.setdefault(r[0], []).append((float(r[1]), _state_of(r, 2).status))
+        return [
+            StatusTimeline(
+                device_id=device,
+                commune_code=commune,
+                counted_from=starts.get(device),
+                initial=initial.get(device),
+                changes=tuple(changes.get(device, ())),
+            )
+            for device, commune in inventory
+        ]
+
+    async def list_devices(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        status: Status | None = None,
+        cause: B2Cause | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[DeviceRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if communes is not None:
+            where.append(f"commune IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        if status is not None:
+            where.append("status = ?")
+            params.append(str(status))
+        if cause is not None:
+            where.append("cause = ? AND status = 'broken'")
+            params.append(str(cause))
+        sql = self._DEVICE_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY position IS NULL, position, id LIMIT ? OFFSET ?"
+        rows = await self._all(sql, [*params, limit, offset])
+        return [self._device_row(r) for r in rows]
+
+    async def get_device(self, device_id: str) -> DeviceRow:
+        rows = await self._all(self._DEVICE_SELECT + " WHERE id = ?", (device_id,))
+        if not rows:
+            raise NotFound(f"device {device_id!r} is not known")
+        return self._device_row(rows[0])
+
+    async def status_history(
+        self, device_id: str, *, since: float | None = None, until: float | None = None
+    ) -> list[Transition]:
+        rows = await self._all(
+            "SELECT ts, seq, online, has_diag, diag_broken, diag_cause, status_since"
+            " FROM transitions WHERE device_id = ? AND ts >= ? AND ts <= ? ORDER BY ts, seq",
+            (device_id, since if since is not None else 0.0, until if until is not None else 1e12),
+        )
+        return [Transition(r[0], r[1], _state_of(r, 2)) for r in rows]
+
+    async def signal_history(
+        self,
+        device_id: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[SignalPoint]:
+        rows = await self._all(
+            "SELECT ts, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq FROM messages"
+            " WHERE device_id = ? AND kind = 'state' AND ts >= ? AND ts <= ?"
+            " ORDER BY ts DESC LIMIT ?",
+            (
+                device_id,
+                since if since is not None else 0.0,
+                until if until is not None else 1e12,
+                limit,
+            ),
+        )
+        return [SignalPoint(*tuple(r)) for r in reversed(rows)]
+
+    async def list_events(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 200,
+    ) -> list[EventRow]:
+        where = ["e.ts >= ?", "e.ts <= ?"]
+        params: list[Any] = [
+            since if since is not None else 0.0,
+            until if until is not None else 1e12,
+        ]
+        if device_id is not None:
+            where.append("e.device_id = ?")
+            params.append(device_id)
+        commune = "coalesce(i.commune_code, d.commune_code, '')"
+        if communes is not None:
+            where.append(f"{commune} IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        rows = await self._all(
+            f"SELECT e.device_id, {commune}, e.seq, e.ts, e.type, e.fault_code, e.action,"
+            " e.detail FROM events e LEFT JOIN inventory i ON i.device_id = e.device_id"
+            " LEFT JOIN devices d ON d.device_id = e.device_id"
+            f" WHERE {' AND '.join(where)} ORDER BY e.ts DESC, e.seq DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            EventRow(
+                device_id=r[0],
+                commune_code=r[1],
+                seq=r[2],
+                ts=r[3],
+                type=r[4],
+                fault_code=r[5],
+                action=r[6],
+                detail=r[7],
+            )
+            for r in rows
+        ]
+
+    async def list_faults(self, device_id: str, *, active_only: bool = False) -> list[FaultRow]:
+        sql = (
+            "SELECT device_id, code, severity, cause, since, cleared_at, evidence FROM faults"
+            " WHERE device_id = ?"
+        )
+        if active_only:
+            sql += " AND cleared_at IS NULL"
+        rows = await self._all(sql + " ORDER BY since DESC LIMIT 500", (device_id,))
+        return [
+            FaultRow(
+                device_id=r[0],
+                code=r[1],
+                severity=r[2],
+                cause=r[3],
+                since=r[4],
+                cleared_at=r[5],
+                evidence=r[6],
+            )
+            for r in rows
+        ]
+
+    async def state_reports(
+        self, device_id: str, *, since: float, until: float, limit: int = 10000
+    ) -> list[tuple[float, dict[str, Any]]]:
+        rows = await self._all(
+            "SELECT ts, payload FROM messages WHERE device_id = ? AND kind = 'state'"
+            " AND seq >= 0 AND ts >= ? AND ts <= ? AND payload IS NOT NULL"
+            " ORDER BY ts DESC LIMIT ?",
+            (device_id, since, until, limit),
+        )
+        out: list[tuple[float, dict[str, Any]]] = []
+        for r in reversed(rows):
+            try:
+                data = msgspec.json.decode(r[1])
+            except msgspec.DecodeError:
+                continue  # stored payloads were validated on the way in; never expected
+            if isinstance(data, dict):
+                out.append((float(r[0]), data))
+        return out
+
+    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
+        rows = await self._all(
+            "SELECT device_id, kind, prompt, broken, cause, ts, received_at, payload FROM"
+            " (SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY ts DESC, seq DESC)"
+            "  AS rn FROM messages WHERE obs_kind = 'state' AND ts <= ?) WHERE rn = 1",
+            (t,),
+        )
+        out: dict[str, DiagEvidence] = {}
+        for r in rows:
+            faults: tuple[str, ...] = ()
+            with contextlib.suppress(msgspec.DecodeError, TypeError, AttributeError):
+                data = msgspec.json.decode(r[7]) if r[7] else {}
+                faults = tuple(str(f["code"]) for f in data.get("faults", ()))
+            out[r[0]] = DiagEvidence(
+                device_id=r[0],
+                kind=r[1],
+                prompt=bool(r[2]),
+                broken=bool(r[3]),
+                cause=_cause(r[4]),
+                ts=r[5],
+                received_at=r[6],
+                faults=faults,
+            )
+        return out
+
+    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
+        rows = await self._all(
+            "SELECT device_id, ts, payload FROM"
+            " (SELECT device_id, ts, payload, row_number() OVER (PARTITION BY device_id"
+            "  ORDER BY ts DESC, seq DESC) AS rn FROM messages WHERE kind = 'state'"
+            "  AND ts <= ? AND instr(CAST(payload AS TEXT), '\"modem\"') > 0) WHERE rn = 1",
+            (t,),
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            with contextlib.suppress(msgspec.DecodeError):
+                data = msgspec.json.decode(r[2])
+                if isinstance(data, dict):
+                    out[r[0]] = data
+        return out
+
+    async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO b2_snapshots (as_of, scope, produced_at, body) VALUES (?,?,?,?)",
+                (
+                    snapshot.as_of,
+                    snapshot.scope,
+                    snapshot.produced_at,
+                    json.dumps(snapshot.body, ensure_ascii=False),
+                ),
+            )
+
+    async def b2_snapshots(self, as_of: float, scope: str) -> list[B2Snapshot]:
+        rows = await self._all(
+            "SELECT as_of, scope, produced_at, body FROM b2_snapshots WHERE as_of = ?"
+            " AND scope = ? ORDER BY produced_at, id",
+            (as_of, scope),
+        )
+        return [
+            B2Snapshot(as_of=r[0], scope=r[1], produced_at=r[2], body=json.loads(r[3]))
+            for r in rows
+        ]

@@ -1,0 +1,317 @@
+"""``RepairStore`` on SQLite: repair tickets and on-site findings."""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from collections import defaultdict
+from typing import Any, Final
+
+import aiosqlite
+
+from collector.store.base import (
+    Conflict,
+    DeviceRow,
+    Finding,
+    NotFound,
+    RepairStat,
+    StoreError,
+    Ticket,
+    TicketEntry,
+    TicketState,
+)
+from collector.store.sqlite_base import (
+    _cause,
+    _qmarks,
+    _SQLiteBase,
+)
+from fleet_protocol import B2Cause
+
+
+class RepairRole(_SQLiteBase):
+    """``RepairStore`` on SQLite: tickets and on-site findings."""
+
+    async def _commune_of(self, db: aiosqlite.Connection, device_id: str) -> str:
+        async with db.execute(
+            "SELECT coalesce((SELECT commune_code FROM inventory WHERE device_id = ?),"
+            " (SELECT commune_code FROM devices WHERE device_id = ?))",
+            (device_id, device_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            raise NotFound(f"device {device_id!r} is not known")
+        return str(row[0])
+
+    async def _ticket(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
+        async with db.execute(
+            "SELECT id, device_id, commune_code, state, cause, opened_at, opened_by, contractor,"
+            " technician, started_at, closed_at, last_progress_at, note FROM tickets"
+            " WHERE id = ?",
+            (ticket_id,),
+        ) as cur:
+            r = await cur.fetchone()
+        if r is None:
+            raise NotFound(f"repair ticket {ticket_id} does not exist")
+        async with db.execute(
+            "SELECT at, actor, action, note FROM ticket_history WHERE ticket_id = ?"
+            " ORDER BY at, id",
+            (ticket_id,),
+        ) as cur:
+            hist = tuple(
+                TicketEntry(at=h[0], actor=h[1], action=h[2], note=h[3])
+                for h in await cur.fetchall()
+            )
+        return Ticket(
+            id=r[0],
+            device_id=r[1],
+            commune_code=r[2],
+            state=TicketState(r[3]),
+            cause=_cause(r[4]),
+            opened_at=r[5],
+            opened_by=r[6],
+            contractor=r[7],
+            technician=r[8],
+            started_at=r[9],
+            closed_at=r[10],
+            last_progress_at=r[11],
+            note=r[12],
+            history=hist,
+        )
+
+    async def _history(
+        self,
+        db: aiosqlite.Connection,
+        ticket_id: int,
+        at: float,
+        actor: str,
+        action: str,
+        note: str,
+    ) -> None:
+        await db.execute(
+            "INSERT INTO ticket_history (ticket_id, at, actor, action, note) VALUES (?,?,?,?,?)",
+            (ticket_id, at, actor, action, note),
+        )
+        await self._audit(db, actor, f"repair.{action}", f"ticket:{ticket_id}", {"note": note})
+
+    async def open_ticket(
+        self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
+    ) -> Ticket:
+        async with self._tx() as db:
+            commune = await self._commune_of(db, device_id)
+            try:
+                cur = await db.execute(
+                    "INSERT INTO tickets (device_id, commune_code, state, cause, opened_at,"
+                    " opened_by, last_progress_at, note) VALUES (?,?,?,?,?,?,?,?)",
+                    (device_id, commune, "open", cause and str(cause), at, actor, at, note),
+                )
+            except sqlite3.IntegrityError:
+                async with db.execute(
+                    "SELECT id FROM tickets WHERE device_id = ? AND state IN ('open', 'in_repair')",
+                    (device_id,),
+                ) as c:
+                    row = await c.fetchone()
+                active = int(row[0]) if row else None
+                raise Conflict(
+                    f"device {device_id!r} already has an active repair ticket ({active})",
+                    ticket_id=active,
+                ) from None
+            ticket_id = int(cur.lastrowid or 0)
+            await cur.close()
+            await self._history(db, ticket_id, at, actor, "open", note)
+            return await self._ticket(db, ticket_id)
+
+    async def _active(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
+        t = await self._ticket(db, ticket_id)
+        if not t.state.active:
+            raise Conflict(f"repair ticket {ticket_id} is {t.state}, not open", ticket_id=ticket_id)
+        return t
+
+    async def start_ticket(
+        self,
+        ticket_id: int,
+        *,
+        actor: str,
+        at: float,
+        contractor: str,
+        technician: str,
+        note: str,
+    ) -> Ticket:
+        async with self._tx() as db:
+            t = await self._active(db, ticket_id)
+            if t.state is TicketState.IN_REPAIR:
+                raise Conflict(
+                    f"repair ticket {ticket_id} is already in repair", ticket_id=ticket_id
+                )
+            await db.execute(
+                "UPDATE tickets SET state = 'in_repair', contractor = ?, technician = ?,"
+                " started_at = ?, last_progress_at = ? WHERE id = ?",
+                (contractor, technician, at, at, ticket_id),
+            )
+            await self._history(
+                db,
+                ticket_id,
+                at,
+                actor,
+                "start",
+                f"{note} [contractor: {contractor}; technician: {technician}]".strip(),
+            )
+            return await self._ticket(db, ticket_id)
+
+    async def comment_ticket(self, ticket_id: int, *, actor: str, at: float, note: str) -> Ticket:
+        async with self._tx() as db:
+            await self._active(db, ticket_id)
+            await db.execute(
+                "UPDATE tickets SET last_progress_at = ? WHERE id = ?", (at, ticket_id)
+            )
+            await self._history(db, ticket_id, at, actor, "comment", note)
+            return await self._ticket(db, ticket_id)
+
+    async def close_ticket(
+        self, ticket_id: int, *, actor: str, at: float, state: TicketState, note: str
+    ) -> Ticket:
+        if state not in (TicketState.RESOLVED, TicketState.CANCELLED):
+            raise Conflict(f"a ticket closes as resolved or cancelled, not {state}")
+        async with self._tx() as db:
+            await self._active(db, ticket_id)
+            await db.execute(
+                "UPDATE tickets SET state = ?, closed_at = ?, last_progress_at = ? WHERE id = ?",
+                (str(state), at, at, ticket_id),
+            )
+            action = "resolve" if state is TicketState.RESOLVED else "cancel"
+            await self._history(db, ticket_id, at, actor, action, note)
+            return await self._ticket(db, ticket_id)
+
+    async def get_ticket(self, ticket_id: int) -> Ticket:
+        async with self._read() as db:
+            return await self._ticket(db, ticket_id)
+
+    async def list_tickets(
+        self,
+        *,
+        communes: frozenset[str] | None = None,
+        device_id: str | None = None,
+        states: frozenset[TicketState] | None = None,
+        limit: int = 500,
+    ) -> list[Ticket]:
+        where: list[str] = []
+        params: list[Any] = []
+        if communes is not None:
+            where.append(f"commune_code IN ({_qmarks(len(communes))})")
+            params.extend(sorted(communes))
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if states is not None:
+            where.append(f"state IN ({_qmarks(len(states))})")
+            params.extend(sorted(str(s) for s in states))
+        sql = "SELECT id FROM tickets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        async with self._read() as db:
+            async with db.execute(sql + " ORDER BY opened_at DESC LIMIT ?", [*params, limit]) as c:
+                ids = [int(r[0]) for r in await c.fetchall()]
+            return [await self._ticket(db, i) for i in ids]
+
+    async def repair_stats(self, by: str) -> list[RepairStat]:
+        column = {"commune": "commune_code", "contractor": "contractor"}.get(by)
+        if column is None:
+            raise StoreError(f"repair_stats: by must be 'commune' or 'contractor', not {by!r}")
+        rows = await self._all(
+            f"SELECT {column}, closed_at - opened_at FROM tickets WHERE state = 'resolved'"
+        )
+        groups: dict[str, list[float]] = defaultdict(list)
+        for key, seconds in rows:
+            groups[key or ""].append(seconds / 3600.0)
+        return [
+            RepairStat(
+                key,
+                len(v),
+                round(statistics.fmean(v), 3),
+                round(statistics.median(v), 3),
+                round(max(v), 3),
+            )
+            for key, v in sorted(groups.items())
+        ]
+
+    async def devices_for_repair_sweep(self) -> list[DeviceRow]:
+        rows = await self._all(
+            self._DEVICE_SELECT
+            + " WHERE id IN (SELECT device_id FROM devices WHERE diag_broken = 1"
+            " UNION SELECT device_id FROM tickets WHERE state IN ('open', 'in_repair'))"
+        )
+        return [self._device_row(r) for r in rows]
+
+    async def diag_broken_since(self, device_id: str) -> float | None:
+        """Event time since which the device's diagnosis has been continuously broken."""
+        rows = await self._all(
+            "SELECT ts, diag_broken FROM transitions WHERE device_id = ?"
+            " ORDER BY ts DESC, seq DESC LIMIT 200",
+            (device_id,),
+        )
+        since: float | None = None
+        for ts, broken in rows:
+            if not broken:
+                break
+            since = ts
+        return since
+
+    @staticmethod
+    def _finding(r: sqlite3.Row | tuple[Any, ...]) -> Finding:
+        return Finding(
+            id=r[0],
+            ticket_id=r[1],
+            device_id=r[2],
+            cause=B2Cause(r[3]),
+            text=r[4],
+            at=r[5],
+            actor=r[6],
+        )
+
+    _FINDING_COLS: Final = "id, ticket_id, device_id, cause, text, at, actor"
+
+    async def record_finding(
+        self, ticket_id: int, *, actor: str, at: float, cause: B2Cause, text: str
+    ) -> Finding:
+        async with self._tx() as db:
+            ticket = await self._ticket(db, ticket_id)
+            cur = await db.execute(
+                "INSERT INTO findings (ticket_id, device_id, cause, text, at, actor)"
+                " VALUES (?,?,?,?,?,?)",
+                (ticket_id, ticket.device_id, str(cause), text, at, actor),
+            )
+            finding_id = int(cur.lastrowid or 0)
+            await cur.close()
+            await db.execute(
+                "INSERT INTO ticket_history (ticket_id, at, actor, action, note)"
+                " VALUES (?,?,?,?,?)",
+                (ticket_id, at, actor, "finding", f"{cause.label()}: {text}".rstrip(": ")),
+            )
+            await self._audit(
+                db,
+                actor,
+                "repair.finding",
+                f"ticket:{ticket_id}",
+                {"device": ticket.device_id, "cause": str(cause), "text": text, "at": at},
+            )
+            async with db.execute(
+                f"SELECT {self._FINDING_COLS} FROM findings WHERE id = ?", (finding_id,)
+            ) as c:
+                row = await c.fetchone()
+        assert row is not None
+        return self._finding(row)
+
+    async def list_findings(self, device_id: str) -> list[Finding]:
+        rows = await self._all(
+            f"SELECT {self._FINDING_COLS} FROM findings WHERE device_id = ? ORDER BY at, id",
+            (device_id,),
+        )
+        return [self._finding(r) for r in rows]
+
+    async def findings_as_of(self, t: float) -> dict[str, Finding]:
+        rows = await self._all(
+            f"SELECT {self._FINDING_COLS} FROM (SELECT *, row_number() OVER"
+            " (PARTITION BY device_id ORDER BY at DESC, id DESC) AS rn FROM findings"
+            " WHERE at <= ?) WHERE rn = 1",
+            (t,),
+        )
+        return {r[2]: self._finding(r) for r in rows}
