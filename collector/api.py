@@ -371,6 +371,7 @@ async def device_view(request: web.Request, p: schemas.DeviceParams, b: None) ->
                 "status": h.status.value,
                 "cause": h.cause.value if h.cause else None,
                 "online": h.state.online,
+                "via": h.via.value if h.via else None,
             }
             for h in history
         ],

@@ -109,6 +109,10 @@ class Transition:
     ts: float
     seq: int
     state: FleetState
+    #: What brought the change: a report, the birth presence, an offline presence
+    #: (last will or orderly stop), or the collector's silence rule (a device whose
+    #: broker node died with its connection sends no will). None: not recorded.
+    via: ObsKind | None = None
 
     @property
     def status(self) -> Status:
@@ -169,6 +173,6 @@ def fold(
     for obs in observations:
         new = step(state, obs)
         if new != state:
-            out.append(Transition(obs.ts, obs.seq, new))
+            out.append(Transition(obs.ts, obs.seq, new, obs.kind))
         state = new
     return state, out

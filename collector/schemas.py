@@ -360,6 +360,11 @@ class StatusPoint(Out):
     status: Status
     cause: B2Cause | None
     online: bool
+    #: What brought the change: "state" (a report), "online", "offline" (an
+    #: offline presence: orderly stop or last will), "silent" (the collector's
+    #: silence rule: no message and no will, e.g. a broker node died); null if
+    #: not recorded (history from before schema 9).
+    via: Literal["state", "online", "offline", "silent"] | None = None
 
 
 class SignalPoint(Out):

@@ -361,6 +361,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE faults ADD COLUMN opened_seq INTEGER;
     ALTER TABLE faults ADD COLUMN cleared_seq INTEGER;
     """,
+    # 9: what brought each status change (report, online, offline presence, or the
+    # collector's silence rule), shown in the cluster's history (issue 19: a broker
+    # node that dies with its connections publishes no last will).
+    """
+    ALTER TABLE transitions ADD COLUMN via TEXT;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

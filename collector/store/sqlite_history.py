@@ -9,7 +9,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from collector.fleet import Transition
+from collector.fleet import ObsKind, Transition
 from collector.model import DeviceStatus, Status
 from collector.store.base import (
     B2Snapshot,
@@ -188,11 +188,13 @@ class HistoryRole(_SQLiteBase):
         self, device_id: str, *, since: float | None = None, until: float | None = None
     ) -> list[Transition]:
         rows = await self._all(
-            "SELECT ts, seq, online, has_diag, diag_broken, diag_cause, status_since"
+            "SELECT ts, seq, online, has_diag, diag_broken, diag_cause, status_since, via"
             " FROM transitions WHERE device_id = ? AND ts >= ? AND ts <= ? ORDER BY ts, seq",
             (device_id, since if since is not None else 0.0, until if until is not None else 1e12),
         )
-        return [Transition(r[0], r[1], _state_of(r, 2)) for r in rows]
+        return [
+            Transition(r[0], r[1], _state_of(r, 2), ObsKind(r[7]) if r[7] else None) for r in rows
+        ]
 
     async def signal_history(
         self,

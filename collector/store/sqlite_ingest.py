@@ -404,9 +404,12 @@ class IngestRole(_SQLiteBase):
     ) -> None:
         await db.executemany(
             "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online, has_diag,"
-            " diag_broken, diag_cause, status, cause, status_since)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(device, tr.ts, tr.seq, *_state_cols(tr.state)) for device, tr in rows],
+            " diag_broken, diag_cause, status, cause, status_since, via)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (device, tr.ts, tr.seq, *_state_cols(tr.state), tr.via and str(tr.via))
+                for device, tr in rows
+            ],
         )
 
     async def _stored_history(

@@ -87,6 +87,19 @@ MESSAGES: Final[dict[str, tuple[str, str]]] = {
     "cleared": ("Hết lỗi lúc", "Cleared"),
     "still_active": ("còn lỗi", "still active"),
     "repair_history": ("Lịch sử sửa chữa", "Repair history"),
+    "status_changes": ("Lịch sử trạng thái", "Status history"),
+    "via": ("Do", "Because of"),
+    "via_state": ("báo cáo của thiết bị", "the device's report"),
+    "via_online": ("thiết bị kết nối lại", "the device connected"),
+    "via_offline": (
+        "thiết bị báo ngắt kết nối (tắt máy hoặc di chúc MQTT)",
+        "the device went offline (orderly stop or MQTT last will)",
+    ),
+    "via_silent": (
+        "im lặng quá thời gian chờ, không có di chúc (mất điện, mất mạng hoặc máy chủ MQTT"
+        " ngừng đột ngột)",
+        "silent past the grace period, no last will (power or link lost, or the broker node died)",
+    ),
     "actions": ("Thao tác", "Actions"),
     "open_repair": ("Mở phiếu sửa chữa", "Open a repair"),
     "start_repair": ("Bắt đầu sửa chữa", "Start the repair"),

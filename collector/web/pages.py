@@ -313,6 +313,8 @@ async def device(request: web.Request) -> Context:
         "temp_chart": temp_chart,
         "band": band,
         "tickets": tickets,
+        #: The latest status changes, newest first, each with what brought it.
+        "status_changes": history[::-1][:20],
         "remote": remote_panel(ctx, d),
         "action_label": lambda action: action_label(tr, action),
         "cause": attributions.get(device_id),

@@ -24,7 +24,7 @@ from collector.app import create_app
 from collector.auth import hash_password
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
-from collector.keys import REPO
+from collector.keys import CONFIG, REPO
 from collector.metrics import IngestStats
 from collector.model import CommuneKind, InventoryDevice
 from collector.store.base import Role, TicketState
@@ -591,3 +591,32 @@ async def test_live_fingerprint_changes_with_status_and_repairs(site: Site) -> N
     assert second["summary"]["in_repair"] == first["summary"]["in_repair"] + 1
     _, page = await site.get("/")
     assert stats(page)["in_repair"] == second["summary"]["in_repair"]
+
+
+async def test_the_cluster_history_says_what_brought_each_change(site: Site) -> None:
+    """A device whose broker node died with its connection publishes no last will:
+    the collector's silence rule takes it offline, and its history says so, apart
+    from an offline presence (a will or an orderly stop) and from reports."""
+    repo = site.repo
+    cfg = site.app[CONFIG]
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    at = time.time()
+    bye = presence("dev-12", 10_000, False, at)
+    incoming = ingestor.prepare(topic("dev-12", Kind.PRESENCE), encode(bye), received_at=at)
+    assert incoming is not None
+    await repo.write_batch([incoming], late_after_s=cfg.ingest.late_after_s)
+    assert "dev-11" in await repo.mark_silent_offline(at + 7200, grace_s=30)
+    await site.login("admin")
+    async with site.client.get("/api/v1/devices/dev-11") as resp:
+        assert resp.status == 200
+        history = (await resp.json())["status_history"]
+    assert history[0]["via"] == "online" and history[-1]["via"] == "silent"
+    assert not history[-1]["online"]
+    async with site.client.get("/api/v1/devices/dev-12") as resp:
+        history = (await resp.json())["status_history"]
+    assert {"state", "offline"} <= {h["via"] for h in history} and history[-1]["via"] == "offline"
+    status, page = await site.get("/devices/dev-11")
+    assert status == 200 and "Lịch sử trạng thái" in page
+    assert "im lặng quá thời gian chờ, không có di chúc" in page
+    status, page = await site.get("/devices/dev-12?lang=en")
+    assert "the device went offline (orderly stop or MQTT last will)" in page
