@@ -25,13 +25,13 @@ class AccountRole(_SQLiteBase):
     """``AccountStore`` on SQLite: users, tokens, sessions, throttle, audit log."""
 
     @staticmethod
-    def _user(r: sqlite3.Row | tuple[Any, ...]) -> User:
+    def _user(r: sqlite3.Row) -> User:
         return User(
-            id=r[0],
-            name=r[1],
-            role=Role(r[2]),
-            communes=frozenset(json.loads(r[3])),
-            disabled=bool(r[4]),
+            id=r["id"],
+            name=r["name"],
+            role=Role(r["role"]),
+            communes=frozenset(json.loads(r["communes"])),
+            disabled=bool(r["disabled"]),
         )
 
     async def add_user(
@@ -60,7 +60,7 @@ class AccountRole(_SQLiteBase):
         )
         if not rows:
             raise NotFound(f"user {name!r} does not exist")
-        return self._user(rows[0]), str(rows[0][5])
+        return self._user(rows[0]), str(rows[0]["password_hash"])
 
     async def add_token(self, user_name: str, *, token_hash: str, label: str, at: float) -> None:
         async with self._tx() as db:
@@ -104,7 +104,7 @@ class AccountRole(_SQLiteBase):
         if not rows:
             return None
         r = rows[0]
-        return Session(user=self._user(r), csrf_token=r[5], expires_at=r[6])
+        return Session(user=self._user(r), csrf_token=r["csrf_token"], expires_at=r["expires_at"])
 
     async def drop_session(self, session_hash: str) -> None:
         async with self._tx() as db:

@@ -131,23 +131,23 @@ def _state_cols(state: FleetState) -> tuple[Any, ...]:
     )
 
 
-def _inventory_of(row: sqlite3.Row | tuple[Any, ...]) -> InventoryDevice:
-    r = tuple(row)
+def _inventory_of(r: sqlite3.Row) -> InventoryDevice:
+    """A row holding ``_INVENTORY_COLS``, by column name."""
     return InventoryDevice(
-        device_id=r[0],
-        commune_code=r[1],
-        commune_name=r[2],
-        commune_kind=CommuneKind(r[3]),
-        district=r[4],
-        province=r[5],
-        address=r[6],
-        latitude=r[7],
-        longitude=r[8],
-        contractor=r[9],
-        sim_iccid=r[10],
-        sim_phone=r[11],
-        install_date=r[12],
-        position=r[13],
+        device_id=r["device_id"],
+        commune_code=r["commune_code"],
+        commune_name=r["commune_name"],
+        commune_kind=CommuneKind(r["commune_kind"]),
+        district=r["district"],
+        province=r["province"],
+        address=r["address"],
+        latitude=r["latitude"],
+        longitude=r["longitude"],
+        contractor=r["contractor"],
+        sim_iccid=r["sim_iccid"],
+        sim_phone=r["sim_phone"],
+        install_date=r["install_date"],
+        position=r["position"],
     )
 
 
@@ -220,6 +220,7 @@ class _SQLiteBase:
             conns: list[aiosqlite.Connection] = []
             for _ in range(2):
                 conn = await aiosqlite.connect(path, isolation_level=None)
+                conn.row_factory = sqlite3.Row  # rows read by column name (and still by index)
                 conns.append(conn)
                 await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
                 await conn.execute("PRAGMA journal_mode = WAL")
@@ -337,22 +338,22 @@ class _SQLiteBase:
     """
 
     @staticmethod
-    def _device_row(r: sqlite3.Row | tuple[Any, ...]) -> DeviceRow:
-        t = tuple(r)
-        status = Status(t[2])
+    def _device_row(r: sqlite3.Row) -> DeviceRow:
+        """A row of ``_DEVICE_SELECT``, by column name."""
+        status = Status(r["status"])
         return DeviceRow(
-            device_id=t[0],
-            commune_code=t[1],
+            device_id=r["id"],
+            commune_code=r["commune"],
             status=status,
-            cause=_cause(t[3]) if status is Status.BROKEN else None,
-            in_repair=bool(t[5]) and status is Status.BROKEN,
-            online=bool(t[6]),
-            since=t[7],
-            last_seen=t[8],
-            last_ts=t[9],
-            last_seq=t[10],
-            last_report=msgspec.json.decode(t[11]) if t[11] else None,
-            in_inventory=bool(t[12]),
-            never_reported=bool(t[13]),
-            inventory=_inventory_of(t[14:]) if t[12] else None,
+            cause=_cause(r["cause"]) if status is Status.BROKEN else None,
+            in_repair=bool(r["in_repair"]) and status is Status.BROKEN,
+            online=bool(r["online"]),
+            since=r["status_since"],
+            last_seen=r["last_seen"],
+            last_ts=r["last_ts"],
+            last_seq=r["last_seq"],
+            last_report=msgspec.json.decode(r["last_report"]) if r["last_report"] else None,
+            in_inventory=bool(r["in_inventory"]),
+            never_reported=bool(r["never_reported"]),
+            inventory=_inventory_of(r) if r["in_inventory"] else None,
         )

@@ -24,22 +24,21 @@ class CommandRole(_SQLiteBase):
     )
 
     @staticmethod
-    def _command(r: sqlite3.Row | tuple[Any, ...]) -> CommandRecord:
-        row = tuple(r)
+    def _command(r: sqlite3.Row) -> CommandRecord:
         return CommandRecord(
-            id=row[0],
-            device_id=row[1],
-            action=row[2],
-            args=json.loads(row[3]),
-            actor=row[4],
-            mode=row[5],
-            created_at=row[6],
-            expires_at=row[7],
-            state=CommandState(row[8]),
-            replied_at=row[9],
-            ok=None if row[10] is None else bool(row[10]),
-            result=None if row[11] is None else json.loads(row[11]),
-            error=row[12],
+            id=r["id"],
+            device_id=r["device_id"],
+            action=r["action"],
+            args=json.loads(r["args"]),
+            actor=r["actor"],
+            mode=r["mode"],
+            created_at=r["created_at"],
+            expires_at=r["expires_at"],
+            state=CommandState(r["state"]),
+            replied_at=r["replied_at"],
+            ok=None if r["ok"] is None else bool(r["ok"]),
+            result=None if r["result"] is None else json.loads(r["result"]),
+            error=r["error"],
         )
 
     async def add_command(self, record: CommandRecord) -> None:

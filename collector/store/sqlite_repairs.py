@@ -256,15 +256,15 @@ class RepairRole(_SQLiteBase):
         return since
 
     @staticmethod
-    def _finding(r: sqlite3.Row | tuple[Any, ...]) -> Finding:
+    def _finding(r: sqlite3.Row) -> Finding:
         return Finding(
-            id=r[0],
-            ticket_id=r[1],
-            device_id=r[2],
-            cause=B2Cause(r[3]),
-            text=r[4],
-            at=r[5],
-            actor=r[6],
+            id=r["id"],
+            ticket_id=r["ticket_id"],
+            device_id=r["device_id"],
+            cause=B2Cause(r["cause"]),
+            text=r["text"],
+            at=r["at"],
+            actor=r["actor"],
         )
 
     _FINDING_COLS: Final = "id, ticket_id, device_id, cause, text, at, actor"
@@ -314,4 +314,4 @@ class RepairRole(_SQLiteBase):
             " WHERE at <= ?) WHERE rn = 1",
             (t,),
         )
-        return {r[2]: self._finding(r) for r in rows}
+        return {r["device_id"]: self._finding(r) for r in rows}
