@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +25,18 @@ BUSY = {"reports": {"heartbeat_s": 0.3, "full_report_s": 2.0}}
 
 def _will_seqs(*logs: str) -> set[int]:
     return {int(m) for log in logs for m in re.findall(r"last will seq (\d+)", log)}
+
+
+def _last_reserved(outbox: Path) -> str:
+    """After a kill -9: the newest seq the outbox handed out, as a log line.
+
+    A connect attempt commits its will seq, then logs it; a kill between the two
+    leaves that one seq used but unlogged (never a message: data seqs are stored
+    with their message). Only the newest seq can be in that state.
+    """
+    with contextlib.closing(sqlite3.connect(outbox)) as db:
+        (next_seq,) = db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    return f"killed with last will seq {int(next_seq) - 1} possibly unlogged"
 
 
 def check_delivery(seen: Seen, *logs: str) -> list[int]:
@@ -105,6 +119,7 @@ async def test_kill_9_mid_run_and_restart_loses_nothing(broker: Broker, tmp_path
         try:
             await seen.wait_for(lambda s: len(s.states) >= 3, what="first reports")
             agent.kill9()
+            logs.append(_last_reserved(tmp_path / "outbox.sqlite"))
         finally:
             logs.append(agent.log())
         await seen.wait_for(
@@ -125,6 +140,7 @@ async def test_kill_9_mid_run_and_restart_loses_nothing(broker: Broker, tmp_path
 
             await _until(backlog)
             agent.kill9()
+            logs.append(_last_reserved(tmp_path / "outbox.sqlite"))
         finally:
             logs.append(agent.log())
         await asyncio.to_thread(broker.start)
