@@ -39,6 +39,33 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
+def _mqtt_str(value: str) -> bytes:
+    data = value.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def connack_code(host: str, port: int, user: str, password: str) -> int | None:
+    """Send one MQTT 3.1.1 CONNECT as ``user`` and return the CONNACK return code
+    (0 accepted, 5 not authorised), or None when the broker does not answer."""
+    body = (
+        _mqtt_str("MQTT")
+        + bytes([4, 0xC2])  # protocol level 4; username, password, clean session
+        + (10).to_bytes(2, "big")
+        + _mqtt_str(f"probe-{user}"[:23])
+        + _mqtt_str(user)
+        + _mqtt_str(password)
+    )
+    assert len(body) < 128  # one-byte remaining length
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(bytes([0x10, len(body)]) + body)
+        ack = s.recv(4)
+        if len(ack) == 4 and ack[0] == 0x20:
+            if ack[3] == 0:
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+            return ack[3]
+    return None
+
+
 class Broker:
     """One Mosquitto process with password auth and the production ACL.
 
@@ -99,6 +126,16 @@ class Broker:
             self.users[user] = self.password(user)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)  # reload passwd
+            # The reload is asynchronous: wait until the newest user is accepted, so
+            # a client connecting right after this call is not refused.
+            user = users[-1] if users else None
+            deadline = time.monotonic() + 10.0
+            while user is not None and connack_code(
+                self.host, self.port, user, self.password(user)
+            ) not in (0, None):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mosquitto did not reload its password file for {user}")
+                time.sleep(0.02)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
