@@ -33,6 +33,7 @@ one's and a broken link ends every task of that connection together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -180,7 +181,13 @@ async def run_ingest_amqp(
     while True:
         try:
             await _session(cfg, ingestor, up)
-        except* (aiormq.exceptions.AMQPError, OSError, TimeoutError) as group:
+        # ChannelInvalidStateError: an ack or publish raced the link's loss.
+        except* (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            OSError,
+            TimeoutError,
+        ) as group:
             exc = group.exceptions[0]
             ingestor.stats.connected = False
             if connected is not None:
@@ -219,7 +226,7 @@ async def _session(cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], No
         async def deliver(message: AbstractIncomingMessage) -> None:
             inbox.put_nowait(message)
 
-        await queue.consume(deliver, no_ack=False, timeout=a.timeout_s)
+        tag = await queue.consume(deliver, no_ack=False, timeout=a.timeout_s)
         up()
 
         async def publish(ack: Ack) -> None:
@@ -236,8 +243,8 @@ async def _session(cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], No
         async with asyncio.TaskGroup() as tg:
             underlay = await channel.get_underlay_channel()
 
-            async def ack(tag: int) -> None:
-                await underlay.basic_ack(tag, multiple=True)
+            async def ack(delivery_tag: int) -> None:
+                await underlay.basic_ack(delivery_tag, multiple=True)
 
             tg.create_task(_consume(inbox, ingestor, batch_size, ack), name="ingest.consume")
             tg.create_task(
@@ -246,11 +253,26 @@ async def _session(cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], No
                 ),
                 name="ingest.confirm",
             )
-            tg.create_task(_watch(connection, channel, endpoint(a)), name="ingest.link")
+            tg.create_task(
+                _watch(connection, channel, tag, endpoint(a), min(5.0, a.timeout_s)),
+                name="ingest.link",
+            )
 
 
-async def _watch(connection: AbstractConnection, channel: AbstractChannel, where: str) -> None:
-    """Raise AmqpLinkLost once the connection or the channel closes (ends the session)."""
+async def _watch(
+    connection: AbstractConnection,
+    channel: AbstractChannel,
+    consumer_tag: str,
+    where: str,
+    every_s: float,
+) -> None:
+    """Raise AmqpLinkLost once the connection or channel closes, or our consumer is gone.
+
+    The broker cancels a consumer (basic.cancel) when its queue is deleted;
+    aiormq then just forgets it, and nothing more would ever be delivered.
+    So the consumer is looked for every ``every_s``: once gone, the session
+    ends and the next one declares the queue again.
+    """
     lost = asyncio.Event()
     why: list[BaseException | None] = []
 
@@ -260,9 +282,17 @@ async def _watch(connection: AbstractConnection, channel: AbstractChannel, where
 
     connection.close_callbacks.add(closed)
     channel.close_callbacks.add(closed)
-    if connection.is_closed or channel.is_closed:
-        lost.set()
-    await lost.wait()
+    underlay = await channel.get_underlay_channel()
+    while not (connection.is_closed or channel.is_closed):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every_s):
+                await lost.wait()
+        # aiormq.Channel.consumers: the consumers it still dispatches to.
+        consumers = getattr(underlay, "consumers", None)
+        if consumers is not None and consumer_tag not in consumers and not lost.is_set():
+            raise AmqpLinkLost(f"broker {where}: the broker cancelled our consumer")
+        if lost.is_set():
+            break
     cause = f": {why[0]!r}" if why and why[0] is not None else ""
     raise AmqpLinkLost(f"broker {where}: connection closed{cause}")
 

@@ -15,7 +15,7 @@ import json
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,19 @@ async def queue_state(rabbit: RabbitCluster) -> tuple[int, int]:
         return res.message_count or 0, res.consumer_count or 0
 
 
+def queue_drained(rabbit: RabbitCluster) -> Callable[[], Awaitable[bool]]:
+    """A check: nothing left in the queue and nobody consuming it.
+
+    Polled, not asserted once: a quorum queue settles acks through its Raft
+    log, so another connection may briefly still count an acked message.
+    """
+
+    async def check() -> bool:
+        return await queue_state(rabbit) == (0, 0)
+
+    return check
+
+
 # --- pure parts ---------------------------------------------------------------------------
 
 
@@ -208,8 +221,8 @@ async def test_messages_stored_duplicates_dropped_hostile_rejected(
         assert ing.stats.duplicates == 1
         assert sum(ing.stats.rejected.values()) == 3
     assert sorted(stored_seqs(tmp_path / "collector.db", "dev-1")) == [1, 2, 3, 4, 5]
-    ready, consumers = await queue_state(rabbit)
-    assert (ready, consumers) == (0, 0)  # everything acked, rejected ones included
+    # Everything acked, rejected ones included.
+    await wait_for(queue_drained(rabbit), 10, "the queue empty, no consumer left")
 
 
 @pytest.mark.usefixtures("fresh_queue")
@@ -232,6 +245,44 @@ async def test_device_receives_its_store_confirmation_over_mqtt(
                 if stored >= {1, 2, 3}:
                     break
     assert stored == {1, 2, 3}
+
+
+@pytest.mark.usefixtures("fresh_queue")
+async def test_ingest_comes_back_after_the_queue_or_connection_is_lost(
+    rabbit: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    cfg = amqp_config(rabbit, tmp_path)
+    db = tmp_path / "collector.db"
+
+    async def send_and_wait(seq: int) -> None:
+        async with device(rabbit, "dev-1", clean_session=True) as dev:
+            await dev.publish(topic("dev-1", Kind.STATE), encode(state("dev-1", seq)), qos=1)
+
+        async def stored() -> bool:
+            return seq in stored_seqs(db, "dev-1")
+
+        await wait_for(stored, 20, f"seq {seq} stored")
+
+    async with amqp_ingest(cfg, repo) as ing:
+        await send_and_wait(1)
+        # Deleting the queue cancels our consumer: the session ends, the next
+        # one declares and binds the queue again.
+        conn = await collector_connection(rabbit)
+        async with conn:
+            await (await conn.channel()).queue_delete(QUEUE, timeout=10)
+
+        def reconnected(n: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return ing.stats.connects >= n and ing.stats.connected
+
+            return check
+
+        await wait_for(reconnected(2), 30, "a new session after the queue was deleted")
+        await send_and_wait(2)
+        await asyncio.to_thread(rabbit.ctl, "close_all_connections", "test")
+        await wait_for(reconnected(3), 30, "reconnected after the broker closed us")
+        await send_and_wait(3)
+    assert sorted(stored_seqs(db, "dev-1")) == [1, 2, 3]
 
 
 def _serve_config(rabbit: RabbitCluster, db: Path, path: Path) -> None:
@@ -310,5 +361,4 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
     # The killed collector had stored some; the survivor stored the rest,
     # including what the killed one had been handed but not acknowledged.
     assert 0 < in_process < n
-    ready, _ = await queue_state(rabbit)
-    assert ready == 0
+    await wait_for(queue_drained(rabbit), 10, "the queue empty, no consumer left")
