@@ -1,8 +1,9 @@
 """The collector's aiohttp application: ``create_app(config)``.
 
-Everything with a lifetime lives in ``cleanup_ctx``: the database, the MQTT
-ingest task, the periodic sweeps (silent devices, raw retention, repairs) and
-the alerts' evaluation, delivery and monthly-report tasks (``collector.alerts``).
+Everything with a lifetime lives in ``cleanup_ctx``: the database, the ingest
+task (MQTT or AMQP, ``[ingest] source``), the periodic sweeps (silent devices,
+raw retention, repairs) and the alerts' evaluation, delivery and monthly-report
+tasks (``collector.alerts``).
 Tests and ``loa-collector serve`` build the app with this same factory.
 """
 
@@ -106,11 +107,17 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[None]] = []
     if cfg.ingest_enabled:
         ingestor = Ingestor(repo, cfg.ingest, app[STATS])
-        tasks.append(
-            asyncio.create_task(
-                supervise("ingest", lambda: run_ingest(cfg, ingestor), app[STATS]), name="ingest"
-            )
-        )
+
+        async def run() -> None:
+            if cfg.ingest.source == "amqp":
+                # Imported only when chosen: an MQTT-only install needs no aio-pika.
+                from collector.ingest_amqp import run_ingest_amqp
+
+                await run_ingest_amqp(cfg, ingestor)
+            else:
+                await run_ingest(cfg, ingestor)
+
+        tasks.append(asyncio.create_task(supervise("ingest", run, app[STATS]), name="ingest"))
 
     async def fleet_sweep() -> None:
         now = time.time()

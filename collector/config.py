@@ -70,6 +70,65 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AmqpConfig:
+    """The AMQP 0-9-1 ingest source (``[ingest] source = "amqp"``, RabbitMQ only)."""
+
+    #: Broker URL without the password: ``amqp://user@host:5672/vhost`` (``%2F``
+    #: is the default vhost ``/``); ``amqps://`` for TLS.
+    url: str = "amqp://loa_collector@127.0.0.1:5672/%2F"
+    #: Password inline (tests, demos); prefer ``password_file`` in production.
+    password: str = ""
+    #: File holding the password (first line); wins over ``password``.
+    password_file: str = ""
+    #: The durable quorum queue every collector instance consumes (competing
+    #: consumers: each message goes to one of them).
+    queue: str = "loa.ingest"
+    #: Most messages the broker hands us ahead of acknowledgements (0 = twice
+    #: [ingest] batch_size: the next batch arrives while one is written).
+    prefetch: int = 0
+    #: Most messages the queue holds; beyond it a device's publish is refused
+    #: (it keeps the message in its outbox), never dropped.
+    max_length: int = 1_000_000
+    #: CA bundle for ``amqps://`` ("" = system store).
+    ca_file: str = ""
+    #: Seconds to wait for the connection and each broker exchange.
+    timeout_s: float = 10.0
+    #: Upper bound of the reconnect backoff, seconds.
+    max_backoff_s: float = 30.0
+
+    def resolved_password(self) -> str:
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"[amqp] password_file: cannot read {self.password_file}: {exc}"
+                ) from None
+        return self.password
+
+    def problems(self) -> list[str]:
+        """What is wrong with this section, each naming its field."""
+        out = []
+        scheme, sep, rest = self.url.partition("://")
+        host = rest.partition("/")[0].rpartition("@")[2]
+        if scheme not in ("amqp", "amqps") or not sep or not host:
+            out.append("[amqp] url: expected amqp://user@host:port/vhost or amqps://...")
+        elif ":" in rest.partition("/")[0].rpartition("@")[0]:
+            out.append("[amqp] url: put the password in password_file, not in the url")
+        if not self.queue or len(self.queue.encode()) > 255:
+            out.append("[amqp] queue: must be 1..255 bytes")
+        if not 0 <= self.prefetch <= 65535:
+            out.append("[amqp] prefetch: must be 0..65535")
+        if self.max_length < 1:
+            out.append("[amqp] max_length: must be >= 1")
+        if self.timeout_s <= 0:
+            out.append("[amqp] timeout_s: must be > 0")
+        if self.max_backoff_s <= 0:
+            out.append("[amqp] max_backoff_s: must be > 0")
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class DbConfig:
     #: SQLite database file.
     path: str = "/var/lib/loa-collector/collector.db"
@@ -81,6 +140,10 @@ class DbConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
+    #: Where messages come from: "mqtt" (subscribe as an MQTT client, any
+    #: broker) or "amqp" (consume RabbitMQ's quorum queue, [amqp]). Everything
+    #: after decoding -- validation, batches, dedupe, confirmations -- is shared.
+    source: str = "mqtt"
     #: Most messages written (and acknowledged) in one transaction.
     batch_size: int = 1000
     #: A report received more than this long after its ``ts`` was buffered on the
@@ -245,6 +308,8 @@ class UpgradesConfig:
 @dataclass(frozen=True, kw_only=True)
 class CollectorConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    #: The AMQP ingest source (used when [ingest] source = "amqp").
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
     db: DbConfig = field(default_factory=DbConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -279,6 +344,8 @@ class CollectorConfig:
             ),
             (self.db.raw_retention_days > 0, "[db] raw_retention_days: must be > 0"),
             (1 <= self.ingest.batch_size <= 10000, "[ingest] batch_size: must be 1..10000"),
+            (self.ingest.source in ("mqtt", "amqp"), '[ingest] source: must be "mqtt" or "amqp"'),
+            *((False, problem) for problem in self.amqp.problems()),
             (self.ingest.late_after_s > 0, "[ingest] late_after_s: must be > 0"),
             (self.ingest.max_future_skew_s >= 0, "[ingest] max_future_skew_s: must be >= 0"),
             (

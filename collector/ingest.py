@@ -1,5 +1,9 @@
 """MQTT ingest: subscribe, validate, dedupe and store in batches, acknowledge what is stored.
 
+Validation (``Ingestor``), batch writes (``store_prepared``) and the
+confirmation loop (``publish_confirmations``) are shared with the AMQP source
+(``collector.ingest_amqp``).
+
 No message can stop it: any failure while decoding or handling one message
 (malformed, nested thousands deep, a bug of ours) rejects that message --
 counted by kind, logged once per source, acknowledged -- and a batch whose
@@ -31,7 +35,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -538,7 +542,7 @@ async def run_ingest(
                 log.warning("broker %s: %s%s; reconnecting with backoff", endpoint, exc, cause)
                 failing = True
             attempt += 1
-            await asyncio.sleep(random.uniform(0, min(cfg.mqtt.max_backoff_s, 0.5 * 2**attempt)))
+            await asyncio.sleep(reconnect_delay(attempt, cfg.mqtt.max_backoff_s))
         finally:
             ingestor.stats.connected = False
 
@@ -582,17 +586,21 @@ async def _retry_store(ingestor: Ingestor, batch: list[IncomingMessage]) -> None
         return
 
 
-async def _publish_confirmations(
-    client: aiomqtt.Client,
+#: Publishes one Ack to its device (MQTT publish or AMQP publish); raises if it failed.
+PublishAck = Callable[[Ack], Awaitable[object]]
+
+
+async def publish_confirmations(
+    publish: PublishAck,
     confirmations: Confirmations,
     interval_s: float,
-    timeout_s: float,
     stats: IngestStats,
 ) -> None:
     """Publish pending confirmations every ``interval_s`` (sooner when the set fills up).
 
-    Retained, so an agent that reconnects learns at once that this collector
-    confirms; QoS 1, so the broker queues it for an agent that is offline.
+    The loop every ingest source shares; ``publish`` is the source's way to
+    send one Ack. A failure ends the loop (the source reconnects); the Acks
+    taken then are lost, which the agent heals by re-sending (docs/protocol.md).
     """
     while True:
         with contextlib.suppress(TimeoutError):
@@ -600,15 +608,46 @@ async def _publish_confirmations(
                 await confirmations.due.wait()
         acks = confirmations.take()
         if acks:
-            await asyncio.gather(
-                *(
-                    client.publish(
-                        topic(a.device, Kind.ACK), encode(a), qos=1, retain=True, timeout=timeout_s
-                    )
-                    for a in acks
-                )
-            )
+            await asyncio.gather(*(publish(a) for a in acks))
             stats.confirmations += len(acks)
+
+
+async def _publish_confirmations(
+    client: aiomqtt.Client,
+    confirmations: Confirmations,
+    interval_s: float,
+    timeout_s: float,
+    stats: IngestStats,
+) -> None:
+    """The MQTT confirmations: retained, so an agent that reconnects learns at
+    once that this collector confirms; QoS 1, so the broker queues it for an
+    agent that is offline.
+    """
+
+    async def publish(a: Ack) -> None:
+        await client.publish(
+            topic(a.device, Kind.ACK), encode(a), qos=1, retain=True, timeout=timeout_s
+        )
+
+    await publish_confirmations(publish, confirmations, interval_s, stats)
+
+
+async def store_prepared(ingestor: Ingestor, prepared: Sequence[IncomingMessage | None]) -> None:
+    """Store one batch as prepared (None: rejected, already counted), then sample stats.
+
+    Shared by every ingest source: returns once what could be stored is
+    committed (``_write_until_stored``), so the caller may acknowledge the
+    whole batch to its broker, rejected messages included.
+    """
+    batch = [m for m in prepared if m is not None]
+    if batch:
+        await _write_until_stored(ingestor, batch)
+    ingestor.stats.sample()
+
+
+def reconnect_delay(attempt: int, max_backoff_s: float) -> float:
+    """Seconds before reconnect ``attempt`` (1, 2, ...): full jitter, capped."""
+    return random.uniform(0, min(max_backoff_s, 0.5 * 2**attempt))
 
 
 async def _consume(
@@ -642,14 +681,11 @@ async def _consume(
             except asyncio.QueueEmpty:
                 break
         queue._flow()
-        batch = [r.prepared for r in raw if r.prepared is not None]
-        if batch:
-            await _write_until_stored(ingestor, batch)
-        ingestor.stats.sample()
+        await store_prepared(ingestor, [r.prepared for r in raw])
         # PUBACKs go out in the order the messages came in (MQTT 4.6), rejected
         # ones included: they are counted, and redelivery would not fix them.
         for r in raw:
             if r.qos > 0:
                 mqtt_compat.ack(client, r.mid, r.qos)
         ingestor.stats.handled += len(raw)
-        del raw, batch
+        del raw
