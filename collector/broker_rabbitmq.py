@@ -105,6 +105,24 @@ COLLECTOR_PERMISSIONS = Permissions(
 )
 
 
+def amqp_collector_permissions(queue: str = "loa.ingest") -> Permissions:
+    """``loa_collector``'s permissions plus declaring, binding and consuming ``queue``
+    (the AMQP ingest source's quorum queue, ``[amqp] queue``)."""
+    q = queue.replace(".", r"\.")
+    p = COLLECTOR_PERMISSIONS
+
+    def add(pattern: str) -> str:
+        return f"^({pattern.removeprefix('^').removesuffix('$')}|{q})$"
+
+    return Permissions(
+        configure=add(p.configure),
+        write=add(p.write),
+        read=add(p.read),
+        topic_write=p.topic_write,
+        topic_read=p.topic_read,
+    )
+
+
 def routing_key(mqtt_topic: str) -> str:
     """The AMQP routing key RabbitMQ's MQTT plugin uses for an MQTT topic or filter."""
     return mqtt_topic.replace("/", ".").replace("+", "*")
@@ -268,6 +286,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="the password, one line: the bundle's mqtt-password that "
         "`loa-collector provision --no-broker` wrote",
     )
+    p.add_argument(
+        "--queue",
+        default="loa.ingest",
+        help="with --collector: the AMQP ingest queue it may declare and consume"
+        " ([amqp] queue; default loa.ingest)",
+    )
     p.add_argument("--node", help="rabbitmqctl --node (default: the local node)")
     p.add_argument(
         "--ctl",
@@ -286,7 +310,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         password = args.password_file.read_text(encoding="utf-8").strip()
         if args.collector:
-            provision_rabbitmq_user(COLLECTOR_USER, password, COLLECTOR_PERMISSIONS, ctl=ctl)
+            # Both ingest sources: the MQTT session queue and the AMQP quorum queue.
+            perms = amqp_collector_permissions(args.queue)
+            provision_rabbitmq_user(COLLECTOR_USER, password, perms, ctl=ctl)
         else:
             provision_rabbitmq_device(args.user, password, ctl=ctl)
     except OSError as exc:

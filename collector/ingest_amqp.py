@@ -49,7 +49,7 @@ from aio_pika.abc import (
 from pamqp.common import FieldTable
 from yarl import URL
 
-from collector.broker_rabbitmq import COLLECTOR_PERMISSIONS, EXCHANGE, Permissions
+from collector.broker_rabbitmq import EXCHANGE
 from collector.config import AmqpConfig, CollectorConfig
 from collector.ingest import Ingestor, publish_confirmations, reconnect_delay, store_prepared
 from fleet_protocol import Ack, Kind, encode, subscriptions
@@ -89,23 +89,6 @@ def queue_arguments(cfg: AmqpConfig) -> FieldTable:
         "x-max-length": cfg.max_length,
         "x-overflow": "reject-publish",
     }
-
-
-def amqp_collector_permissions(queue: str = "loa.ingest") -> Permissions:
-    """``loa_collector``'s permissions plus declaring, binding and consuming ``queue``."""
-    q = queue.replace(".", r"\.")
-    p = COLLECTOR_PERMISSIONS
-
-    def add(pattern: str) -> str:
-        return f"^({pattern.removeprefix('^').removesuffix('$')}|{q})$"
-
-    return Permissions(
-        configure=add(p.configure),
-        write=add(p.write),
-        read=add(p.read),
-        topic_write=p.topic_write,
-        topic_read=p.topic_read,
-    )
 
 
 class _AckWindow:

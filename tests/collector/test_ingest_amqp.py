@@ -25,12 +25,11 @@ import pytest
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
-from collector.broker_rabbitmq import COLLECTOR_USER
+from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
 from collector.config import CollectorConfig, ConfigError, config_from_dict
 from collector.ingest import Ingestor
 from collector.ingest_amqp import (
     _AckWindow,
-    amqp_collector_permissions,
     mqtt_topic,
     routing_keys,
     run_ingest_amqp,
@@ -362,3 +361,23 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
     # including what the killed one had been handed but not acknowledged.
     assert 0 < in_process < n
     await wait_for(queue_drained(rabbit), 10, "the queue empty, no consumer left")
+
+
+def test_the_collector_user_may_use_both_ingest_queues() -> None:
+    """``rabbitmq-user --collector`` grants the AMQP ingest queue besides the MQTT
+    session queue, and nothing else."""
+    import re
+
+    from collector.broker_rabbitmq import COLLECTOR_PERMISSIONS
+
+    p = amqp_collector_permissions("loa.ingest")
+    for pattern in (p.configure, p.read):
+        assert re.fullmatch(pattern, "loa.ingest")
+        assert not re.fullmatch(pattern, "loa.ingestX") and not re.fullmatch(pattern, "other")
+    for queue in ("loa.ingest", "amq.topic"):
+        assert re.fullmatch(p.write, queue)
+    assert re.fullmatch(COLLECTOR_PERMISSIONS.configure, "loa.ingest") is None
+    assert (p.topic_read, p.topic_write) == (
+        COLLECTOR_PERMISSIONS.topic_read,
+        COLLECTOR_PERMISSIONS.topic_write,
+    )
