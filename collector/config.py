@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """A bad configuration file; the message names the file and the field."""
 
 
+def _password(password: str, password_file: str, section: str) -> str:
+    """``password``, or the first line of ``password_file`` when one is given."""
+    if not password_file:
+        return password
+    try:
+        return Path(password_file).read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, IndexError) as exc:
+        raise ConfigError(
+            f"[{section}] password_file: cannot read {password_file}: {exc}"
+        ) from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class MqttConfig:
     #: Broker host name or address.
@@ -59,14 +71,7 @@ class MqttConfig:
     max_backoff_s: float = 30.0
 
     def resolved_password(self) -> str:
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
-            except (OSError, IndexError) as exc:
-                raise ConfigError(
-                    f"[mqtt] password_file: cannot read {self.password_file}: {exc}"
-                ) from None
-        return self.password
+        return _password(self.password, self.password_file, "mqtt")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,14 +102,7 @@ class AmqpConfig:
     max_backoff_s: float = 30.0
 
     def resolved_password(self) -> str:
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
-            except (OSError, IndexError) as exc:
-                raise ConfigError(
-                    f"[amqp] password_file: cannot read {self.password_file}: {exc}"
-                ) from None
-        return self.password
+        return _password(self.password, self.password_file, "amqp")
 
     def problems(self) -> list[str]:
         """What is wrong with this section, each naming its field."""
