@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -27,7 +26,7 @@ from collector.ingest import Ingestor, run_ingest
 from collector.keys import CONFIG, METRIC_SOURCES, REPO, STATS
 from collector.metrics import IngestStats
 from collector.store.base import StoreError
-from collector.store.sqlite import SQLiteRepository
+from collector.store.engines import open_store
 from collector.web import setup_dashboard
 
 log = logging.getLogger("loa.collector")
@@ -90,7 +89,7 @@ async def supervise(
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    repo = await SQLiteRepository.open(Path(cfg.db.path), synchronous=cfg.db.synchronous)
+    repo = await open_store(cfg.db)
     try:
         await repo.require_schema()
     except StoreError:

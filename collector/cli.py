@@ -34,6 +34,7 @@ from collector.auth import hash_password, new_secret, secret_hash
 from collector.b2.cli import register as _b2_register
 from collector.config import CollectorConfig, ConfigError, load_config
 from collector.store.base import Conflict, NotFound, Role, StoreError
+from collector.store.engines import describe, open_store
 from collector.store.sqlite import SQLiteRepository
 
 DEFAULT_CONFIG = "/etc/loa-collector/collector.toml"
@@ -54,7 +55,7 @@ async def repository(
     cfg: CollectorConfig, *, migrated: bool = True
 ) -> AsyncIterator[SQLiteRepository]:
     """The configured store, checked to be at the current schema (unless ``migrated=False``)."""
-    repo = await SQLiteRepository.open(Path(cfg.db.path), synchronous=cfg.db.synchronous)
+    repo = await open_store(cfg.db)
     try:
         if migrated:
             await repo.require_schema()
@@ -98,7 +99,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
         async with repository(cfg, migrated=False) as repo:
             before = await repo.schema_version()
             after = await repo.migrate()
-        print(f"{cfg.db.path}: schema version {before} -> {after}")
+        print(f"{describe(cfg.db)}: schema version {before} -> {after}")
         return 0
 
     return asyncio.run(go())

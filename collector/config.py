@@ -126,10 +126,18 @@ class AmqpConfig:
         return out
 
 
+_DB_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DbConfig:
-    #: SQLite database file.
+    #: SQLite database file (the embedded default; used when ``url`` is empty).
     path: str = "/var/lib/loa-collector/collector.db"
+    #: A server database instead: "postgresql://user@host/dbname" (libpq's URL;
+    #: keep the password out of it with ``?passfile=/etc/loa-collector/pgpass``),
+    #: or "sqlite:///path/to/collector.db". Several collector instances may share
+    #: one PostgreSQL database.
+    url: str = ""
     #: "full" survives power loss; "normal" survives process crashes only.
     synchronous: str = "full"
     #: Raw messages (and the signal history) are kept this many days.
@@ -341,6 +349,10 @@ class CollectorConfig:
                 "[db] synchronous: must be normal, full or extra",
             ),
             (self.db.raw_retention_days > 0, "[db] raw_retention_days: must be > 0"),
+            (
+                self.db.url == "" or self.db.url.startswith(_DB_SCHEMES),
+                "[db] url: must start with postgresql://, postgres:// or sqlite:///",
+            ),
             (1 <= self.ingest.batch_size <= 10000, "[ingest] batch_size: must be 1..10000"),
             (self.ingest.source in ("mqtt", "amqp"), '[ingest] source: must be "mqtt" or "amqp"'),
             *((False, problem) for problem in self.amqp.problems()),

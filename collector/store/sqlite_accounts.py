@@ -17,6 +17,7 @@ from collector.store.base import (
     User,
 )
 from collector.store.sqlite_base import (
+    INTEGRITY_ERRORS,
     _SQLiteBase,
 )
 
@@ -44,7 +45,7 @@ class AccountRole(_SQLiteBase):
                     " VALUES (?,?,?,?,?)",
                     (name, str(role), json.dumps(sorted(communes)), password_hash, time.time()),
                 )
-            except sqlite3.IntegrityError:
+            except INTEGRITY_ERRORS:
                 raise Conflict(f"user {name!r} exists already") from None
             uid = int(cur.lastrowid or 0)
             await cur.close()

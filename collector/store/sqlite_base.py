@@ -30,6 +30,13 @@ from collector.store.base import (
 from collector.store.migrations import LATEST, MIGRATIONS
 from fleet_protocol import B2Cause
 
+try:  # the server store's driver (a collector dependency); its errors are integrity errors too
+    import psycopg
+
+    INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+except ImportError:  # pragma: no cover - an install without the collector extra
+    INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
+
 #: SQLite's default limit on bound parameters is 32766 (3.32+); stay far below.
 _CHUNK: Final = 500
 _SYNCHRONOUS: Final = ("off", "normal", "full", "extra")
@@ -195,6 +202,29 @@ class _SQLiteBase:
     """The connections, transactions and schema, and what several roles share
     (the audit log, device rows)."""
 
+    #: The two-argument minimum of this engine's SQL.
+    least = "min"
+
+    _INSERT_MESSAGE: Final = (
+        "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"
+        " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload,"
+        " digest, boot_id, mono, time_estimated)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+
+    async def _insert_messages(
+        self, db: aiosqlite.Connection, rows: Sequence[tuple[Any, ...]]
+    ) -> set[tuple[str, int]]:
+        """Insert message rows (duplicates ignored); the keys that were new."""
+        async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
+            row = await cur.fetchone()
+        high = int(row[0]) if row else 0
+        await db.executemany(self._INSERT_MESSAGE, rows)
+        async with db.execute(
+            "SELECT device_id, seq FROM messages WHERE rowid > ?", (high,)
+        ) as cur:
+            return {(r[0], r[1]) for r in await cur.fetchall()}
+
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
         self.path = path
         self._w = writer
@@ -324,7 +354,6 @@ class _SQLiteBase:
                    coalesce(i.commune_code, d.commune_code, '') AS commune,
                    coalesce(d.status, 'broken') AS status,
                    CASE WHEN d.device_id IS NULL THEN 'unknown' ELSE d.cause END AS cause,
-                   i.position AS position,
                    EXISTS (SELECT 1 FROM tickets t WHERE t.device_id = ids.device_id
                            AND t.state = 'in_repair') AS in_repair,
                    d.online, d.status_since, d.last_seen, d.last_ts, d.last_seq, d.last_report,

@@ -47,7 +47,7 @@ class HistoryRole(_SQLiteBase):
                 SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since, ts
                 FROM (SELECT *, row_number() OVER (PARTITION BY device_id
                                                    ORDER BY ts DESC, seq DESC) AS rn
-                      FROM transitions WHERE ts <= ?)
+                      FROM transitions WHERE ts <= ?) AS latest
                 WHERE rn = 1 AND device_id IN (SELECT device_id FROM inventory)
                 """,
                 (t,),
@@ -126,7 +126,7 @@ class HistoryRole(_SQLiteBase):
                 SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since
                 FROM (SELECT *, row_number() OVER (PARTITION BY device_id
                                                    ORDER BY ts DESC, seq DESC) AS rn
-                      FROM transitions WHERE ts <= ?)
+                      FROM transitions WHERE ts <= ?) AS latest
                 WHERE rn = 1
                 """,
                 (t0,),
@@ -329,7 +329,8 @@ class HistoryRole(_SQLiteBase):
             "SELECT device_id, ts, payload FROM"
             " (SELECT device_id, ts, payload, row_number() OVER (PARTITION BY device_id"
             "  ORDER BY ts DESC, seq DESC) AS rn FROM messages WHERE kind = 'state'"
-            "  AND ts <= ? AND instr(CAST(payload AS TEXT), '\"modem\"') > 0) WHERE rn = 1",
+            "  AND ts <= ? AND instr(CAST(payload AS TEXT), '\"modem\"') > 0) AS latest"
+            " WHERE rn = 1",
             (t,),
         )
         out: dict[str, dict[str, Any]] = {}

@@ -77,20 +77,7 @@ class IngestRole(_SQLiteBase):
                 )
                 for m, est in dated
             ]
-            async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
-                row = await cur.fetchone()
-            high = int(row[0]) if row else 0
-            await db.executemany(
-                "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"
-                " prompt, broken, cause, rssi_dbm, rsrp_dbm, rsrq_db, sinr_db, csq, payload,"
-                " digest, boot_id, mono, time_estimated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            async with db.execute(
-                "SELECT device_id, seq FROM messages WHERE rowid > ?", (high,)
-            ) as cur:
-                fresh = {(r[0], r[1]) for r in await cur.fetchall()}
+            fresh = await self._insert_messages(db, rows)
             new: list[IncomingMessage] = []
             dups: list[IncomingMessage] = []
             for m, _est in dated:
@@ -143,7 +130,7 @@ class IngestRole(_SQLiteBase):
         offsets: dict[tuple[str, str], float] = {}
         for dev, boot in boots:
             async with db.execute(
-                "SELECT offset FROM boot_clocks WHERE device_id = ? AND boot_id = ?", (dev, boot)
+                'SELECT "offset" FROM boot_clocks WHERE device_id = ? AND boot_id = ?', (dev, boot)
             ) as cur:
                 r = await cur.fetchone()
             if r is not None:
@@ -174,7 +161,7 @@ class IngestRole(_SQLiteBase):
         if learned:
             now = time.time()
             await db.executemany(
-                "INSERT OR IGNORE INTO boot_clocks (device_id, boot_id, offset, learned_at)"
+                'INSERT OR IGNORE INTO boot_clocks (device_id, boot_id, "offset", learned_at)'
                 " VALUES (?,?,?,?)",
                 [(d, b, off, now) for (d, b), off in learned.items()],
             )
@@ -253,7 +240,7 @@ class IngestRole(_SQLiteBase):
                 # The fault episodes these reports opened or closed move with them
                 # (``_shifted_since``: since was stamped by the same wrong clock).
                 await db.executemany(
-                    "UPDATE faults SET since = min(since + ?, ?)"
+                    f"UPDATE faults SET since = {self.least}(since + ?, ?)"
                     " WHERE device_id = ? AND opened_seq = ?",
                     shifts,
                 )
@@ -380,7 +367,7 @@ class IngestRole(_SQLiteBase):
                 status_since=excluded.status_since, obs_ts=excluded.obs_ts,
                 obs_seq=excluded.obs_seq, last_ts=excluded.last_ts, last_seq=excluded.last_seq,
                 last_seen=excluded.last_seen, report_ts=excluded.report_ts,
-                last_report=CASE WHEN ?18 THEN excluded.last_report ELSE devices.last_report END
+                last_report=CASE WHEN ?18 = 1 THEN excluded.last_report ELSE devices.last_report END
             """,
             device_rows,
         )

@@ -21,6 +21,7 @@ from collector.store.base import (
     TicketState,
 )
 from collector.store.sqlite_base import (
+    INTEGRITY_ERRORS,
     _cause,
     _qmarks,
     _SQLiteBase,
@@ -104,7 +105,7 @@ class RepairRole(_SQLiteBase):
                     " opened_by, last_progress_at, note) VALUES (?,?,?,?,?,?,?,?)",
                     (device_id, commune, "open", cause and str(cause), at, actor, at, note),
                 )
-            except sqlite3.IntegrityError:
+            except INTEGRITY_ERRORS:
                 async with db.execute(
                     "SELECT id FROM tickets WHERE device_id = ? AND state IN ('open', 'in_repair')",
                     (device_id,),
@@ -311,7 +312,7 @@ class RepairRole(_SQLiteBase):
         rows = await self._all(
             f"SELECT {self._FINDING_COLS} FROM (SELECT *, row_number() OVER"
             " (PARTITION BY device_id ORDER BY at DESC, id DESC) AS rn FROM findings"
-            " WHERE at <= ?) WHERE rn = 1",
+            " WHERE at <= ?) AS latest WHERE rn = 1",
             (t,),
         )
         return {r["device_id"]: self._finding(r) for r in rows}

@@ -35,14 +35,29 @@ from fleet_protocol import (
 )
 from tests.support.mosquitto import COLLECTOR_USER, Broker
 
+#: The database of the running test's ``repo`` when it is PostgreSQL: ``make_config``
+#: points the collector at it, so a test that starts a collector beside its
+#: ``repo`` runs on the same engine.
+_PG_URL: list[str] = []
 
-@pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[SQLiteRepository]:
-    r = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
-    await r.migrate()
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def repo(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteRepository]:
+    """A migrated store on each engine: every test that takes ``repo`` is the
+    contract suite, run against SQLite and PostgreSQL alike."""
+    if request.param == "postgres":
+        from collector.store.postgres import PostgresRepository
+
+        url = request.getfixturevalue("pg_url")
+        r: SQLiteRepository = await PostgresRepository.open(url)
+        _PG_URL.append(url)
+    else:
+        r = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
+        await r.migrate()
     try:
         yield r
     finally:
+        _PG_URL.clear()
         await r.close()
 
 
@@ -62,6 +77,8 @@ def make_config(
         "db": {"path": str(tmp_path / "collector.db"), "synchronous": "normal"},
         "http": {"port": 0, "secure_cookies": False},
     }
+    if _PG_URL:
+        data["db"]["url"] = _PG_URL[-1]
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return config_from_dict(data)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from pathlib import Path
 
@@ -31,13 +30,15 @@ DEV = "dev-201"
 THREE_YEARS = 3 * 365 * 86400.0
 
 
-def stored_rows(db: Path) -> list[tuple[int, str, float, float, float | None, int]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(
-            "SELECT seq, kind, ts, received_at, mono, time_estimated FROM messages"
-            " WHERE device_id = ? ORDER BY seq",
-            (DEV,),
-        ).fetchall()
+async def stored_rows(
+    repo: SQLiteRepository,
+) -> list[tuple[int, str, float, float, float | None, int]]:
+    rows = await repo._all(
+        "SELECT seq, kind, ts, received_at, mono, time_estimated FROM messages"
+        " WHERE device_id = ? ORDER BY seq",
+        (DEV,),
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_times(
@@ -53,7 +54,6 @@ async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_time
             reports={"heartbeat_s": 0.4, "full_report_s": 30.0},
         )
     )
-    db = tmp_path / "collector.db"
     # The controller boots after a power cut: no RTC, so the wall clock is years
     # behind and the kernel says "not synchronised"; no 4G data yet either.
     skew = [THREE_YEARS]
@@ -83,7 +83,7 @@ async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_time
                 return ingestor.stats.dating["unsynced"] >= 5
 
             await wait_for(delivered, timeout=20, what="unsynchronised reports stored")
-            early = stored_rows(db)
+            early = await stored_rows(repo)
             assert all(est == 1 for *_, est in early)
             assert all(abs(ts - received) < 1e-6 for _, _, ts, received, _, _ in early)
             # NTP syncs over 4G: the wall clock steps forward three years and the
@@ -92,13 +92,13 @@ async def test_reports_buffered_with_a_wrong_clock_are_stored_at_their_true_time
             synced[0] = True
 
             async def redated() -> bool:
-                rows = stored_rows(db)
+                rows = await stored_rows(repo)
                 return len(rows) > len(early) and not any(est for *_, est in rows)
 
             await wait_for(redated, timeout=20, what="the boot's messages re-dated")
             assert ingestor.stats.dating["restamped"] >= len(early)
             offset = time.time() - boot_seconds()  # the true wall - mono of this boot
-            for seq, kind, ts, received, mono, _ in stored_rows(db):
+            for seq, kind, ts, received, mono, _ in await stored_rows(repo):
                 if mono is None:
                     # Synchronised and the boot's offset confirmed known: no stamp needed.
                     assert seq > max(r[0] for r in early)

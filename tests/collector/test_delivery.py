@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -130,16 +129,15 @@ async def until_all_confirmed(
         await asyncio.sleep(0.1)
 
 
-def assert_exactly_once(fleet: list[StreamingAgent], db: Path) -> None:
+async def assert_exactly_once(fleet: list[StreamingAgent], repo: SQLiteRepository) -> None:
     """Every seq an agent assigned is stored once; the only others are its presence messages."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        for a in fleet:
-            rows = conn.execute(
-                "SELECT seq, kind FROM messages WHERE device_id = ? ORDER BY seq", (a.device,)
-            ).fetchall()
-            reports = [seq for seq, kind in rows if kind == "state"]
-            assert reports == sorted(a.assigned), a.device
-            assert {kind for _, kind in rows} <= {"state", "presence"}
+    for a in fleet:
+        rows = await repo._all(
+            "SELECT seq, kind FROM messages WHERE device_id = ? ORDER BY seq", (a.device,)
+        )
+        reports = [seq for seq, kind in rows if kind == "state"]
+        assert reports == sorted(a.assigned), a.device
+        assert {kind for _, kind in rows} <= {"state", "presence"}
 
 
 async def confirming(fleet: list[StreamingAgent]) -> None:
@@ -164,7 +162,7 @@ async def test_broker_kill9_while_the_collector_runs_loses_nothing(
         broker.start()
         await stream(fleet, 1.0, 0.01)
         await until_all_confirmed(fleet, repo, timeout=60)
-        assert_exactly_once(fleet, tmp_path / "collector.db")
+        await assert_exactly_once(fleet, repo)
         assert sum(len(a.assigned) for a in fleet) > 300
         assert ingestor.stats.rejected == {}
 
@@ -191,7 +189,7 @@ async def test_broker_kill9_while_the_collector_is_down_loses_nothing(
         await stream(fleet, 0.5, 0.01)
         async with ingest_running(cfg, repo):
             await until_all_confirmed(fleet, repo, timeout=60)
-        assert_exactly_once(fleet, tmp_path / "collector.db")
+        await assert_exactly_once(fleet, repo)
         # What the broker lost came again from the agents.
         assert sum(a.uplink.resent for a in fleet) >= handed
 

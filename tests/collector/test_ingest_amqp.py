@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
-from collector.config import CollectorConfig, ConfigError, config_from_dict
+from collector.config import CollectorConfig, ConfigError, DbConfig, config_from_dict
 from collector.ingest import Ingestor
 from collector.ingest_amqp import (
     _AckWindow,
@@ -128,10 +127,10 @@ def device(rabbit: RabbitCluster, dev: str, **kw: Any) -> aiomqtt.Client:
     )
 
 
-def stored_seqs(db: Path, dev: str) -> list[int]:
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        rows = conn.execute("SELECT seq FROM messages WHERE device_id = ?", (dev,)).fetchall()
-    return [r[0] for r in rows]
+async def stored_seqs(repo: SQLiteRepository, dev: str) -> list[int]:
+    """Every stored seq of ``dev``, duplicates included (the key forbids them)."""
+    rows = await repo._all("SELECT seq FROM messages WHERE device_id = ?", (dev,))
+    return [int(r[0]) for r in rows]
 
 
 async def queue_state(rabbit: RabbitCluster) -> tuple[int, int]:
@@ -219,7 +218,7 @@ async def test_messages_stored_duplicates_dropped_hostile_rejected(
         assert ing.stats.stored == 5
         assert ing.stats.duplicates == 1
         assert sum(ing.stats.rejected.values()) == 3
-    assert sorted(stored_seqs(tmp_path / "collector.db", "dev-1")) == [1, 2, 3, 4, 5]
+    assert sorted(await stored_seqs(repo, "dev-1")) == [1, 2, 3, 4, 5]
     # Everything acked, rejected ones included.
     await wait_for(queue_drained(rabbit), 10, "the queue empty, no consumer left")
 
@@ -251,14 +250,13 @@ async def test_ingest_comes_back_after_the_queue_or_connection_is_lost(
     rabbit: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
 ) -> None:
     cfg = amqp_config(rabbit, tmp_path)
-    db = tmp_path / "collector.db"
 
     async def send_and_wait(seq: int) -> None:
         async with device(rabbit, "dev-1", clean_session=True) as dev:
             await dev.publish(topic("dev-1", Kind.STATE), encode(state("dev-1", seq)), qos=1)
 
         async def stored() -> bool:
-            return seq in stored_seqs(db, "dev-1")
+            return seq in await stored_seqs(repo, "dev-1")
 
         await wait_for(stored, 20, f"seq {seq} stored")
 
@@ -281,12 +279,12 @@ async def test_ingest_comes_back_after_the_queue_or_connection_is_lost(
         await asyncio.to_thread(rabbit.ctl, "close_all_connections", "test")
         await wait_for(reconnected(3), 30, "reconnected after the broker closed us")
         await send_and_wait(3)
-    assert sorted(stored_seqs(db, "dev-1")) == [1, 2, 3]
+    assert sorted(await stored_seqs(repo, "dev-1")) == [1, 2, 3]
 
 
-def _serve_config(rabbit: RabbitCluster, db: Path, path: Path) -> None:
+def _serve_config(rabbit: RabbitCluster, db: DbConfig, path: Path) -> None:
     path.write_text(
-        f'[db]\npath = "{db}"\nsynchronous = "normal"\n'
+        f'[db]\npath = "{db.path}"\nurl = "{db.url}"\nsynchronous = "normal"\n'
         '[http]\nhost = "127.0.0.1"\nport = 0\nsecure_cookies = false\n'
         '[mqtt]\nclient_id = "loa-collector-killed"\n'
         '[ingest]\nsource = "amqp"\nbatch_size = 50\n'
@@ -302,10 +300,9 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
     rabbit: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
 ) -> None:
     n = 2000
-    db = tmp_path / "collector.db"
     conf = tmp_path / "serve.toml"
-    _serve_config(rabbit, db, conf)
     cfg = amqp_config(rabbit, tmp_path, ack_interval_s=1800.0, prefetch=100)
+    _serve_config(rabbit, cfg.db, conf)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector.cli", "serve", "--config", str(conf),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -331,7 +328,7 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
             try:
 
                 async def some_stored() -> bool:
-                    return len(stored_seqs(db, "dev-3")) >= 300
+                    return len(await stored_seqs(repo, "dev-3")) >= 300
 
                 await wait_for(some_stored, 30, "300 seqs stored")
                 killed_at = len(sent)
@@ -344,7 +341,7 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
                     await publisher
 
             async def all_stored() -> bool:
-                return len(stored_seqs(db, "dev-3")) >= len(sent)
+                return len(await stored_seqs(repo, "dev-3")) >= len(sent)
 
             await wait_for(all_stored, 60, f"all {n} seqs stored")
             in_process = ing.stats.stored
@@ -354,7 +351,7 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
             await proc.wait()
     print(f"\nkilled after {killed_at} of {n} published; survivor stored {in_process}")
     assert killed_at < n, "the kill must land mid-stream"
-    seqs = stored_seqs(db, "dev-3")
+    seqs = await stored_seqs(repo, "dev-3")
     assert sent == list(range(1, n + 1))
     assert sorted(seqs) == sent  # every seq, exactly once
     # The killed collector had stored some; the survivor stored the rest,
