@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 from aiohttp import web
 
@@ -34,13 +37,28 @@ log = logging.getLogger("loa.collector")
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])
 
 
-async def _periodic(name: str, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
-    """Run ``job`` every ``interval_s``; a failure is logged once, and its recovery once."""
+#: This process among the collector instances sharing a database (periodic_claims).
+INSTANCE: Final = f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def _periodic(
+    name: str,
+    interval_s: float,
+    job: Callable[[], Awaitable[object]],
+    claim: Callable[[str, float], Awaitable[bool]] | None = None,
+) -> None:
+    """Run ``job`` every ``interval_s``; a failure is logged once, and its recovery once.
+
+    With ``claim`` (the store's ``claim_periodic``), a round runs only where the
+    claim is won: once across the instances sharing the database, taken over by
+    another within one interval when the holder dies.
+    """
     failing = False
     while True:
         try:
             async with asyncio.timeout(max(30.0, interval_s * 5)):
-                await job()
+                if claim is None or await claim(name, interval_s):
+                    await job()
         except (StoreError, TimeoutError) as exc:
             if not failing:
                 log.error("%s failing: %s", name, exc)
@@ -133,14 +151,20 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         for action in await repairs.sweep(repo, cfg.repairs, now=time.time()):
             log.info("repair sweep: %s", action)
 
+    async def claim(name: str, interval_s: float) -> bool:
+        # The lease ends a little before this instance's next round, so the holder
+        # renews it each round and another instance takes it one round after a death.
+        return await repo.claim_periodic(name, INSTANCE, now=time.time(), lease_s=interval_s * 0.9)
+
     tasks.append(
         asyncio.create_task(
-            _periodic("fleet sweep", cfg.fleet.sweep_interval_s, fleet_sweep), name="fleet-sweep"
+            _periodic("fleet sweep", cfg.fleet.sweep_interval_s, fleet_sweep, claim),
+            name="fleet-sweep",
         )
     )
     tasks.append(
         asyncio.create_task(
-            _periodic("repair sweep", cfg.repairs.sweep_interval_s, repair_sweep),
+            _periodic("repair sweep", cfg.repairs.sweep_interval_s, repair_sweep, claim),
             name="repair-sweep",
         )
     )

@@ -317,6 +317,11 @@ class StoreLifecycle(Protocol):
 
     async def schema_version(self) -> int: ...
 
+    async def claim_periodic(self, name: str, holder: str, *, now: float, lease_s: float) -> bool:
+        """Whether ``holder`` runs this round of periodic job ``name`` (one instance
+        of several on the database does; a lease that expires passes it on)."""
+        ...
+
     async def close(self) -> None: ...
 
 

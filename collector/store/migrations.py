@@ -1,7 +1,8 @@
-"""Versioned schema of the SQLite store.
+"""Versioned schema of the store, for both engines.
 
 ``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``; the version
-in place is SQLite's ``PRAGMA user_version``. Migrations only ever append: a
+in place is SQLite's ``PRAGMA user_version`` (PostgreSQL: ``loa_schema.version``;
+``collector.store.postgres.pg_migration`` maps each step's DDL). Migrations only ever append: a
 released step is never edited, a change is a new step.
 """
 
@@ -366,6 +367,15 @@ MIGRATIONS: tuple[str, ...] = (
     # node that dies with its connections publishes no last will).
     """
     ALTER TABLE transitions ADD COLUMN via TEXT;
+    """,
+    # 10: periodic work (offline sweep, retention, repairs sweep) done once across
+    # collector instances on one database: each round is a lease on a row (issue 20).
+    """
+    CREATE TABLE periodic_claims (
+        name        TEXT PRIMARY KEY,
+        holder      TEXT NOT NULL,
+        lease_until REAL NOT NULL
+    );
     """,
 )
 

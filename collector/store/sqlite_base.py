@@ -289,6 +289,25 @@ class _SQLiteBase:
                 await db.execute(f"PRAGMA user_version = {step + 1}")
         return LATEST
 
+    async def claim_periodic(self, name: str, holder: str, *, now: float, lease_s: float) -> bool:
+        """Whether ``holder`` runs this round of the periodic job ``name``: true for
+        the holder of an unexpired lease (renewed) or anyone once it has expired.
+        Several instances on one database thus run each round once; a dead
+        holder's work is taken over when its lease ends."""
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO periodic_claims (name, holder, lease_until) VALUES (?,?,?)",
+                (name, "", 0.0),
+            )
+            cur = await db.execute(
+                "UPDATE periodic_claims SET holder = ?, lease_until = ?"
+                " WHERE name = ? AND (lease_until <= ? OR holder = ?)",
+                (holder, now + lease_s, name, now, holder),
+            )
+            won = cur.rowcount > 0
+            await cur.close()
+        return won
+
     async def require_schema(self) -> None:
         """Raise StoreError unless the schema is at the latest version."""
         version = await self.schema_version()

@@ -1,0 +1,123 @@
+"""The store's contract on both engines (the ``repo`` fixture runs each test on
+SQLite and on PostgreSQL), for what several collector instances share, and the
+PostgreSQL translation of the roles' SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import msgspec
+import pytest
+
+from collector.config import IngestConfig
+from collector.ingest import Ingestor
+from collector.metrics import IngestStats
+from collector.store.base import Conflict, Role
+from collector.store.postgres import pg_migration, pg_sql
+from collector.store.sqlite import SQLiteRepository
+from fleet_protocol import Fault, FaultCode, Kind, encode, topic
+from tests.collector.conftest import state
+
+
+async def report(repo: SQLiteRepository, *devices: str) -> None:
+    ing = Ingestor(repo, IngestConfig(), IngestStats())
+    now = time.time()
+    msgs = [
+        ing.prepare(topic(d, Kind.STATE), encode(state(d, 1, now)), received_at=now)
+        for d in devices
+    ]
+    await repo.write_batch([m for m in msgs if m], late_after_s=600)
+
+
+async def test_a_periodic_round_runs_once_across_instances_and_passes_on_when_the_holder_dies(
+    repo: SQLiteRepository,
+) -> None:
+    now = 1_000_000.0
+    assert await repo.claim_periodic("fleet sweep", "a:1", now=now, lease_s=9.0)
+    # Another instance in the same round: refused; the holder renews.
+    assert not await repo.claim_periodic("fleet sweep", "b:2", now=now + 1, lease_s=9.0)
+    assert await repo.claim_periodic("fleet sweep", "a:1", now=now + 5, lease_s=9.0)
+    assert not await repo.claim_periodic("fleet sweep", "b:2", now=now + 13, lease_s=9.0)
+    # Other jobs are claimed on their own.
+    assert await repo.claim_periodic("repair sweep", "b:2", now=now + 13, lease_s=9.0)
+    # a:1 dies: once its lease (renewed at +5, until +14) ends, b:2 takes the job.
+    assert await repo.claim_periodic("fleet sweep", "b:2", now=now + 14.5, lease_s=9.0)
+    assert not await repo.claim_periodic("fleet sweep", "a:1", now=now + 15, lease_s=9.0)
+
+
+async def test_concurrent_claims_elect_exactly_one(repo: SQLiteRepository) -> None:
+    now = time.time()
+    won = await asyncio.gather(
+        *(repo.claim_periodic("retention", f"i:{i}", now=now, lease_s=30) for i in range(8))
+    )
+    assert sum(won) == 1
+
+
+async def test_a_second_active_ticket_is_refused_and_the_transaction_goes_on(
+    repo: SQLiteRepository,
+) -> None:
+    await report(repo, "dev-1", "dev-2")
+    first = await repo.open_ticket("dev-1", actor="op", at=100.0, note="", cause=None)
+    with pytest.raises(Conflict) as exc:
+        await repo.open_ticket("dev-1", actor="op", at=101.0, note="", cause=None)
+    assert exc.value.ticket_id == first.id  # looked up after the refused insert
+    other = await repo.open_ticket("dev-2", actor="op", at=102.0, note="", cause=None)
+    assert other.id > first.id
+
+
+async def test_a_user_name_taken_twice_is_a_conflict(repo: SQLiteRepository) -> None:
+    await repo.add_user("an", role=Role.ADMIN, communes=frozenset(), password_hash="h")
+    with pytest.raises(Conflict):
+        await repo.add_user("an", role=Role.ADMIN, communes=frozenset(), password_hash="h")
+
+
+async def test_hostile_text_with_nul_is_stored_without_failing_the_batch(
+    repo: SQLiteRepository,
+) -> None:
+    """PostgreSQL's text cannot hold NUL: a device's evidence string with one must
+    not make the batch (and every other device's messages in it) fail."""
+    ing = Ingestor(repo, IngestConfig(), IngestStats())
+    now = time.time()
+    good = state("dev-ok", 1, now)
+    bad = state("dev-nul", 1, now, faults=(FaultCode.SIM_FAILURE,))
+    bad = msgspec.structs.replace(
+        bad, faults=[Fault.of(FaultCode.SIM_FAILURE, now - 60, "CME ERROR\x00 13")]
+    )
+    msgs = [
+        ing.prepare(topic(dev, Kind.STATE), encode(m), received_at=now)
+        for dev, m in (("dev-ok", good), ("dev-nul", bad))
+    ]
+    assert all(m is not None for m in msgs)
+    result = await repo.write_batch([m for m in msgs if m], late_after_s=600)
+    assert result.stored == 2
+    faults = await repo.list_faults("dev-nul")
+    assert [f.code for f in faults] == [FaultCode.SIM_FAILURE]
+    assert "13" in faults[0].evidence
+
+
+def test_translation_of_the_sqlite_idioms() -> None:
+    t = pg_sql("INSERT OR IGNORE INTO events (a, b) VALUES (?,?)")
+    assert t.sql == "INSERT INTO events (a, b) VALUES (%s,%s) ON CONFLICT DO NOTHING"
+    t = pg_sql("INSERT OR REPLACE INTO inventory (device_id, x, y) VALUES (?,?,?)")
+    assert t.sql.endswith("ON CONFLICT (device_id) DO UPDATE SET x = EXCLUDED.x, y = EXCLUDED.y")
+    t = pg_sql("SELECT ?2 = 1, ? FROM t WHERE k LIKE 'a%' AND c = '?'")
+    assert t.sql == "SELECT %s = 1, %s FROM t WHERE k LIKE 'a%%' AND c = '?'"
+    assert t.params(["x", "y", "z"]) == ["y", "z"]
+    t = pg_sql("INSERT INTO tickets (device_id) VALUES (?)")
+    assert t.returns_id and t.sql.endswith("RETURNING id")
+    assert "string_agg(" in pg_sql("SELECT group_concat(a, ', ') FROM t").sql
+    assert (
+        "position('\"m\"'::bytea in payload)"
+        in pg_sql("SELECT 1 WHERE instr(CAST(payload AS TEXT), '\"m\"') > 0").sql
+    )
+
+
+def test_ddl_of_every_migration_maps_to_postgres_types() -> None:
+    from collector.store.migrations import MIGRATIONS
+
+    ddl = "\n".join(pg_migration(m) for m in MIGRATIONS)
+    assert "BLOB" not in ddl and "WITHOUT ROWID" not in ddl and " REAL" not in ddl
+    assert re.search(r'"offset"\s+DOUBLE PRECISION', ddl)
+    assert "id         BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY" in ddl
