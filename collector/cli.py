@@ -105,11 +105,48 @@ def _db_migrate(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _db_copy(args: argparse.Namespace) -> int:
+    from collector.store.copy import copy_store, describe_url
+    from collector.store.migrations import LATEST
+
+    log = logging.getLogger("loa.collector.copy")
+
+    def progress(table: str, done: int, total: int) -> None:
+        if done == total:
+            log.info("%s: %d rows copied", table, done)
+
+    report = asyncio.run(copy_store(args.from_url, args.to_url, progress=progress))
+    if report.migrated:
+        print(f"{describe_url(args.to_url)}: schema version 0 -> {LATEST}")
+    print(report.format())
+    rate = report.rows / report.seconds if report.seconds > 0 else 0.0
+    print(
+        f"copied {report.rows} rows from {report.source} to {report.destination}"
+        f" in {report.seconds:.1f} s ({rate:.0f} rows/s); row counts verified"
+    )
+    return 0
+
+
 def _register_db(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("db", help="database maintenance")
     dsub = p.add_subparsers(dest="db_command", required=True)
     m = dsub.add_parser("migrate", parents=[parent], help="bring the schema to this version")
     m.set_defaults(func=_db_migrate)
+    c = dsub.add_parser(
+        "copy",
+        help="copy a whole store into an empty one (SQLite <-> PostgreSQL), in one transaction",
+    )
+    c.add_argument(
+        "--from",
+        dest="from_url",
+        required=True,
+        metavar="URL",
+        help="sqlite:///path or postgresql://...",
+    )
+    c.add_argument(
+        "--to", dest="to_url", required=True, metavar="URL", help="an empty store (migrated if new)"
+    )
+    c.set_defaults(func=_db_copy)
 
 
 # -- users ---------------------------------------------------------------------------------

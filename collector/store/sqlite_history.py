@@ -303,7 +303,7 @@ class HistoryRole(_SQLiteBase):
         rows = await self._all(
             "SELECT device_id, kind, prompt, broken, cause, ts, received_at, payload FROM"
             " (SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY ts DESC, seq DESC)"
-            "  AS rn FROM messages WHERE obs_kind = 'state' AND ts <= ?) WHERE rn = 1",
+            "  AS rn FROM messages WHERE obs_kind = 'state' AND ts <= ?) AS latest WHERE rn = 1",
             (t,),
         )
         out: dict[str, DiagEvidence] = {}
