@@ -25,8 +25,10 @@ Passwords in PostgreSQL URLs never appear in messages (``redact``).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -95,12 +97,10 @@ class CopyReport:
 
 
 def describe_url(url: str) -> str:
-    """``url`` fit for messages: PostgreSQL's password redacted."""
-    if is_postgres(url):
-        from collector.store.postgres import redact
+    """``url`` fit for messages: any password in it redacted (whatever the scheme)."""
+    from collector.store.postgres import redact
 
-        return redact(url)
-    return url
+    return redact(url)
 
 
 def check_url(url: str, what: str) -> None:
@@ -350,6 +350,41 @@ def _pg_converter(types: Sequence[str]) -> Callable[[Sequence[Any]], Sequence[An
     return convert
 
 
+async def _prefetched(
+    chunks: AsyncIterator[list[Any]], depth: int = 2
+) -> AsyncGenerator[list[Any], None]:
+    """``chunks``, read up to ``depth`` chunks ahead while the caller writes the last one
+    (the source's reads overlap the destination's writes)."""
+    queue: asyncio.Queue[tuple[list[Any] | None, Exception | None]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for rows in chunks:
+                await queue.put((rows, None))
+            await queue.put((None, None))
+        except Exception as exc:  # handed to the consumer, raised there
+            await queue.put((None, exc))
+
+    task = asyncio.create_task(pump(), name="loa-copy-read")
+    try:
+        while True:
+            rows, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if rows is None:
+                break
+            yield rows
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _side(url: str, repo: SQLiteRepository) -> _Side:
     return _PgSide(url, repo) if is_postgres(url) else _SQLiteSide(url, repo)
 
@@ -404,6 +439,12 @@ async def copy_store(src_url: str, dst_url: str, *, progress: Progress | None = 
         raise CopyError(f"--from and --to are the same store: {describe_url(src_url)}")
     src_repo = await _open(src_url, "--from", must_exist=True)
     try:
+        src_version = await src_repo.schema_version()
+        if src_version != LATEST:
+            raise CopyError(
+                f"source {describe_url(src_url)}: schema version {src_version}, this collector "
+                f"copies version {LATEST}; run `loa-collector db migrate` on it first"
+            )
         dst_repo = await _open(dst_url, "--to", must_exist=False)
         try:
             return await _copy(
@@ -416,12 +457,7 @@ async def copy_store(src_url: str, dst_url: str, *, progress: Progress | None = 
 
 
 async def _copy(src: _Side, dst: _Side, progress: Progress | None, started: float) -> CopyReport:
-    src_version = await src.repo.schema_version()
-    if src_version != LATEST:
-        raise CopyError(
-            f"source {src.name}: schema version {src_version}, this collector copies "
-            f"version {LATEST}; run `loa-collector db migrate` on it first"
-        )
+    src_version = LATEST  # checked by copy_store before the destination was opened
     dst_version = await dst.repo.schema_version()
     migrated = False
     if dst_version == 0:
@@ -485,8 +521,8 @@ async def _copy(src: _Side, dst: _Side, progress: Progress | None, started: floa
                     if progress is not None:
                         progress(t, copied, total)
 
-                chunks = src.stream(conn, t, columns[t])
-                await dst.write(db, t, columns[t], dst_types[t], chunks, step)
+                async with aclosing(_prefetched(src.stream(conn, t, columns[t]))) as chunks:
+                    await dst.write(db, t, columns[t], dst_types[t], chunks, step)
                 if copied != total:
                     raise CopyError(f"table {t}: read {copied} rows of {total}; nothing copied")
         identities = await dst.reset_identities(db, order)

@@ -10,8 +10,8 @@ gives them that shape over psycopg, translating each statement once (cached):
   for ``?N``), literal ``%`` is doubled;
 - ``INSERT OR IGNORE`` becomes ``ON CONFLICT DO NOTHING``; ``INSERT OR
   REPLACE`` an upsert on the table's primary key (``_PRIMARY_KEYS``);
-- ``group_concat`` becomes ``string_agg``; ``instr(CAST(x AS TEXT), 'lit')``
-  becomes ``position('lit'::bytea in x)``;
+- ``group_concat`` becomes ``string_agg``; an empty ``IN ()`` an empty
+  subquery; ``instr(CAST(x AS TEXT), 'lit')`` becomes ``position('lit'::bytea in x)``;
 - an ``INSERT`` into a table with an identity ``id`` gets ``RETURNING id``,
   which is the cursor's ``lastrowid``.
 
@@ -152,6 +152,9 @@ def pg_sql(sql: str) -> Translated:
     out = _TOKEN.sub(sub, sql)
     out = _INSTR_TEXT.sub(lambda m: f"position({m.group(2)}::bytea in {m.group(1)})", out)
     out = re.sub(r"\bgroup_concat\(", "string_agg(", out, flags=re.I)
+    # SQLite takes an empty list (``x IN ()`` false, ``NOT IN ()`` true); an empty
+    # subquery means the same in PostgreSQL.
+    out = re.sub(r"\bIN\s*\(\s*\)", "IN (SELECT NULL WHERE FALSE)", out, flags=re.I)
     if _OR_IGNORE.match(out):
         out = _with_tail(_OR_IGNORE.sub("INSERT INTO", out, count=1), "ON CONFLICT DO NOTHING")
     elif m := _OR_REPLACE.match(out):

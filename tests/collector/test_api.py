@@ -20,6 +20,7 @@ from collector.model import InventoryDevice
 from collector.openapi import openapi_document
 from collector.routes import ROUTES
 from collector.store.base import Role
+from collector.store.engines import open_store
 from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import FaultCode, Kind, topic
 from tests.collector.conftest import make_config, publish, state, wait_for
@@ -74,7 +75,7 @@ class Api:
 
 
 async def start_api(broker: Broker, tmp_path: Path, cfg: CollectorConfig) -> AsyncIterator[Api]:
-    repo = await SQLiteRepository.open(cfg.db.path)
+    repo = await open_store(cfg.db)
     await repo.migrate()
     tokens: dict[str, str] = {}
     for name, (role, communes) in USERS.items():
@@ -99,7 +100,8 @@ async def _true(v: bool) -> bool:
 
 
 @pytest.fixture
-async def api(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
+async def api(broker: Broker, tmp_path: Path, repo: SQLiteRepository) -> AsyncIterator[Api]:
+    """The API over the store of ``repo``: each test runs on SQLite and PostgreSQL."""
     cfg = make_config(
         broker,
         tmp_path,

@@ -43,7 +43,8 @@ SLOW = {"first_delay_s": 300.0, "max_delay_s": 900.0}
 
 
 @pytest.fixture
-async def api(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
+async def api(broker: Broker, tmp_path: Path, repo: SQLiteRepository) -> AsyncIterator[Api]:
+    """On each engine (``repo``)."""
     (tmp_path / "metrics-token").write_text("metrics-token-0123456789abcdef\n")
     cfg = make_config(
         broker,
@@ -143,7 +144,9 @@ async def test_cli_unlock_clears_delays(api: Api, tmp_path: Path) -> None:
     await asyncio.gather(*(_login(api, WRONG) for _ in range(8)))
     assert await _login(api, RIGHT) == 429
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[db]\npath = "{api.repo.path}"\n', encoding="utf-8")
+    url = getattr(api.repo, "url", None)  # PostgreSQL: the login throttle is in it too
+    where = f'url = "{url}"' if url else f'path = "{api.repo.path}"'
+    cfg.write_text(f"[db]\n{where}\n", encoding="utf-8")
     assert await asyncio.to_thread(main, ["users", "unlock", "viewer", "--config", str(cfg)]) == 0
     assert await _login(api, RIGHT) == 200
     assert await asyncio.to_thread(main, ["users", "unlock", "ghost", "--config", str(cfg)]) == 1

@@ -196,14 +196,7 @@ def test_report_thresholds_are_checked() -> None:
 # -- through the store ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def repo(tmp_path: Path) -> SQLiteRepository:  # type: ignore[misc]
-    r = await SQLiteRepository.open(tmp_path / "c.db", synchronous="normal")
-    await r.migrate()
-    try:
-        yield r
-    finally:
-        await r.close()
+# ``repo`` is tests/collector/conftest.py's: each of these runs on SQLite and PostgreSQL.
 
 
 def _expected_july(inventory: list[InventoryDevice]) -> dict[str, float]:
@@ -319,17 +312,15 @@ async def test_without_install_dates_a_cluster_counts_from_listing_or_first_repo
     assert not any(earlier[d].exists for d in never)
 
     # The listing time survives a re-import (it is when the cluster was first listed).
-    db = tmp_path / "c.db"
+    async def listed_at() -> dict[str, float]:
+        rows = await repo._all("SELECT device_id, listed_at FROM inventory")
+        return {r[0]: r[1] for r in rows}
 
-    def listed_at() -> dict[str, float]:
-        with sqlite3.connect(db) as c:
-            return dict(c.execute("SELECT device_id, listed_at FROM inventory").fetchall())
-
-    with sqlite3.connect(db) as c:
-        c.execute("UPDATE inventory SET listed_at = listed_at - 1000")
-    first_listing = listed_at()
+    async with repo._tx() as db:
+        await db.execute("UPDATE inventory SET listed_at = listed_at - 1000")
+    first_listing = await listed_at()
     await repo.upsert_inventory(inventory, remove_missing=False)
-    assert listed_at() == first_listing
+    assert await listed_at() == first_listing
 
 
 async def test_migration_2_dates_existing_rows_from_the_first_import(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from collector.config import CollectorConfig
+from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import FaultCode
 from tests.collector.conftest import make_config, presence, publish, state, wait_for
 from tests.collector.test_api import Api, start_api
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def api(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
+async def api(broker: Broker, tmp_path: Path, repo: SQLiteRepository) -> AsyncIterator[Api]:
+    """On each engine (``repo``)."""
     cfg: CollectorConfig = make_config(broker, tmp_path, fleet={"heartbeat_grace_s": 3000.0})
     async for a in start_api(broker, tmp_path, cfg):
         yield a

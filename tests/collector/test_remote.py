@@ -15,6 +15,7 @@ import pytest
 
 from collector.cli import main as collector_main
 from collector.store.base import NotFound
+from collector.store.sqlite import SQLiteRepository
 from firmware_shims.modem.sim import SimProcess, running_modem
 from tests.collector.conftest import make_config, wait_for
 from tests.collector.test_api import Api, start_api
@@ -29,7 +30,8 @@ MODEM = {"poll_s": 30.0, "timeout_s": 2.0, "dialect": "quectel"}
 
 
 @pytest.fixture
-async def api(broker: Broker, tmp_path: Path) -> AsyncIterator[Api]:
+async def api(broker: Broker, tmp_path: Path, repo: SQLiteRepository) -> AsyncIterator[Api]:
+    """On each engine (``repo``)."""
     cfg = make_config(broker, tmp_path, fleet={"heartbeat_grace_s": 600.0})
     async for a in start_api(broker, tmp_path, cfg):
         yield a

@@ -105,6 +105,10 @@ def test_translation_of_the_sqlite_idioms() -> None:
     t = pg_sql("SELECT ?2 = 1, ? FROM t WHERE k LIKE 'a%' AND c = '?'")
     assert t.sql == "SELECT %s = 1, %s FROM t WHERE k LIKE 'a%%' AND c = '?'"
     assert t.params(["x", "y", "z"]) == ["y", "z"]
+    t = pg_sql("SELECT 1 WHERE a IN () OR b NOT IN ()")
+    assert t.sql == (
+        "SELECT 1 WHERE a IN (SELECT NULL WHERE FALSE) OR b NOT IN (SELECT NULL WHERE FALSE)"
+    )
     t = pg_sql("INSERT INTO tickets (device_id) VALUES (?)")
     assert t.returns_id and t.sql.endswith("RETURNING id")
     assert "string_agg(" in pg_sql("SELECT group_concat(a, ', ') FROM t").sql

@@ -181,18 +181,14 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+async def site(tmp_path: Path, repo: SQLiteRepository) -> AsyncIterator[Site]:
+    """The dashboard over a seeded store, on each engine (``repo``)."""
     cfg = replace(
         make_config(None, tmp_path, repairs={"overdue_after_s": 3 * DAY, "auto_open_after_s": 0.0}),
         ingest_enabled=False,
     )
     now = time.time()
-    repo = await SQLiteRepository.open(Path(cfg.db.path), synchronous="normal")
-    await repo.migrate()
-    try:
-        await seed(repo, cfg, now)
-    finally:
-        await repo.close()
+    await seed(repo, cfg, now)
     app = create_app(cfg)
     async with TestClient(TestServer(app)) as client:
         yield Site(client, app, now)
