@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -167,6 +167,25 @@ def summarize(statuses: list[DeviceStatus] | list[DeviceRow]) -> dict[str, Any]:
     return {**out, "by_cause": {c.value: by_cause[c.value] for c in B2Cause}}
 
 
+def summarize_tally(rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
+    """``summarize`` from the store's kept counts (``fleet_tally``): the same
+    figures without reading every cluster."""
+    by_cause: Counter[str] = Counter()
+    out = {"total": 0, "working": 0, "broken": 0, "in_repair": 0, "not_repaired": 0}
+    out["never_reported"] = out["online"] = 0
+    for _commune, status, cause, in_repair, online, never_reported, n in rows:
+        out["total"] += n
+        out["never_reported"] += n if never_reported else 0
+        out["online"] += n if online else 0
+        if status == Status.WORKING:
+            out["working"] += n
+            continue
+        out["broken"] += n
+        out["in_repair" if in_repair else "not_repaired"] += n
+        by_cause[cause or B2Cause.UNKNOWN.value] += n
+    return {**out, "by_cause": {c.value: by_cause[c.value] for c in B2Cause}}
+
+
 # -- handlers ------------------------------------------------------------------------------
 # Each takes (request, parameters, body) as declared by its route in collector.routes and
 # returns JSON-ready data (encoded through the route's response Struct) or a response.
@@ -295,17 +314,13 @@ async def summary_view(request: web.Request, p: schemas.SummaryParams, b: None) 
     at = optional_time(p.at, tz_of(request))
     communes = scoped_communes(request, p.commune)
     repo = request.app[REPO]
-    if at is None:
-        rows: list[DeviceStatus] | list[DeviceRow] = await repo.list_devices(
-            communes=communes, limit=10**7
-        )
-    else:
-        rows = [
-            s
-            for s in await repo.statuses_as_of(at)
-            if communes is None or s.commune_code in communes
-        ]
-    return {"at": at if at is not None else time.time(), **summarize(rows)}
+    if at is None:  # now: the counts kept as the fleet changes
+        tally, _version = await repo.fleet_tally(communes)
+        return {"at": time.time(), **summarize_tally(tally)}
+    rows = [
+        s for s in await repo.statuses_as_of(at) if communes is None or s.commune_code in communes
+    ]
+    return {"at": at, **summarize(rows)}
 
 
 async def communes_view(request: web.Request, p: None, b: None) -> dict[str, Any]:
@@ -316,15 +331,14 @@ async def communes_view(request: web.Request, p: None, b: None) -> dict[str, Any
     for d in await repo.list_inventory():
         if allowed is None or d.commune_code in allowed:
             names.setdefault(d.commune_code, (d.commune_name, d.commune_kind.value))
-    groups: dict[str, list[DeviceRow]] = {}
-    for row in await repo.list_devices(communes=allowed, limit=10**7):
-        groups.setdefault(row.commune_code, []).append(row)
-    for code in names:
-        groups.setdefault(code, [])
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for row in (await repo.fleet_tally(allowed, each=True))[0]:
+        groups.setdefault(row[0], []).append(row)
     out = []
-    for code, rows in groups.items():
+    for code in [*names, *(c for c in groups if c not in names)]:
+        rows = groups.get(code, [])
         name, kind = names.get(code, (code, ""))
-        out.append({"code": code, "name": name, "kind": kind, **summarize(rows)})
+        out.append({"code": code, "name": name, "kind": kind, **summarize_tally(rows)})
     return {"communes": out}
 
 

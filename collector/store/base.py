@@ -17,7 +17,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -396,6 +396,12 @@ class IngestStore(Protocol):
 class HistoryStore(Protocol):
     """History queries: the fleet as of any moment, a device's history, the evidence for
     causes, the B2 snapshots."""
+
+    async def fleet_tally(
+        self, communes: Iterable[str] | None = None, *, each: bool = False
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """The fleet's counts kept as it changes, and their version (see SQLite's)."""
+        ...
 
     async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
         """One DeviceStatus per inventory device, in inventory order, as of moment ``t``.

@@ -377,6 +377,59 @@ MIGRATIONS: tuple[str, ...] = (
         lease_until REAL NOT NULL
     );
     """,
+    # 11: the fleet's counts kept as it changes (issue 20): per cluster what the
+    # summaries count (fleet_members), the counts per commune and for the whole
+    # fleet ('*') (fleet_tally), and a version per commune that every change a
+    # page shows bumps (fleet_versions: the dashboards' live poll).
+    """
+    CREATE TABLE fleet_members (
+        device_id      TEXT PRIMARY KEY,
+        commune        TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        cause          TEXT NOT NULL,    -- '' while working
+        in_repair      INTEGER NOT NULL,
+        online         INTEGER NOT NULL,
+        never_reported INTEGER NOT NULL,
+        since          REAL
+    );
+    CREATE INDEX fleet_members_commune ON fleet_members(commune);
+    CREATE TABLE fleet_tally (
+        commune        TEXT NOT NULL,    -- '*': the whole fleet
+        status         TEXT NOT NULL,
+        cause          TEXT NOT NULL,
+        in_repair      INTEGER NOT NULL,
+        online         INTEGER NOT NULL,
+        never_reported INTEGER NOT NULL,
+        n              INTEGER NOT NULL,
+        PRIMARY KEY (commune, status, cause, in_repair, online, never_reported)
+    );
+    CREATE TABLE fleet_versions (
+        commune TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    );
+    INSERT INTO fleet_members (device_id, commune, status, cause, in_repair, online,
+                               never_reported, since)
+    SELECT ids.device_id,
+           coalesce(i.commune_code, d.commune_code, ''),
+           coalesce(d.status, 'broken'),
+           CASE WHEN d.device_id IS NULL THEN 'unknown'
+                WHEN d.status = 'broken' THEN coalesce(d.cause, 'unknown') ELSE '' END,
+           CASE WHEN coalesce(d.status, 'broken') = 'broken' AND EXISTS (
+                SELECT 1 FROM tickets t WHERE t.device_id = ids.device_id
+                AND t.state = 'in_repair') THEN 1 ELSE 0 END,
+           coalesce(d.online, 0),
+           CASE WHEN d.device_id IS NULL THEN 1 ELSE 0 END,
+           d.status_since
+    FROM (SELECT device_id FROM inventory UNION SELECT device_id FROM devices) AS ids
+         LEFT JOIN inventory i ON i.device_id = ids.device_id
+         LEFT JOIN devices d ON d.device_id = ids.device_id;
+    INSERT INTO fleet_tally (commune, status, cause, in_repair, online, never_reported, n)
+    SELECT commune, status, cause, in_repair, online, never_reported, count(*)
+    FROM fleet_members GROUP BY commune, status, cause, in_repair, online, never_reported;
+    INSERT INTO fleet_tally (commune, status, cause, in_repair, online, never_reported, n)
+    SELECT '*', status, cause, in_repair, online, never_reported, count(*)
+    FROM fleet_members GROUP BY status, cause, in_repair, online, never_reported;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -366,6 +366,145 @@ class _SQLiteBase:
             (time.time(), actor, action, target, json.dumps(detail, ensure_ascii=False)),
         )
 
+    #: What the fleet's counts count of each cluster (fleet_members' columns).
+    _MEMBER_COLS: Final = (
+        "commune",
+        "status",
+        "cause",
+        "in_repair",
+        "online",
+        "never_reported",
+        "since",
+    )
+
+    @staticmethod
+    def _member_select(n: int) -> str:
+        """The fleet_members rows of ``n`` clusters (their ids bound twice), as the
+        inventory, the devices and the tickets say now (migration 11's query)."""
+        q = _qmarks(n)
+        return f"""
+            SELECT ids.device_id,
+                   coalesce(i.commune_code, d.commune_code, '') AS commune,
+                   coalesce(d.status, 'broken') AS status,
+                   CASE WHEN d.device_id IS NULL THEN 'unknown'
+                        WHEN d.status = 'broken' THEN coalesce(d.cause, 'unknown')
+                        ELSE '' END AS cause,
+                   CASE WHEN coalesce(d.status, 'broken') = 'broken' AND EXISTS (
+                        SELECT 1 FROM tickets t WHERE t.device_id = ids.device_id
+                        AND t.state = 'in_repair') THEN 1 ELSE 0 END AS in_repair,
+                   coalesce(d.online, 0) AS online,
+                   CASE WHEN d.device_id IS NULL THEN 1 ELSE 0 END AS never_reported,
+                   d.status_since AS since
+            FROM (SELECT device_id FROM inventory WHERE device_id IN ({q})
+                  UNION SELECT device_id FROM devices WHERE device_id IN ({q})) AS ids
+                 LEFT JOIN inventory i ON i.device_id = ids.device_id
+                 LEFT JOIN devices d ON d.device_id = ids.device_id
+        """
+
+    async def _touch(
+        self, db: aiosqlite.Connection, devices: Iterable[str], *, shown: Iterable[str] = ()
+    ) -> None:
+        """Bring the fleet's counts up to date for ``devices`` after a change in this
+        transaction, and bump the version of every commune whose page changed
+        (also those of ``shown``: a ticket's progress, a new event)."""
+        shown = set(shown)
+        ids = sorted(set(devices) | shown)
+        delta: dict[tuple[Any, ...], int] = {}
+        bumped: set[str] = set()
+        cols = self._MEMBER_COLS
+        for chunk in _chunks(ids):
+            async with db.execute(
+                f"SELECT device_id, {', '.join(cols)} FROM fleet_members"
+                f" WHERE device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                old = {r[0]: tuple(r)[1:] for r in await cur.fetchall()}
+            async with db.execute(self._member_select(len(chunk)), [*chunk, *chunk]) as cur:
+                new = {r[0]: tuple(r)[1:] for r in await cur.fetchall()}
+            upserts, gone = [], []
+            for dev in chunk:
+                o, n = old.get(dev), new.get(dev)
+                if o != n:
+                    for row, sign in ((o, -1), (n, 1)):
+                        if row is not None:
+                            for commune in (row[0], "*"):
+                                key = (commune, *row[1:6])
+                                delta[key] = delta.get(key, 0) + sign
+                    if n is None:
+                        gone.append(dev)
+                    else:
+                        upserts.append((dev, *n))
+                if o != n or dev in shown:
+                    bumped.update(r[0] for r in (o, n) if r is not None)
+            if gone:
+                await db.execute(
+                    f"DELETE FROM fleet_members WHERE device_id IN ({_qmarks(len(gone))})", gone
+                )
+            if upserts:
+                await db.executemany(
+                    f"INSERT INTO fleet_members (device_id, {', '.join(cols)})"
+                    f" VALUES ({_qmarks(len(cols) + 1)}) ON CONFLICT(device_id) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in cols),
+                    upserts,
+                )
+        changes = [(*k, v) for k, v in sorted(delta.items()) if v]
+        if changes:
+            await db.executemany(
+                "INSERT INTO fleet_tally (commune, status, cause, in_repair, online,"
+                " never_reported, n) VALUES (?,?,?,?,?,?,?)"
+                " ON CONFLICT(commune, status, cause, in_repair, online, never_reported)"
+                " DO UPDATE SET n = fleet_tally.n + excluded.n",
+                changes,
+            )
+            await db.execute("DELETE FROM fleet_tally WHERE n = 0")
+        if bumped:
+            await db.executemany(
+                "INSERT INTO fleet_versions (commune, version) VALUES (?, 1)"
+                " ON CONFLICT(commune) DO UPDATE SET version = fleet_versions.version + 1",
+                [(c,) for c in sorted(bumped | {"*"})],
+            )
+
+    async def fleet_tally(
+        self, communes: Iterable[str] | None = None, *, each: bool = False
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """The kept counts of ``communes`` (None: the whole fleet, as one commune
+        '*', or with ``each`` per commune), rows of (commune, status, cause,
+        in_repair, online, never_reported, n), and their version: it changes
+        whenever anything a page of that scope shows changes."""
+        async with self._read() as db:
+            if communes is None:
+                keys: list[str] = ["*"]
+            else:
+                keys = sorted(set(communes))
+            if each and communes is None:
+                async with db.execute(
+                    "SELECT commune, status, cause, in_repair, online, never_reported, n"
+                    " FROM fleet_tally WHERE commune != '*'"
+                ) as cur:
+                    every = [tuple(r) for r in await cur.fetchall()]
+                async with db.execute(
+                    "SELECT version FROM fleet_versions WHERE commune = '*'"
+                ) as cur:
+                    r = await cur.fetchone()
+                return every, int(r[0]) if r else 0
+            rows: list[tuple[Any, ...]] = []
+            version = 0
+            for chunk in _chunks(keys):
+                q = _qmarks(len(chunk))
+                async with db.execute(
+                    "SELECT commune, status, cause, in_repair, online, never_reported, n"
+                    f" FROM fleet_tally WHERE commune IN ({q})",
+                    chunk,
+                ) as cur:
+                    rows.extend(tuple(r) for r in await cur.fetchall())
+                async with db.execute(
+                    f"SELECT coalesce(sum(version), 0) FROM fleet_versions WHERE commune IN ({q})",
+                    chunk,
+                ) as cur:
+                    r = await cur.fetchone()
+                    version += int(r[0]) if r else 0
+        return rows, version
+
     _DEVICE_SELECT: Final = f"""
         WITH ids AS (SELECT device_id FROM inventory UNION SELECT device_id FROM devices),
         v AS (

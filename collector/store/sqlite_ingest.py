@@ -384,6 +384,7 @@ class IngestRole(_SQLiteBase):
                 " detail) VALUES (?,?,?,?,?,?,?)",
                 events,
             )
+        await self._touch(db, steps, shown=[d for d, st in steps.items() if st.events])
         return [d for d, st in steps.items() if st.changed]
 
     async def _save_transitions(
@@ -493,6 +494,7 @@ class IngestRole(_SQLiteBase):
                     ),
                 )
                 marked.append(device)
+            await self._touch(db, marked)
         return marked
 
     async def purge_raw(self, older_than: float) -> int:

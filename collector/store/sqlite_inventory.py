@@ -64,6 +64,7 @@ class InventoryRole(_SQLiteBase):
                 await db.execute(
                     f"DELETE FROM inventory WHERE device_id IN ({_qmarks(len(chunk))})", chunk
                 )
+            await self._touch(db, set(ids) | removed)
             added = len(set(ids) - existing)
             updated = len(ids) - added
             await self._audit(

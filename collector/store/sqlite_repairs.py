@@ -93,6 +93,10 @@ class RepairRole(_SQLiteBase):
             (ticket_id, at, actor, action, note),
         )
         await self._audit(db, actor, f"repair.{action}", f"ticket:{ticket_id}", {"note": note})
+        async with db.execute("SELECT device_id FROM tickets WHERE id = ?", (ticket_id,)) as cur:
+            row = await cur.fetchone()
+        if row is not None:  # in repair or not, and the page's ticket list changed
+            await self._touch(db, [row[0]], shown=[row[0]])
 
     async def open_ticket(
         self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
