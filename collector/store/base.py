@@ -397,6 +397,10 @@ class HistoryStore(Protocol):
     """History queries: the fleet as of any moment, a device's history, the evidence for
     causes, the B2 snapshots."""
 
+    async def counts_as_of(self, t: float, *, keep_before: float) -> dict[str, tuple[int, int]]:
+        """(working, broken) per commune and '*' at ``t``; kept for past moments."""
+        ...
+
     async def fleet_tally(
         self, communes: Iterable[str] | None = None, *, each: bool = False
     ) -> tuple[list[tuple[Any, ...]], int]:

@@ -430,6 +430,18 @@ MIGRATIONS: tuple[str, ...] = (
     SELECT '*', status, cause, in_repair, online, never_reported, count(*)
     FROM fleet_members GROUP BY status, cause, in_repair, online, never_reported;
     """,
+    # 12: working and broken clusters per commune at past moments (the overview's
+    # month ends), computed once from the history; a write of history at or before
+    # a moment, or an inventory change, drops the moments it affects.
+    """
+    CREATE TABLE counts_as_of (
+        as_of   REAL NOT NULL,
+        commune TEXT NOT NULL,      -- '*': the whole fleet (and: computed)
+        working INTEGER NOT NULL,
+        broken  INTEGER NOT NULL,
+        PRIMARY KEY (as_of, commune)
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

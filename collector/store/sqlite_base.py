@@ -464,6 +464,27 @@ class _SQLiteBase:
                 [(c,) for c in sorted(bumped | {"*"})],
             )
 
+    async def _history_changed(self, db: aiosqlite.Connection, since: float | None) -> None:
+        """History at or after ``since`` (None: all of it) changed in this transaction:
+        drop the counts kept for those moments (``counts_as_of``)."""
+        if since is None:
+            await db.execute("DELETE FROM counts_as_of")
+        else:
+            await db.execute("DELETE FROM counts_as_of WHERE as_of >= ?", (since,))
+        await db.execute(
+            "INSERT INTO fleet_versions (commune, version) VALUES ('~history', 1)"
+            " ON CONFLICT(commune) DO UPDATE SET version = fleet_versions.version + 1"
+        )
+
+    async def _history_generation(self, db: aiosqlite.Connection | None = None) -> int:
+        sql = "SELECT version FROM fleet_versions WHERE commune = '~history'"
+        if db is None:
+            rows = await self._all(sql)
+        else:
+            async with db.execute(sql) as cur:
+                rows = list(await cur.fetchall())
+        return int(rows[0][0]) if rows else 0
+
     async def fleet_tally(
         self, communes: Iterable[str] | None = None, *, each: bool = False
     ) -> tuple[list[tuple[Any, ...]], int]:

@@ -324,6 +324,35 @@ class HistoryRole(_SQLiteBase):
             )
         return out
 
+    async def counts_as_of(self, t: float, *, keep_before: float) -> dict[str, tuple[int, int]]:
+        """(working, broken) per commune of the clusters that existed at ``t``, and
+        the whole fleet's under '*'. Moments before ``keep_before`` (the past) are
+        computed once and kept until history at or before them changes."""
+        gen = await self._history_generation()
+        if t < keep_before:
+            rows = await self._all(
+                "SELECT commune, working, broken FROM counts_as_of WHERE as_of = ?", (t,)
+            )
+            if rows:
+                return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+        counts: dict[str, list[int]] = {"*": [0, 0]}
+        for s in await self.statuses_as_of(t):
+            if not s.exists:
+                continue
+            i = 0 if s.status is Status.WORKING else 1
+            counts.setdefault(s.commune_code, [0, 0])[i] += 1
+            counts["*"][i] += 1
+        if t < keep_before:
+            async with self._tx() as db:
+                if await self._history_generation(db) != gen:
+                    return {c: (w, b) for c, (w, b) in counts.items()}  # changed meanwhile
+                await db.executemany(
+                    "INSERT OR IGNORE INTO counts_as_of (as_of, commune, working, broken)"
+                    " VALUES (?,?,?,?)",
+                    [(t, c, w, b) for c, (w, b) in counts.items()],
+                )
+        return {c: (w, b) for c, (w, b) in counts.items()}
+
     async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
         rows = await self._all(
             "SELECT device_id, ts, payload FROM"

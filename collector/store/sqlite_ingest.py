@@ -390,6 +390,8 @@ class IngestRole(_SQLiteBase):
     async def _save_transitions(
         self, db: aiosqlite.Connection, rows: Sequence[tuple[str, Transition]]
     ) -> None:
+        if rows:  # the kept counts of moments at or after the earliest change are stale
+            await self._history_changed(db, min(tr.ts for _, tr in rows))
         await db.executemany(
             "INSERT OR REPLACE INTO transitions (device_id, ts, seq, online, has_diag,"
             " diag_broken, diag_cause, status, cause, status_since, via)"

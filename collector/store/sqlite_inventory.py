@@ -65,6 +65,7 @@ class InventoryRole(_SQLiteBase):
                     f"DELETE FROM inventory WHERE device_id IN ({_qmarks(len(chunk))})", chunk
                 )
             await self._touch(db, set(ids) | removed)
+            await self._history_changed(db, None)  # who existed, in which commune
             added = len(set(ids) - existing)
             updated = len(ids) - added
             await self._audit(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.api import summarize
+from collector.api import summarize, summarize_tally
 from collector.b2.dates import end_of_day
 from collector.b2.table import commune_label
 from collector.fleet import Transition
@@ -80,6 +81,34 @@ def commune_stats(
     return out
 
 
+def commune_stats_kept(
+    labels: dict[str, str], tally: Iterable[tuple[Any, ...]], scope: frozenset[str] | None
+) -> list[CommuneStat]:
+    """``commune_stats`` from the store's kept counts (``fleet_tally(each=True)``)."""
+    groups: dict[str, list[tuple[Any, ...]]] = {
+        code: [] for code in labels if scope is None or code in scope
+    }
+    for row in tally:
+        groups.setdefault(row[0], []).append(row)
+    out = []
+    for code, rows in groups.items():
+        s = summarize_tally(rows)
+        out.append(
+            CommuneStat(
+                code=code,
+                label=labels.get(code, code or "—"),
+                total=s["total"],
+                working=s["working"],
+                broken=s["broken"],
+                in_repair=s["in_repair"],
+                not_repaired=s["not_repaired"],
+                online=s["online"],
+                never_reported=s["never_reported"],
+            )
+        )
+    return out
+
+
 def worst_communes(stats: Sequence[CommuneStat], n: int = 5) -> list[CommuneStat]:
     """Communes with broken clusters, lowest working ratio first (then most broken)."""
     broken = [s for s in stats if s.broken]
@@ -109,18 +138,24 @@ async def trend(
     """(``mm/yy`` label, working, broken) as of each moment in ``ends``, counting
     only the clusters that existed then (installed, listed or heard from)."""
     out: list[TrendMonth] = []
+    now = time.time()
     for end in ends:
-        statuses = [
-            s
-            for s in await repo.statuses_as_of(end.timestamp())
-            if s.exists and (scope is None or s.commune_code in scope)
-        ]
-        label = end.strftime("%m/%y")
-        if not statuses:
-            out.append((label, None, None))
+        if end.timestamp() >= now - 300:  # now: the counts kept as the fleet changes
+            tally, _ = await repo.fleet_tally(scope)
+            working = sum(r[-1] for r in tally if r[1] == Status.WORKING)
+            broken = sum(r[-1] for r in tally if r[1] != Status.WORKING)
+            label = end.strftime("%m/%y")
+            out.append((label, None, None) if not working + broken else (label, working, broken))
             continue
-        working = sum(1 for s in statuses if s.status is Status.WORKING)
-        out.append((label, working, len(statuses) - working))
+        # Past month ends are computed once and kept (until late history changes them).
+        counts = await repo.counts_as_of(end.timestamp(), keep_before=now - 300)
+        if scope is None:
+            working, broken = counts.get("*", (0, 0))
+        else:
+            working = sum(counts.get(c, (0, 0))[0] for c in scope)
+            broken = sum(counts.get(c, (0, 0))[1] for c in scope)
+        label = end.strftime("%m/%y")
+        out.append((label, None, None) if not working + broken else (label, working, broken))
     return out
 
 

@@ -203,6 +203,7 @@ async def _seed(path: Path) -> None:
                 ("lt-lamthao-01", "boot-1", 1.69e9, july),
             )
         await repo.claim_periodic("fleet-sweep", "collector-1", now=july, lease_s=60)
+        await repo.counts_as_of(july, keep_before=july + 1)  # the overview's kept trend
         # B2 snapshots, as the scheduled report keeps them.
         for as_of in AS_OF:
             await b2_table(repo, as_of=as_of, correlation=CorrelationConfig())

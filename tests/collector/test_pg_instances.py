@@ -20,7 +20,8 @@ import pytest
 
 from collector.b2 import zone
 from collector.b2.service import b2_table
-from collector.config import CorrelationConfig, IngestConfig
+from collector.config import IngestConfig
+from collector.correlation import CorrelationConfig
 from collector.ingest import Ingestor
 from collector.metrics import IngestStats
 from collector.model import InventoryDevice

@@ -182,3 +182,38 @@ async def test_the_kept_counts_follow_every_change_of_the_fleet(repo: SQLiteRepo
     await repo.close_ticket(t.id, actor="op", at=now, state=TicketState.RESOLVED, note="")
     await repo.upsert_inventory(inventory[:4], remove_missing=True)
     await _kept_equals_recomputed(repo)
+
+
+async def test_past_counts_are_kept_and_dropped_when_late_history_changes_them(
+    repo: SQLiteRepository,
+) -> None:
+    inventory = [
+        InventoryDevice(device_id=f"dev-{i}", commune_code="xa-01", commune_name="X", position=i)
+        for i in range(3)
+    ]
+    await repo.upsert_inventory(inventory, remove_missing=False)
+    ing = Ingestor(repo, IngestConfig(), IngestStats())
+    now = time.time()
+    t0, t1 = now - 7200, now - 3600
+
+    async def send(
+        dev: str, seq: int, ts: float, faults: tuple[FaultCode, ...] = (), at: float | None = None
+    ) -> None:
+        at = ts if at is None else at
+        m = ing.prepare(
+            topic(dev, Kind.STATE), encode(state(dev, seq, ts, faults=faults)), received_at=at
+        )
+        assert m is not None
+        await repo.write_batch([m], late_after_s=600)
+
+    for i in range(3):
+        await send(f"dev-{i}", 1, t0)
+    assert await repo.counts_as_of(t1, keep_before=now) == {"*": (3, 0), "xa-01": (3, 0)}
+    kept = await repo._all("SELECT count(*) FROM counts_as_of WHERE as_of = ?", (t1,))
+    assert kept[0][0] == 2
+    # A report from before t1 arrives late (a backlog): dev-1 was broken by then.
+    await send("dev-1", 2, t1 - 600, faults=(FaultCode.SIM_FAILURE,), at=now)
+    assert await repo.counts_as_of(t1, keep_before=now) == {"*": (2, 1), "xa-01": (2, 1)}
+    # Moments not in the past (after keep_before) are never kept.
+    await repo.counts_as_of(now + 1, keep_before=now)
+    assert not await repo._all("SELECT 1 FROM counts_as_of WHERE as_of > ?", (now,))
