@@ -81,6 +81,10 @@ class AmqpConfig:
     #: Broker URL without the password: ``amqp://user@host:5672/vhost`` (``%2F``
     #: is the default vhost ``/``); ``amqps://`` for TLS.
     url: str = "amqp://loa_collector@127.0.0.1:5672/%2F"
+    #: Every node of a RabbitMQ cluster, in the form of ``url``: each connection
+    #: tries the next one, so a collector whose node dies consumes from another
+    #: (the quorum queue lives on all of them). Empty: ``url`` alone.
+    urls: tuple[str, ...] = ()
     #: Password inline (tests, demos); prefer ``password_file`` in production.
     password: str = ""
     #: File holding the password (first line); wins over ``password``.
@@ -104,15 +108,26 @@ class AmqpConfig:
     def resolved_password(self) -> str:
         return _password(self.password, self.password_file, "amqp")
 
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The broker URLs to connect to, in turn."""
+        return self.urls or (self.url,)
+
     def problems(self) -> list[str]:
         """What is wrong with this section, each naming its field."""
         out = []
-        scheme, sep, rest = self.url.partition("://")
-        host = rest.partition("/")[0].rpartition("@")[2]
-        if scheme not in ("amqp", "amqps") or not sep or not host:
-            out.append("[amqp] url: expected amqp://user@host:port/vhost or amqps://...")
-        elif ":" in rest.partition("/")[0].rpartition("@")[0]:
-            out.append("[amqp] url: put the password in password_file, not in the url")
+        field_name = "urls" if self.urls else "url"
+        for url in self.nodes:
+            scheme, sep, rest = url.partition("://")
+            host = rest.partition("/")[0].rpartition("@")[2]
+            if scheme not in ("amqp", "amqps") or not sep or not host:
+                out.append(
+                    f"[amqp] {field_name}: expected amqp://user@host:port/vhost or amqps://..."
+                )
+            elif ":" in rest.partition("/")[0].rpartition("@")[0]:
+                out.append(
+                    f"[amqp] {field_name}: put the password in password_file, not in the url"
+                )
         if not self.queue or len(self.queue.encode()) > 255:
             out.append("[amqp] queue: must be 1..255 bytes")
         if not 0 <= self.prefetch <= 65535:

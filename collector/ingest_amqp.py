@@ -114,15 +114,15 @@ class _AckWindow:
         return top
 
 
-def _url(cfg: AmqpConfig) -> URL:
-    url = URL(cfg.url)
+def _url(cfg: AmqpConfig, node: str) -> URL:
+    url = URL(node)
     password = cfg.resolved_password()
     return url.with_password(password) if password else url
 
 
-def endpoint(cfg: AmqpConfig) -> str:
-    """The broker URL as logged: never with a password."""
-    return str(URL(cfg.url).with_password(None))
+def endpoint(node: str) -> str:
+    """A broker URL as logged: never with a password."""
+    return str(URL(node).with_password(None))
 
 
 async def declare(channel: AbstractChannel, cfg: AmqpConfig) -> AbstractQueue:
@@ -144,7 +144,9 @@ async def run_ingest_amqp(
     """Consume the ingest queue forever, reconnecting with jittered backoff; cancel to stop."""
     attempt = 0
     failing = False
-    where = endpoint(cfg.amqp)
+    nodes = cfg.amqp.nodes
+    turn = 0  # the node of this connection: the next one after each loss
+    where = endpoint(nodes[0])
 
     def up() -> None:
         nonlocal attempt, failing
@@ -162,8 +164,10 @@ async def run_ingest_amqp(
             connected.set()
 
     while True:
+        node = nodes[turn % len(nodes)]
+        where = endpoint(node)
         try:
-            await _session(cfg, ingestor, up)
+            await _session(cfg, ingestor, up, node)
         # ChannelInvalidStateError: an ack or publish raced the link's loss.
         except* (
             aiormq.exceptions.AMQPError,
@@ -179,19 +183,22 @@ async def run_ingest_amqp(
                 log.warning("broker %s: %r; reconnecting with backoff", where, exc)
                 failing = True
             attempt += 1
+            turn += 1
             await asyncio.sleep(reconnect_delay(attempt, cfg.amqp.max_backoff_s))
         finally:
             ingestor.stats.connected = False
 
 
-async def _session(cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], None]) -> None:
-    """One connection: declare, consume and confirm until the link breaks."""
+async def _session(
+    cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], None], node: str
+) -> None:
+    """One connection to ``node``: declare, consume and confirm until the link breaks."""
     a = cfg.amqp
     tls = None
-    if a.url.startswith("amqps://"):
+    if node.startswith("amqps://"):
         tls = ssl.create_default_context(cafile=a.ca_file or None)
     connection = await aio_pika.connect(
-        _url(a),
+        _url(a, node),
         ssl_context=tls,
         timeout=a.timeout_s,
         client_properties={"connection_name": f"loa-collector ingest ({cfg.mqtt.client_id})"},
@@ -237,7 +244,7 @@ async def _session(cfg: CollectorConfig, ingestor: Ingestor, up: Callable[[], No
                 name="ingest.confirm",
             )
             tg.create_task(
-                _watch(connection, channel, tag, endpoint(a), min(5.0, a.timeout_s)),
+                _watch(connection, channel, tag, endpoint(node), min(5.0, a.timeout_s)),
                 name="ingest.link",
             )
 

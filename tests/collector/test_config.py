@@ -50,3 +50,18 @@ def test_bad_config_names_the_field(tmp_path: Path, text: str, message: str) -> 
         load_config(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_amqp_nodes_and_db_urls_are_checked(tmp_path: Path) -> None:
+    from collector.config import config_from_dict
+
+    cfg = config_from_dict(
+        {"amqp": {"urls": ["amqp://loa@n1:5672/%2F", "amqps://loa@n2:5671/%2F"]}}
+    )
+    assert cfg.amqp.nodes == ("amqp://loa@n1:5672/%2F", "amqps://loa@n2:5671/%2F")
+    assert config_from_dict({}).amqp.nodes == (config_from_dict({}).amqp.url,)
+    with pytest.raises(ConfigError, match=r"\[amqp\] urls: put the password in password_file"):
+        config_from_dict({"amqp": {"urls": ["amqp://loa@n1/%2F", "amqp://loa:secret@n2/%2F"]}})
+    with pytest.raises(ConfigError, match=r"\[db\] url: must start with postgresql://"):
+        config_from_dict({"db": {"url": "mysql://x@y/z"}})
+    assert config_from_dict({"db": {"url": "postgresql://loa@db/loa"}}).db.url
