@@ -240,6 +240,20 @@ def step_major(devices: list[Device], steps: range, t0: float) -> Iterator[list[
         yield out
 
 
+def device_major(devices: list[Device], steps: int, t0: float, batch: int) -> Iterator[list[Wire]]:
+    """Groups of devices, each with its whole history in time order (a fleet's
+    backlog): the same stored history as ``step_major`` at backlog speed, for
+    seeding large fleets within the budget."""
+    group = max(1, batch // max(1, steps))
+    for g in range(0, len(devices), group):
+        out: list[Wire] = []
+        for d in devices[g : g + group]:
+            for k in range(steps):
+                t = t0 + k * HEARTBEAT_S + phase(d.index)
+                out += wires_of(d.messages(k, t), t)
+        yield out
+
+
 def ingest_batches(
     indexes: range, steps: int, t0: float, shape: str, live_batch: int, backlog_batch: int
 ) -> list[list[Wire]]:
@@ -509,25 +523,33 @@ async def seed(repo: SQLiteRepository, args: argparse.Namespace, t0: float) -> S
     ingestor = Ingestor(repo, IngestConfig(), IngestStats())
     devices = [Device(i) for i in range(args.clusters)]
     s = Seeded()
-    steps = args.days * STEPS_PER_DAY
+    steps = max(1, round(args.days * STEPS_PER_DAY))
     pending: list[Wire] = []
     next_print = time.monotonic() + 30
-    for k, chunk in enumerate(step_major(devices, range(steps), t0)):
+    chunks = (
+        step_major(devices, range(steps), t0)
+        if args.seed_order == "time"
+        else device_major(devices, steps, t0, args.seed_batch)
+    )
+    for k, chunk in enumerate(chunks):
         pending += chunk
         start = time.perf_counter()
         while len(pending) >= args.seed_batch:
             s.messages += await store_batch(ingestor, pending[: args.seed_batch])
             del pending[: args.seed_batch]
         s.seconds += time.perf_counter() - start
-        s.steps = k + 1
+        by_device = args.seed_order == "device"
+        # Device order seeds whole histories: it runs to the end (no budget).
+        s.steps = steps if by_device else k + 1
         if time.monotonic() > next_print:
             next_print += 30
+            done = f"{k + 1} device groups" if by_device else f"{s.steps}/{steps} periods"
             print(
-                f"    seeding: {s.messages} msgs, {s.steps}/{steps} periods, "
-                f"{s.messages / s.seconds:.0f} msg/s, load {load()}",
+                f"    seeding: {s.messages} msgs, {done}, "
+                f"{s.messages / max(s.seconds, 1e-9):.0f} msg/s, load {load()}",
                 flush=True,
             )
-        if s.seconds > args.seed_budget_s:
+        if not by_device and s.seconds > args.seed_budget_s:
             break
     start = time.perf_counter()
     if pending:
@@ -714,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("ingest", "fleet"))
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--clusters", type=int, default=2000)
-    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--days", type=float, default=1.0, help="may be a fraction (large fleets)")
     p.add_argument("--sqlite-sync", choices=("normal", "full"), default="full")
     p.add_argument("--pg-fsync", choices=("on", "off"), default="on")
     p.add_argument("--ingest-devices", type=int, default=200)
@@ -722,6 +744,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-batch", type=int, default=2)
     p.add_argument("--backlog-batch", type=int, default=500)
     p.add_argument("--seed-batch", type=int, default=1000)
+    p.add_argument(
+        "--seed-order",
+        choices=("time", "device"),
+        default="time",
+        help="time: the fleet's traffic in time order; device: each device's backlog in turn",
+    )
     p.add_argument("--seed-budget-s", type=float, default=600.0, help="per engine")
     args = p.parse_args(argv)
     print("command: " + shlex.join([sys.executable, *sys.argv]), flush=True)
