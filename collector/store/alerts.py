@@ -16,6 +16,7 @@ connections (same transactions, same locks). Rules of the outbox:
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,34 +153,35 @@ class AlertStore(Protocol):
 
 
 _DELIVERY_COLS = (
-    "d.id, n.key, n.kind, n.rule, d.recipient, d.channel, d.address, d.idem_key, d.lang,"
-    " d.subject, d.body, d.payload, d.attachment, d.attachment_name, d.state, d.attempts,"
-    " d.not_before, d.last_error, d.created_at, d.sent_at"
+    "d.id, n.key AS notification_key, n.kind, n.rule, d.recipient, d.channel, d.address,"
+    " d.idem_key, d.lang, d.subject, d.body, d.payload, d.attachment, d.attachment_name,"
+    " d.state, d.attempts, d.not_before, d.last_error, d.created_at, d.sent_at"
 )
 
 
-def _delivery(r: Sequence[Any]) -> Delivery:
+def _delivery(r: sqlite3.Row) -> Delivery:
+    """A row of ``_DELIVERY_COLS``, by column name."""
     return Delivery(
-        id=r[0],
-        notification_key=r[1],
-        kind=r[2],
-        rule=r[3],
-        recipient=r[4],
-        channel=r[5],
-        address=r[6],
-        idem_key=r[7],
-        lang=r[8],
-        subject=r[9],
-        body=r[10],
-        payload=json.loads(r[11]),
-        attachment=r[12],
-        attachment_name=r[13],
-        state=r[14],
-        attempts=r[15],
-        not_before=r[16],
-        last_error=r[17],
-        created_at=r[18],
-        sent_at=r[19],
+        id=r["id"],
+        notification_key=r["notification_key"],
+        kind=r["kind"],
+        rule=r["rule"],
+        recipient=r["recipient"],
+        channel=r["channel"],
+        address=r["address"],
+        idem_key=r["idem_key"],
+        lang=r["lang"],
+        subject=r["subject"],
+        body=r["body"],
+        payload=json.loads(r["payload"]),
+        attachment=r["attachment"],
+        attachment_name=r["attachment_name"],
+        state=r["state"],
+        attempts=r["attempts"],
+        not_before=r["not_before"],
+        last_error=r["last_error"],
+        created_at=r["created_at"],
+        sent_at=r["sent_at"],
     )
 
 
@@ -198,7 +200,7 @@ class SQLiteAlertStore:
 
     async def rules(self) -> list[dict[str, Any]]:
         rows = await self.repo._all("SELECT data FROM alert_rules ORDER BY name")
-        return [json.loads(r[0]) for r in rows]
+        return [json.loads(r["data"]) for r in rows]
 
     async def put_rule(self, data: dict[str, Any], *, actor: str) -> None:
         async with self.repo._tx() as db:
@@ -222,9 +224,9 @@ class SQLiteAlertStore:
     async def seed_rules(self, rules: Sequence[dict[str, Any]]) -> int:
         """Store ``rules`` if there are none at all (a new database); returns how many."""
         async with self.repo._tx() as db:
-            async with db.execute("SELECT count(*) FROM alert_rules") as cur:
+            async with db.execute("SELECT count(*) AS n FROM alert_rules") as cur:
                 row = await cur.fetchone()
-            if row and row[0]:
+            if row and row["n"]:
                 return 0
             now = time.time()
             await db.executemany(
@@ -237,23 +239,26 @@ class SQLiteAlertStore:
 
     @staticmethod
     def _contact(
-        key: str, name: str, r: Sequence[Any] | None, user: Sequence[Any] | None
+        key: str, name: str, r: sqlite3.Row | None, user: sqlite3.Row | None
     ) -> ContactRow:
+        """``r``: a row holding ``_CONTACT_COLS``; ``user``: one holding the account's
+        role, user_communes and disabled; both by column name."""
         values: dict[str, Any] = {}
         if r is not None:
-            values = dict(zip(_CONTACT_COLS.split(", "), r, strict=True))
+            values = {col: r[col] for col in _CONTACT_COLS.split(", ")}
             values["communes"] = frozenset(json.loads(values["communes"]))
         if user is not None:
-            values["role"] = Role(user[0])
-            values["user_communes"] = frozenset(json.loads(user[1]))
-            values["disabled"] = bool(user[2])
+            values["role"] = Role(user["role"])
+            values["user_communes"] = frozenset(json.loads(user["user_communes"]))
+            values["disabled"] = bool(user["disabled"])
         return ContactRow(key=key, name=name, **values)
 
     async def contacts(self) -> list[ContactRow]:
         """Every user (with or without settings), then every contractor contact."""
         async with self.repo._read() as db:
             async with db.execute(
-                "SELECT u.name, u.role, u.communes, u.disabled, c.key, "
+                "SELECT u.name, u.role, u.communes AS user_communes, u.disabled,"
+                " c.key AS contact_key, "
                 + ", ".join("c." + col for col in _CONTACT_COLS.split(", "))
                 + " FROM users u LEFT JOIN alert_contacts c ON c.key = 'user:' || u.name"
                 " ORDER BY u.name"
@@ -266,11 +271,11 @@ class SQLiteAlertStore:
                 contractors = list(await cur.fetchall())
         out = [
             self._contact(
-                f"user:{u[0]}", u[0], tuple(u[5:]) if u[4] is not None else None, tuple(u[1:4])
+                f"user:{u['name']}", u["name"], u if u["contact_key"] is not None else None, u
             )
             for u in users
         ]
-        out += [self._contact(c[0], c[0].split(":", 1)[1], tuple(c[1:]), None) for c in contractors]
+        out += [self._contact(c["key"], c["key"].split(":", 1)[1], c, None) for c in contractors]
         return out
 
     async def contact(self, key: str) -> ContactRow:
@@ -281,14 +286,15 @@ class SQLiteAlertStore:
         )
         if kind == "user":
             users = await self.repo._all(
-                "SELECT role, communes, disabled FROM users WHERE name = ?", (name,)
+                "SELECT role, communes AS user_communes, disabled FROM users WHERE name = ?",
+                (name,),
             )
             if not users:
                 raise NotFound(f"user {name!r} does not exist")
-            return self._contact(key, name, tuple(rows[0]) if rows else None, tuple(users[0]))
+            return self._contact(key, name, rows[0] if rows else None, users[0])
         if kind != "contractor" or not rows:
             raise NotFound(f"contact {key!r} does not exist")
-        return self._contact(key, name, tuple(rows[0]), None)
+        return self._contact(key, name, rows[0], None)
 
     async def put_contact(self, row: ContactRow, *, actor: str) -> None:
         values = (
@@ -355,7 +361,13 @@ class SQLiteAlertStore:
                 "SELECT rule, grp, members, pending_since, last_sent_at, seq FROM alert_groups"
             ) as cur:
                 states: GroupRows = {
-                    (r[0], r[1]): (json.loads(r[2]), r[3], r[4], r[5]) for r in await cur.fetchall()
+                    (r["rule"], r["grp"]): (
+                        json.loads(r["members"]),
+                        r["pending_since"],
+                        r["last_sent_at"],
+                        r["seq"],
+                    )
+                    for r in await cur.fetchall()
                 }
             changes, notifications = step(states)
             for (rule, grp), value in changes.items():
@@ -440,7 +452,7 @@ class SQLiteAlertStore:
                 " RETURNING id",
                 (worker, now + lease_s, now, now, limit),
             ) as cur:
-                ids = [int(r[0]) for r in await cur.fetchall()]
+                ids = [int(r["id"]) for r in await cur.fetchall()]
             if not ids:
                 return []
             async with db.execute(
@@ -449,7 +461,7 @@ class SQLiteAlertStore:
                 " ORDER BY d.not_before, d.id",
                 ids,
             ) as cur:
-                return [_delivery(tuple(r)) for r in await cur.fetchall()]
+                return [_delivery(r) for r in await cur.fetchall()]
 
     async def mark_sent(self, delivery_id: int, *, now: float) -> bool:
         """Record a delivery as sent (once: False if it was recorded already)."""
@@ -519,15 +531,15 @@ class SQLiteAlertStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         rows = await self.repo._all(sql + " ORDER BY d.id DESC LIMIT ?", [*params, limit])
-        return [_delivery(tuple(r)) for r in rows]
+        return [_delivery(r) for r in rows]
 
     async def delivery_counts(self) -> list[tuple[str, str, int]]:
         """(state, channel, count) of every delivery."""
         rows = await self.repo._all(
-            "SELECT state, channel, count(*) FROM deliveries GROUP BY state, channel"
+            "SELECT state, channel, count(*) AS n FROM deliveries GROUP BY state, channel"
             " ORDER BY state, channel"
         )
-        return [(r[0], r[1], int(r[2])) for r in rows]
+        return [(r["state"], r["channel"], int(r["n"])) for r in rows]
 
     # -- the monthly report ------------------------------------------------------------------
 
@@ -592,20 +604,20 @@ class SQLiteAlertStore:
             " l.recipients, l.summary,"
             " (SELECT group_concat(d.state || ':' || d.address, ', ') FROM deliveries d"
             "  JOIN notifications n ON n.id = d.notification_id WHERE n.key = l.notification_key)"
-            " FROM report_log l ORDER BY l.id DESC LIMIT ?",
+            " AS deliveries FROM report_log l ORDER BY l.id DESC LIMIT ?",
             (limit,),
         )
         return [
             {
-                "at": r[0],
-                "period": r[1],
-                "as_of": r[2],
-                "trigger": r[3],
-                "actor": r[4],
-                "notification_key": r[5],
-                "recipients": json.loads(r[6]),
-                "summary": r[7],
-                "deliveries": r[8] or "",
+                "at": r["at"],
+                "period": r["period"],
+                "as_of": r["as_of"],
+                "trigger": r["trigger"],
+                "actor": r["actor"],
+                "notification_key": r["notification_key"],
+                "recipients": json.loads(r["recipients"]),
+                "summary": r["summary"],
+                "deliveries": r["deliveries"] or "",
             }
             for r in rows
         ]

@@ -71,7 +71,7 @@ class AccountRole(_SQLiteBase):
                 raise NotFound(f"user {user_name!r} does not exist")
             await db.execute(
                 "INSERT INTO api_tokens (token_hash, user_id, label, created_at) VALUES (?,?,?,?)",
-                (token_hash, row[0], label, at),
+                (token_hash, row["id"], label, at),
             )
             await self._audit(db, "cli", "token.add", f"user:{user_name}", {"label": label})
 
@@ -125,11 +125,11 @@ class AccountRole(_SQLiteBase):
                     (rule.key,),
                 ) as cur:
                     row = await cur.fetchone()
-                if row is None or at - float(row[2]) > rule.forget_s:
+                if row is None or at - float(row["last_at"]) > rule.forget_s:
                     counted.append((rule, 0))
                     continue
-                wait = max(wait, float(row[1]) - at)
-                counted.append((rule, int(row[0])))
+                wait = max(wait, float(row["next_at"]) - at)
+                counted.append((rule, int(row["attempts"])))
             if wait > 0:
                 return wait
             for rule, before in counted:
@@ -164,7 +164,13 @@ class AccountRole(_SQLiteBase):
             (limit,),
         )
         return [
-            {"at": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])}
+            {
+                "at": r["at"],
+                "actor": r["actor"],
+                "action": r["action"],
+                "target": r["target"],
+                "detail": json.loads(r["detail"]),
+            }
             for r in rows
         ]
 

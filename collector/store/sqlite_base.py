@@ -75,22 +75,27 @@ def _cause(v: str | None) -> B2Cause | None:
     return None if v is None else B2Cause(v)
 
 
-def _state_of(row: sqlite3.Row | tuple[Any, ...], at: int = 0) -> FleetState:
-    """FleetState from (online, has_diag, diag_broken, diag_cause, status_since) at ``at``."""
-    online, has_diag, broken, cause, since = tuple(row)[at : at + 5]
+def _state_of(row: sqlite3.Row) -> FleetState:
+    """FleetState from a row's columns online, has_diag, diag_broken, diag_cause and
+    status_since, by name."""
     return FleetState(
-        online=bool(online),
-        has_diag=bool(has_diag),
-        diag_broken=bool(broken),
-        diag_cause=_cause(cause),
-        status_since=since,
+        online=bool(row["online"]),
+        has_diag=bool(row["has_diag"]),
+        diag_broken=bool(row["diag_broken"]),
+        diag_cause=_cause(row["diag_cause"]),
+        status_since=row["status_since"],
     )
 
 
-def _obs_of(row: sqlite3.Row | tuple[Any, ...]) -> Observation:
-    ts, seq, kind, prompt, broken, cause = tuple(row)
+def _obs_of(row: sqlite3.Row) -> Observation:
+    """An observation from a row's columns ts, seq, obs_kind, prompt, broken, cause."""
     return Observation(
-        ts, seq, ObsKind(kind), prompt=bool(prompt), broken=bool(broken), cause=_cause(cause)
+        row["ts"],
+        row["seq"],
+        ObsKind(row["obs_kind"]),
+        prompt=bool(row["prompt"]),
+        broken=bool(row["broken"]),
+        cause=_cause(row["cause"]),
     )
 
 
@@ -101,12 +106,8 @@ _RECORD_COLS: Final = (
 )
 
 
-_RECORD_NAMES: Final = tuple(c.strip() for c in _RECORD_COLS.split(","))
-
-
-def _record_of(row: sqlite3.Row | tuple[Any, ...]) -> DeviceRecord:
+def _record_of(r: sqlite3.Row) -> DeviceRecord:
     """A ``devices`` row (``_RECORD_COLS``) as the fleet step's record, read by name."""
-    r = dict(zip(_RECORD_NAMES, tuple(row), strict=True))
     return DeviceRecord(
         device_id=r["device_id"],
         commune_code=r["commune_code"] or "",
@@ -216,14 +217,14 @@ class _SQLiteBase:
         self, db: aiosqlite.Connection, rows: Sequence[tuple[Any, ...]]
     ) -> set[tuple[str, int]]:
         """Insert message rows (duplicates ignored); the keys that were new."""
-        async with db.execute("SELECT coalesce(max(rowid), 0) FROM messages") as cur:
+        async with db.execute("SELECT coalesce(max(rowid), 0) AS high FROM messages") as cur:
             row = await cur.fetchone()
-        high = int(row[0]) if row else 0
+        high = int(row["high"]) if row else 0
         await db.executemany(self._INSERT_MESSAGE, rows)
         async with db.execute(
             "SELECT device_id, seq FROM messages WHERE rowid > ?", (high,)
         ) as cur:
-            return {(r[0], r[1]) for r in await cur.fetchall()}
+            return {(r["device_id"], r["seq"]) for r in await cur.fetchall()}
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
         self.path = path
@@ -270,13 +271,13 @@ class _SQLiteBase:
     async def schema_version(self) -> int:
         async with self._r.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return int(row["user_version"]) if row else 0
 
     async def migrate(self) -> int:
         async with self._tx() as db:
             async with db.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
-            version = int(row[0]) if row else 0
+            version = int(row["user_version"]) if row else 0
             if version > LATEST:
                 raise StoreError(
                     f"{self.path}: schema version {version} is newer than this collector "
@@ -412,15 +413,19 @@ class _SQLiteBase:
         delta: dict[tuple[Any, ...], int] = {}
         bumped: set[str] = set()
         cols = self._MEMBER_COLS
+        # A member is kept as the tuple of its ``_MEMBER_COLS`` (in that order, the
+        # same from fleet_members and from ``_member_select``): old and new are
+        # compared whole, upserted as is, and their first six values (commune
+        # .. never_reported) are the fleet_tally key. Positional on purpose.
         for chunk in _chunks(ids):
             async with db.execute(
                 f"SELECT device_id, {', '.join(cols)} FROM fleet_members"
                 f" WHERE device_id IN ({_qmarks(len(chunk))})",
                 chunk,
             ) as cur:
-                old = {r[0]: tuple(r)[1:] for r in await cur.fetchall()}
+                old = {r["device_id"]: tuple(r)[1:] for r in await cur.fetchall()}
             async with db.execute(self._member_select(len(chunk)), [*chunk, *chunk]) as cur:
-                new = {r[0]: tuple(r)[1:] for r in await cur.fetchall()}
+                new = {r["device_id"]: tuple(r)[1:] for r in await cur.fetchall()}
             upserts, gone = [], []
             for dev in chunk:
                 o, n = old.get(dev), new.get(dev)
@@ -483,7 +488,7 @@ class _SQLiteBase:
         else:
             async with db.execute(sql) as cur:
                 rows = list(await cur.fetchall())
-        return int(rows[0][0]) if rows else 0
+        return int(rows[0]["version"]) if rows else 0
 
     async def fleet_tally(
         self, communes: Iterable[str] | None = None, *, each: bool = False
@@ -502,12 +507,13 @@ class _SQLiteBase:
                     "SELECT commune, status, cause, in_repair, online, never_reported, n"
                     " FROM fleet_tally WHERE commune != '*'"
                 ) as cur:
+                    # Whole rows, in the documented column order: the API returns tuples.
                     every = [tuple(r) for r in await cur.fetchall()]
                 async with db.execute(
                     "SELECT version FROM fleet_versions WHERE commune = '*'"
                 ) as cur:
                     r = await cur.fetchone()
-                return every, int(r[0]) if r else 0
+                return every, int(r["version"]) if r else 0
             rows: list[tuple[Any, ...]] = []
             version = 0
             for chunk in _chunks(keys):
@@ -519,11 +525,12 @@ class _SQLiteBase:
                 ) as cur:
                     rows.extend(tuple(r) for r in await cur.fetchall())
                 async with db.execute(
-                    f"SELECT coalesce(sum(version), 0) FROM fleet_versions WHERE commune IN ({q})",
+                    "SELECT coalesce(sum(version), 0) AS version FROM fleet_versions"
+                    f" WHERE commune IN ({q})",
                     chunk,
                 ) as cur:
                     r = await cur.fetchone()
-                    version += int(r[0]) if r else 0
+                    version += int(r["version"]) if r else 0
         return rows, version
 
     _DEVICE_SELECT: Final = f"""

@@ -52,24 +52,24 @@ class HistoryRole(_SQLiteBase):
                 """,
                 (t,),
             ) as cur:
-                states = {r[0]: (_state_of(r, 1), r[6]) for r in await cur.fetchall()}
+                states = {r["device_id"]: (_state_of(r), r["ts"]) for r in await cur.fetchall()}
             async with db.execute(
                 "SELECT DISTINCT device_id FROM tickets WHERE started_at <= ? "
                 "AND (closed_at IS NULL OR closed_at > ?)",
                 (t, t),
             ) as cur:
-                repairing = {r[0] for r in await cur.fetchall()}
+                repairing = {r["device_id"] for r in await cur.fetchall()}
             starts = await self._counted_from(db)
             async with db.execute(
                 """
                 SELECT i.device_id,
                        (SELECT max(m.ts) FROM messages m
-                        WHERE m.device_id = i.device_id AND m.ts <= ? AND m.seq >= 0)
+                        WHERE m.device_id = i.device_id AND m.ts <= ? AND m.seq >= 0) AS heard
                 FROM inventory i
                 """,
                 (t,),
             ) as cur:
-                heard = {r[0]: r[1] for r in await cur.fetchall()}
+                heard = {r["device_id"]: r["heard"] for r in await cur.fetchall()}
         out: list[DeviceStatus] = []
         for d in inventory:
             found = states.get(d.device_id)
@@ -110,16 +110,19 @@ class HistoryRole(_SQLiteBase):
         async with db.execute(
             "SELECT i.device_id, i.install_date, i.listed_at,"
             " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
-            " FROM inventory i"
+            " AS first_report FROM inventory i"
         ) as cur:
-            return {r[0]: counted_from(r[1], r[2], r[3]) for r in await cur.fetchall()}
+            return {
+                r["device_id"]: counted_from(r["install_date"], r["listed_at"], r["first_report"])
+                for r in await cur.fetchall()
+            }
 
     async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
         async with self._read() as db:
             async with db.execute(
                 "SELECT device_id, commune_code FROM inventory ORDER BY position, device_id"
             ) as cur:
-                inventory = [(r[0], r[1]) for r in await cur.fetchall()]
+                inventory = [(r["device_id"], r["commune_code"]) for r in await cur.fetchall()]
             starts = await self._counted_from(db)
             async with db.execute(
                 """
@@ -131,7 +134,7 @@ class HistoryRole(_SQLiteBase):
                 """,
                 (t0,),
             ) as cur:
-                initial = {r[0]: _state_of(r, 1).status for r in await cur.fetchall()}
+                initial = {r["device_id"]: _state_of(r).status for r in await cur.fetchall()}
             changes: dict[str, list[tuple[float, Status]]] = {}
             async with db.execute(
                 "SELECT device_id, ts, online, has_diag, diag_broken, diag_cause, status_since"
@@ -139,7 +142,9 @@ class HistoryRole(_SQLiteBase):
                 (t0, t1),
             ) as cur:
                 async for r in cur:
-                    changes.setdefault(r[0], []).append((float(r[1]), _state_of(r, 2).status))
+                    changes.setdefault(r["device_id"], []).append(
+                        (float(r["ts"]), _state_of(r).status)
+                    )
         return [
             StatusTimeline(
                 device_id=device,
@@ -193,7 +198,8 @@ class HistoryRole(_SQLiteBase):
             (device_id, since if since is not None else 0.0, until if until is not None else 1e12),
         )
         return [
-            Transition(r[0], r[1], _state_of(r, 2), ObsKind(r[7]) if r[7] else None) for r in rows
+            Transition(r["ts"], r["seq"], _state_of(r), ObsKind(r["via"]) if r["via"] else None)
+            for r in rows
         ]
 
     async def signal_history(
@@ -215,7 +221,17 @@ class HistoryRole(_SQLiteBase):
                 limit,
             ),
         )
-        return [SignalPoint(*tuple(r)) for r in reversed(rows)]
+        return [
+            SignalPoint(
+                ts=r["ts"],
+                rssi_dbm=r["rssi_dbm"],
+                rsrp_dbm=r["rsrp_dbm"],
+                rsrq_db=r["rsrq_db"],
+                sinr_db=r["sinr_db"],
+                csq=r["csq"],
+            )
+            for r in reversed(rows)
+        ]
 
     async def list_events(
         self,
@@ -239,22 +255,22 @@ class HistoryRole(_SQLiteBase):
             where.append(f"{commune} IN ({_qmarks(len(communes))})")
             params.extend(sorted(communes))
         rows = await self._all(
-            f"SELECT e.device_id, {commune}, e.seq, e.ts, e.type, e.fault_code, e.action,"
-            " e.detail FROM events e LEFT JOIN inventory i ON i.device_id = e.device_id"
+            f"SELECT e.device_id, {commune} AS commune, e.seq, e.ts, e.type, e.fault_code,"
+            " e.action, e.detail FROM events e LEFT JOIN inventory i ON i.device_id = e.device_id"
             " LEFT JOIN devices d ON d.device_id = e.device_id"
             f" WHERE {' AND '.join(where)} ORDER BY e.ts DESC, e.seq DESC LIMIT ?",
             [*params, limit],
         )
         return [
             EventRow(
-                device_id=r[0],
-                commune_code=r[1],
-                seq=r[2],
-                ts=r[3],
-                type=r[4],
-                fault_code=r[5],
-                action=r[6],
-                detail=r[7],
+                device_id=r["device_id"],
+                commune_code=r["commune"],
+                seq=r["seq"],
+                ts=r["ts"],
+                type=r["type"],
+                fault_code=r["fault_code"],
+                action=r["action"],
+                detail=r["detail"],
             )
             for r in rows
         ]
@@ -269,13 +285,13 @@ class HistoryRole(_SQLiteBase):
         rows = await self._all(sql + " ORDER BY since DESC LIMIT 500", (device_id,))
         return [
             FaultRow(
-                device_id=r[0],
-                code=r[1],
-                severity=r[2],
-                cause=r[3],
-                since=r[4],
-                cleared_at=r[5],
-                evidence=r[6],
+                device_id=r["device_id"],
+                code=r["code"],
+                severity=r["severity"],
+                cause=r["cause"],
+                since=r["since"],
+                cleared_at=r["cleared_at"],
+                evidence=r["evidence"],
             )
             for r in rows
         ]
@@ -292,11 +308,11 @@ class HistoryRole(_SQLiteBase):
         out: list[tuple[float, dict[str, Any]]] = []
         for r in reversed(rows):
             try:
-                data = msgspec.json.decode(r[1])
+                data = msgspec.json.decode(r["payload"])
             except msgspec.DecodeError:
                 continue  # stored payloads were validated on the way in; never expected
             if isinstance(data, dict):
-                out.append((float(r[0]), data))
+                out.append((float(r["ts"]), data))
         return out
 
     async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
@@ -310,16 +326,16 @@ class HistoryRole(_SQLiteBase):
         for r in rows:
             faults: tuple[str, ...] = ()
             with contextlib.suppress(msgspec.DecodeError, TypeError, AttributeError):
-                data = msgspec.json.decode(r[7]) if r[7] else {}
+                data = msgspec.json.decode(r["payload"]) if r["payload"] else {}
                 faults = tuple(str(f["code"]) for f in data.get("faults", ()))
-            out[r[0]] = DiagEvidence(
-                device_id=r[0],
-                kind=r[1],
-                prompt=bool(r[2]),
-                broken=bool(r[3]),
-                cause=_cause(r[4]),
-                ts=r[5],
-                received_at=r[6],
+            out[r["device_id"]] = DiagEvidence(
+                device_id=r["device_id"],
+                kind=r["kind"],
+                prompt=bool(r["prompt"]),
+                broken=bool(r["broken"]),
+                cause=_cause(r["cause"]),
+                ts=r["ts"],
+                received_at=r["received_at"],
                 faults=faults,
             )
         return out
@@ -334,7 +350,7 @@ class HistoryRole(_SQLiteBase):
                 "SELECT commune, working, broken FROM counts_as_of WHERE as_of = ?", (t,)
             )
             if rows:
-                return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+                return {r["commune"]: (int(r["working"]), int(r["broken"])) for r in rows}
         counts: dict[str, list[int]] = {"*": [0, 0]}
         for s in await self.statuses_as_of(t):
             if not s.exists:
@@ -365,9 +381,9 @@ class HistoryRole(_SQLiteBase):
         out: dict[str, dict[str, Any]] = {}
         for r in rows:
             with contextlib.suppress(msgspec.DecodeError):
-                data = msgspec.json.decode(r[2])
+                data = msgspec.json.decode(r["payload"])
                 if isinstance(data, dict):
-                    out[r[0]] = data
+                    out[r["device_id"]] = data
         return out
 
     async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None:
@@ -389,6 +405,11 @@ class HistoryRole(_SQLiteBase):
             (as_of, scope),
         )
         return [
-            B2Snapshot(as_of=r[0], scope=r[1], produced_at=r[2], body=json.loads(r[3]))
+            B2Snapshot(
+                as_of=r["as_of"],
+                scope=r["scope"],
+                produced_at=r["produced_at"],
+                body=json.loads(r["body"]),
+            )
             for r in rows
         ]

@@ -110,9 +110,9 @@ class IngestRole(_SQLiteBase):
                 chunk,
             ) as cur:
                 for r in await cur.fetchall():
-                    floor = install_floor(r[1])
+                    floor = install_floor(r["install_date"])
                     if floor is not None:
-                        floors[r[0]] = floor
+                        floors[r["device_id"]] = floor
         return floors
 
     async def _date(
@@ -134,7 +134,7 @@ class IngestRole(_SQLiteBase):
             ) as cur:
                 r = await cur.fetchone()
             if r is not None:
-                offsets[(dev, boot)] = float(r[0])
+                offsets[(dev, boot)] = float(r["offset"])
         learned: dict[tuple[str, str], float] = {}
         # Synchronised messages first: they may teach the offset that dates the others.
         for m in messages:
@@ -209,7 +209,9 @@ class IngestRole(_SQLiteBase):
                 rows = list(await cur.fetchall())
             updates: list[tuple[Any, ...]] = []
             shifts: list[tuple[Any, ...]] = []
-            for seq, old_ts, received_at, mono, obs_kind in rows:
+            for r in rows:
+                seq, old_ts, received_at = r["seq"], r["ts"], r["received_at"]
+                mono, obs_kind = r["mono"], r["obs_kind"]
                 dated = date_message(
                     ts=float(mono) + offset,
                     received_at=float(received_at),
@@ -267,9 +269,10 @@ class IngestRole(_SQLiteBase):
                     f" AND seq IN ({_qmarks(len(chunk))})",
                     (device, *chunk),
                 ) as cur:
-                    for seq, digest, payload in await cur.fetchall():
+                    for r in await cur.fetchall():
+                        digest, payload = r["digest"], r["payload"]
                         # Rows stored before digests existed: hash the kept payload.
-                        stored[int(seq)] = (
+                        stored[int(r["seq"])] = (
                             bytes(digest) if digest is not None else payload_digest(payload or b"")
                         )
             for m in msgs:
@@ -283,7 +286,7 @@ class IngestRole(_SQLiteBase):
             "SELECT last_report FROM devices WHERE device_id = ?", (device,)
         ) as cur:
             row = await cur.fetchone()
-        return row[0] if row is not None else None
+        return row["last_report"] if row is not None else None
 
     async def _apply(
         self,
@@ -441,7 +444,7 @@ class IngestRole(_SQLiteBase):
                 chunk,
             ) as cur:
                 for r in await cur.fetchall():
-                    open_now[r[0]].add(r[1])
+                    open_now[r["device_id"]].add(r["code"])
         clears: list[tuple[Any, ...]] = []
         inserts: list[tuple[Any, ...]] = []
         for device in devices:
@@ -473,15 +476,15 @@ class IngestRole(_SQLiteBase):
             ) as cur:
                 rows = list(await cur.fetchall())
             for r in rows:
-                device = r[0]
-                obs_key = None if r[7] is None else (float(r[7]), int(r[8]))
-                obs = silence(float(r[6]), obs_key, now=now, grace_s=grace_s)
+                device = r["device_id"]
+                obs_key = None if r["obs_ts"] is None else (float(r["obs_ts"]), int(r["obs_seq"]))
+                obs = silence(float(r["last_ts"]), obs_key, now=now, grace_s=grace_s)
                 await db.execute(
                     "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at,"
                     " obs_kind) VALUES (?,?,?,?,?,?)",
                     (device, obs.seq, "silent", obs.ts, now, str(ObsKind.SILENT)),
                 )
-                state, trs = fold(_state_of(r, 1), [obs])
+                state, trs = fold(_state_of(r), [obs])
                 await self._save_transitions(db, [(device, tr) for tr in trs])
                 await db.execute(
                     "UPDATE devices SET online = 0, status = ?, cause = ?, status_since = ?,"
@@ -508,8 +511,8 @@ class IngestRole(_SQLiteBase):
         return int(n)
 
     async def message_count(self) -> int:
-        rows = await self._all("SELECT count(*) FROM messages WHERE seq >= 0")
-        return int(rows[0][0])
+        rows = await self._all("SELECT count(*) AS n FROM messages WHERE seq >= 0")
+        return int(rows[0]["n"])
 
     async def stored_seqs(self, device_id: str) -> list[int]:
         """Wire seqs stored for ``device_id``, ascending (tests, diagnostics)."""
@@ -517,4 +520,4 @@ class IngestRole(_SQLiteBase):
             "SELECT seq FROM messages WHERE device_id = ? AND seq >= 0 ORDER BY seq",
             (device_id,),
         )
-        return [int(r[0]) for r in rows]
+        return [int(r["seq"]) for r in rows]

@@ -31,7 +31,7 @@ class InventoryRole(_SQLiteBase):
         now = time.time()
         async with self._tx() as db:
             async with db.execute("SELECT device_id, listed_at FROM inventory") as cur:
-                listed = {r[0]: r[1] for r in await cur.fetchall()}
+                listed = {r["device_id"]: r["listed_at"] for r in await cur.fetchall()}
             existing = set(listed)
             rows = [
                 (

@@ -35,13 +35,13 @@ class RepairRole(_SQLiteBase):
     async def _commune_of(self, db: aiosqlite.Connection, device_id: str) -> str:
         async with db.execute(
             "SELECT coalesce((SELECT commune_code FROM inventory WHERE device_id = ?),"
-            " (SELECT commune_code FROM devices WHERE device_id = ?))",
+            " (SELECT commune_code FROM devices WHERE device_id = ?)) AS commune",
             (device_id, device_id),
         ) as cur:
             row = await cur.fetchone()
-        if row is None or row[0] is None:
+        if row is None or row["commune"] is None:
             raise NotFound(f"device {device_id!r} is not known")
-        return str(row[0])
+        return str(row["commune"])
 
     async def _ticket(self, db: aiosqlite.Connection, ticket_id: int) -> Ticket:
         async with db.execute(
@@ -59,23 +59,23 @@ class RepairRole(_SQLiteBase):
             (ticket_id,),
         ) as cur:
             hist = tuple(
-                TicketEntry(at=h[0], actor=h[1], action=h[2], note=h[3])
+                TicketEntry(at=h["at"], actor=h["actor"], action=h["action"], note=h["note"])
                 for h in await cur.fetchall()
             )
         return Ticket(
-            id=r[0],
-            device_id=r[1],
-            commune_code=r[2],
-            state=TicketState(r[3]),
-            cause=_cause(r[4]),
-            opened_at=r[5],
-            opened_by=r[6],
-            contractor=r[7],
-            technician=r[8],
-            started_at=r[9],
-            closed_at=r[10],
-            last_progress_at=r[11],
-            note=r[12],
+            id=r["id"],
+            device_id=r["device_id"],
+            commune_code=r["commune_code"],
+            state=TicketState(r["state"]),
+            cause=_cause(r["cause"]),
+            opened_at=r["opened_at"],
+            opened_by=r["opened_by"],
+            contractor=r["contractor"],
+            technician=r["technician"],
+            started_at=r["started_at"],
+            closed_at=r["closed_at"],
+            last_progress_at=r["last_progress_at"],
+            note=r["note"],
             history=hist,
         )
 
@@ -96,7 +96,7 @@ class RepairRole(_SQLiteBase):
         async with db.execute("SELECT device_id FROM tickets WHERE id = ?", (ticket_id,)) as cur:
             row = await cur.fetchone()
         if row is not None:  # in repair or not, and the page's ticket list changed
-            await self._touch(db, [row[0]], shown=[row[0]])
+            await self._touch(db, [row["device_id"]], shown=[row["device_id"]])
 
     async def open_ticket(
         self, device_id: str, *, actor: str, at: float, note: str, cause: B2Cause | None
@@ -115,7 +115,7 @@ class RepairRole(_SQLiteBase):
                     (device_id,),
                 ) as c:
                     row = await c.fetchone()
-                active = int(row[0]) if row else None
+                active = int(row["id"]) if row else None
                 raise Conflict(
                     f"device {device_id!r} already has an active repair ticket ({active})",
                     ticket_id=active,
@@ -214,7 +214,7 @@ class RepairRole(_SQLiteBase):
             sql += " WHERE " + " AND ".join(where)
         async with self._read() as db:
             async with db.execute(sql + " ORDER BY opened_at DESC LIMIT ?", [*params, limit]) as c:
-                ids = [int(r[0]) for r in await c.fetchall()]
+                ids = [int(r["id"]) for r in await c.fetchall()]
             return [await self._ticket(db, i) for i in ids]
 
     async def repair_stats(self, by: str) -> list[RepairStat]:
@@ -222,11 +222,12 @@ class RepairRole(_SQLiteBase):
         if column is None:
             raise StoreError(f"repair_stats: by must be 'commune' or 'contractor', not {by!r}")
         rows = await self._all(
-            f"SELECT {column}, closed_at - opened_at FROM tickets WHERE state = 'resolved'"
+            f"SELECT {column} AS grp, closed_at - opened_at AS seconds FROM tickets"
+            " WHERE state = 'resolved'"
         )
         groups: dict[str, list[float]] = defaultdict(list)
-        for key, seconds in rows:
-            groups[key or ""].append(seconds / 3600.0)
+        for r in rows:
+            groups[r["grp"] or ""].append(r["seconds"] / 3600.0)
         return [
             RepairStat(
                 key,
@@ -254,10 +255,10 @@ class RepairRole(_SQLiteBase):
             (device_id,),
         )
         since: float | None = None
-        for ts, broken in rows:
-            if not broken:
+        for r in rows:
+            if not r["diag_broken"]:
                 break
-            since = ts
+            since = r["ts"]
         return since
 
     @staticmethod
