@@ -315,11 +315,31 @@ class HistoryRole(_SQLiteBase):
                 out.append((float(r["ts"]), data))
         return out
 
+    @staticmethod
+    def _latest_sql(where: str, cols: str) -> str:
+        """Per cluster, its newest message matching ``where`` (over ``x``) at or
+        before the bound moment: one probe of the (device_id, ts) index per
+        cluster walking back from the moment, not a pass over every message.
+        Rows tied on ts come out together; the caller keeps the highest seq."""
+        return (
+            f"SELECT {cols} FROM (SELECT ids.device_id AS device_id,"
+            f" (SELECT x.ts FROM messages x WHERE x.device_id = ids.device_id AND {where}"
+            "   AND x.ts <= ? ORDER BY x.ts DESC LIMIT 1) AS latest_ts"
+            " FROM (SELECT device_id FROM inventory UNION SELECT device_id FROM devices) AS ids)"
+            # CROSS JOIN: SQLite keeps this order (clusters outside, the index probe
+            # inside) even without statistics; PostgreSQL plans it as a join.
+            " AS k CROSS JOIN messages m WHERE m.device_id = k.device_id AND m.ts = k.latest_ts"
+            f" AND {where.replace('x.', 'm.')} ORDER BY m.device_id, m.seq"
+        )
+
     async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
         rows = await self._all(
-            "SELECT device_id, kind, prompt, broken, cause, ts, received_at, payload FROM"
-            " (SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY ts DESC, seq DESC)"
-            "  AS rn FROM messages WHERE obs_kind = 'state' AND ts <= ?) AS latest WHERE rn = 1",
+            self._latest_sql(
+                "x.obs_kind = 'state'",
+                "m.device_id AS device_id, m.kind AS kind, m.prompt AS prompt,"
+                " m.broken AS broken, m.cause AS cause, m.ts AS ts,"
+                " m.received_at AS received_at, m.payload AS payload",
+            ),
             (t,),
         )
         out: dict[str, DiagEvidence] = {}
@@ -371,11 +391,10 @@ class HistoryRole(_SQLiteBase):
 
     async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
         rows = await self._all(
-            "SELECT device_id, ts, payload FROM"
-            " (SELECT device_id, ts, payload, row_number() OVER (PARTITION BY device_id"
-            "  ORDER BY ts DESC, seq DESC) AS rn FROM messages WHERE kind = 'state'"
-            "  AND ts <= ? AND instr(CAST(payload AS TEXT), '\"modem\"') > 0) AS latest"
-            " WHERE rn = 1",
+            self._latest_sql(
+                "x.kind = 'state' AND instr(CAST(x.payload AS TEXT), '\"modem\"') > 0",
+                "m.device_id AS device_id, m.ts AS ts, m.payload AS payload",
+            ),
             (t,),
         )
         out: dict[str, dict[str, Any]] = {}
