@@ -122,6 +122,14 @@ def _q(name: str) -> str:
 # -- the two engines -----------------------------------------------------------------------
 
 
+async def _count(execute: Callable[[str], Any], table: str) -> int:
+    """Rows of ``table`` through a connection's ``execute`` (aiosqlite's or psycopg's)."""
+    cur = await execute(f"SELECT count(*) FROM {_q(table)}")
+    row = await cur.fetchone()
+    await cur.close()
+    return int(row[0])
+
+
 class _Side:
     """What the copy needs of one store, per engine."""
 
@@ -202,12 +210,7 @@ class _SQLiteSide(_Side):
                 yield [tuple(r) for r in rows]
 
     async def snapshot_counts(self, conn: Any, tables: Sequence[str]) -> dict[str, int]:
-        out = {}
-        for t in tables:
-            async with conn.execute(f"SELECT count(*) FROM {_q(t)}") as cur:
-                row = await cur.fetchone()
-            out[t] = int(row[0])
-        return out
+        return {t: await _count(conn.execute, t) for t in tables}
 
     async def write(
         self,
@@ -283,12 +286,7 @@ class _PgSide(_Side):
                 yield [tuple(r) for r in rows]
 
     async def snapshot_counts(self, conn: Any, tables: Sequence[str]) -> dict[str, int]:
-        out = {}
-        for t in tables:
-            cur = await conn.conn.execute(f"SELECT count(*) FROM {_q(t)}")
-            row = await cur.fetchone()
-            out[t] = int(row[0])
-        return out
+        return {t: await _count(conn.conn.execute, t) for t in tables}
 
     async def write(
         self,

@@ -53,18 +53,20 @@ def commune_labels(inventory: Iterable[InventoryDevice], lang: str) -> dict[str,
     return out
 
 
-def commune_stats(
-    labels: dict[str, str], rows: Sequence[DeviceRow], scope: frozenset[str] | None
+def _commune_stats(
+    labels: dict[str, str],
+    scope: frozenset[str] | None,
+    groups: Iterable[tuple[str, dict[str, Any]]],
 ) -> list[CommuneStat]:
-    """Per commune in scope: inventory communes in inventory order, then any others."""
-    groups: dict[str, list[DeviceRow]] = {
-        code: [] for code in labels if scope is None or code in scope
-    }
-    for row in rows:
-        groups.setdefault(row.commune_code, []).append(row)
+    """Per commune in scope: inventory communes in inventory order, then any
+    others; ``groups`` gives each commune's ``summarize`` figures."""
+    by_code = dict(groups)
+    codes = [c for c in labels if scope is None or c in scope]
+    codes += [c for c in by_code if c not in codes]
+    empty = summarize([])
     out = []
-    for code, members in groups.items():
-        s = summarize(members)
+    for code in codes:
+        s = by_code.get(code, empty)
         out.append(
             CommuneStat(
                 code=code,
@@ -79,34 +81,26 @@ def commune_stats(
             )
         )
     return out
+
+
+def commune_stats(
+    labels: dict[str, str], rows: Sequence[DeviceRow], scope: frozenset[str] | None
+) -> list[CommuneStat]:
+    """Per commune in scope: inventory communes in inventory order, then any others."""
+    groups: dict[str, list[DeviceRow]] = {}
+    for row in rows:
+        groups.setdefault(row.commune_code, []).append(row)
+    return _commune_stats(labels, scope, ((c, summarize(m)) for c, m in groups.items()))
 
 
 def commune_stats_kept(
     labels: dict[str, str], tally: Iterable[tuple[Any, ...]], scope: frozenset[str] | None
 ) -> list[CommuneStat]:
     """``commune_stats`` from the store's kept counts (``fleet_tally(each=True)``)."""
-    groups: dict[str, list[tuple[Any, ...]]] = {
-        code: [] for code in labels if scope is None or code in scope
-    }
+    groups: dict[str, list[tuple[Any, ...]]] = {}
     for row in tally:
         groups.setdefault(row[0], []).append(row)
-    out = []
-    for code, rows in groups.items():
-        s = summarize_tally(rows)
-        out.append(
-            CommuneStat(
-                code=code,
-                label=labels.get(code, code or "—"),
-                total=s["total"],
-                working=s["working"],
-                broken=s["broken"],
-                in_repair=s["in_repair"],
-                not_repaired=s["not_repaired"],
-                online=s["online"],
-                never_reported=s["never_reported"],
-            )
-        )
-    return out
+    return _commune_stats(labels, scope, ((c, summarize_tally(m)) for c, m in groups.items()))
 
 
 def worst_communes(stats: Sequence[CommuneStat], n: int = 5) -> list[CommuneStat]:

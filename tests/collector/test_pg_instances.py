@@ -160,6 +160,21 @@ async def replay_into(sqlite: SQLiteRepository, pg: SQLiteRepository) -> int:
     return len(rows)
 
 
+async def assert_same_b2(pg: SQLiteRepository, single: SQLiteRepository, broken: str) -> None:
+    """The B2 (rows, total, each cluster's cause) and the statuses of both stores
+    agree, and ``broken``'s burnt SIM is in them."""
+    as_of = dt.datetime.now(zone())
+    tables = [
+        await b2_table(r, as_of=as_of, correlation=CorrelationConfig(), record=False)
+        for r in (pg, single)
+    ]
+    assert tables[0].causes_by_device[broken]["cause"] == "sim_failure"
+    assert tables[0].rows == tables[1].rows and tables[0].total == tables[1].total
+    assert tables[0].causes_by_device == tables[1].causes_by_device
+    t = time.time()
+    assert await pg.statuses_as_of(t) == await single.statuses_as_of(t)
+
+
 async def test_two_instances_one_killed_and_restarted_store_every_seq_once_and_the_same_b2(
     broker: Broker, tmp_path: Path, pg_url: str
 ) -> None:
@@ -189,18 +204,9 @@ async def test_two_instances_one_killed_and_restarted_store_every_seq_once_and_t
             assert second.proc is not None and second.proc.returncode is None
         stored = await replay_into(single, pg)
         assert stored >= sum(len(a.assigned) for a in fleet)
-        as_of = dt.datetime.now(zone())
-        tables = [
-            await b2_table(r, as_of=as_of, correlation=CorrelationConfig(), record=False)
-            for r in (pg, single)
-        ]
         # dev-102's burnt SIM, as it reported it (the others went offline when
         # the agents stopped at the end: "unknown", the same on both).
-        assert tables[0].causes_by_device["dev-102"]["cause"] == "sim_failure"
-        assert tables[0].rows == tables[1].rows and tables[0].total == tables[1].total
-        assert tables[0].causes_by_device == tables[1].causes_by_device
-        t = time.time()
-        assert await pg.statuses_as_of(t) == await single.statuses_as_of(t)
+        await assert_same_b2(pg, single, "dev-102")
     finally:
         await pg.close()
         await single.close()

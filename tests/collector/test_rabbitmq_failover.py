@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import signal
 import sys
@@ -36,11 +35,8 @@ import pytest
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
-from collector.b2 import zone
-from collector.b2.service import b2_table
 from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
 from collector.config import CollectorConfig
-from collector.correlation import CorrelationConfig
 from collector.ingest_amqp import declare
 from collector.model import InventoryDevice
 from collector.store.postgres import PostgresRepository
@@ -48,7 +44,7 @@ from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import FaultCode, Kind, encode, topic
 from tests.collector.conftest import make_config, state, wait_for
 from tests.collector.test_ingest_amqp import amqp_ingest
-from tests.collector.test_pg_instances import replay_into
+from tests.collector.test_pg_instances import assert_same_b2, replay_into
 from tests.support.rabbitmq import Node, RabbitCluster, available, free_port
 
 pytestmark = [
@@ -421,16 +417,7 @@ async def test_three_nodes_two_collectors_on_postgres_survive_a_collector_and_th
         # The same wire messages into one SQLite collector: the same B2.
         replayed = await replay_into(single, pg)
         assert replayed == len(sent)
-        as_of = dt.datetime.now(zone())
-        tables = [
-            await b2_table(r, as_of=as_of, correlation=CorrelationConfig(), record=False)
-            for r in (pg, single)
-        ]
-        assert tables[0].causes_by_device["dev-192"]["cause"] == "sim_failure"
-        assert tables[0].rows == tables[1].rows and tables[0].total == tables[1].total
-        assert tables[0].causes_by_device == tables[1].causes_by_device
-        t = time.time()
-        assert await pg.statuses_as_of(t) == await single.statuses_as_of(t)
+        await assert_same_b2(pg, single, "dev-192")
     finally:
         if proc is not None and proc.returncode is None:
             proc.kill()
