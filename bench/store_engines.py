@@ -627,8 +627,22 @@ async def reads(url: str, args: argparse.Namespace, end: float) -> dict[str, flo
                 if resp.status != 200:
                     raise SystemExit(f"/api/v1/devices: {resp.status}")
 
+        def getter(path: str) -> Callable[[], Awaitable[None]]:
+            async def get() -> None:
+                async with client.get(path) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise SystemExit(f"{path}: {resp.status}")
+
+            return get
+
         out["GET /api/v1/devices (HTTP, JSON)"] = await timed(api_devices, args.runs)
         out["GET / overview page (HTTP, HTML)"] = await timed(overview, args.runs)
+        # What every open dashboard polls every 2 s, and the fleet's figures.
+        out["GET /ui/live (HTTP, JSON)"] = await timed(getter("/ui/live"), args.runs)
+        out["GET /api/v1/fleet/summary (HTTP, JSON)"] = await timed(
+            getter("/api/v1/fleet/summary"), args.runs
+        )
     return out
 
 
