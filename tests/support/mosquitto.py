@@ -128,13 +128,13 @@ class Broker:
             self.proc.send_signal(signal.SIGHUP)  # reload passwd
             # The reload is asynchronous: wait until the newest user is accepted, so
             # a client connecting right after this call is not refused.
-            user = users[-1] if users else None
+            newest: str | None = users[-1] if users else None
             deadline = time.monotonic() + 10.0
-            while user is not None and connack_code(
-                self.host, self.port, user, self.password(user)
+            while newest is not None and connack_code(
+                self.host, self.port, newest, self.password(newest)
             ) not in (0, None):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"mosquitto did not reload its password file for {user}")
+                    raise TimeoutError(f"mosquitto did not reload its password file for {newest}")
                 time.sleep(0.02)
 
     def start(self) -> None:
