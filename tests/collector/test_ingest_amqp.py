@@ -327,10 +327,14 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
             publisher = asyncio.create_task(publish_all(), name="publisher")
             try:
 
-                async def some_stored() -> bool:
-                    return len(await stored_seqs(repo, "dev-3")) >= 300
+                async def both_stored() -> bool:
+                    # Kill only once the other process has committed some of its
+                    # share too (what is stored beyond what this one stored):
+                    # the queue's round robin does not promise when it starts.
+                    stored = len(await stored_seqs(repo, "dev-3"))
+                    return stored >= 300 and stored > ing.stats.stored
 
-                await wait_for(some_stored, 30, "300 seqs stored")
+                await wait_for(both_stored, 60, "300 seqs stored, some by each collector")
                 killed_at = len(sent)
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
