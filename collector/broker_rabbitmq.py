@@ -21,13 +21,20 @@ cannot connect with the collector's client id and read the collector's queue.
 ``provision_rabbitmq_device(device_id, password)`` creates the user with
 ``rabbitmqctl``; the password goes on rabbitmqctl's standard input (``add_user``
 without a password argument reads it there), never on a command line that
-``ps`` shows.
+``ps`` shows. ``password=None`` is certificate mode: the user has no password
+(``clear_password``) and logs in only with a fleet-CA client certificate whose
+CN is the device id (``mqtt.ssl_cert_login`` in rabbitmq.conf).
+
+Certificate revocation needs ``ssl_options.crl_cache``, which rabbitmq.conf
+cannot express in 3.10: ``render_advanced_config`` writes the node's
+advanced.config from rabbitmq.conf's ``ssl_options.*`` (deploy/rabbitmq/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -52,6 +59,9 @@ COLLECTOR_USER = "loa_collector"
 #: the same alphabet, so provisioning refuses a device id with this prefix:
 #: its queues would be the collector's.
 COLLECTOR_CLIENT_PREFIX = "loa-collector"
+#: The CRL directory of advanced.config's ``crl_cache`` (``ssl_crl_hash_dir``):
+#: ``<issuer hash>.r0`` there is the fleet CA's CRL (README.md, "Certificate mode").
+PRODUCTION_CRL_DIR = "/etc/rabbitmq/loa/crls"
 
 #: The subscription queues of one client id (client id == username for devices).
 _QUEUE = "mqtt-subscription-{}qos[01]"
@@ -183,7 +193,7 @@ def _ctl(
 
 def provision_rabbitmq_user(
     user: str,
-    password: str,
+    password: str | None,
     perms: Permissions,
     *,
     ctl: Sequence[str] = (RABBITMQCTL,),
@@ -192,39 +202,54 @@ def provision_rabbitmq_user(
 ) -> None:
     """Create (or re-password) ``user`` and set its permissions; idempotent.
 
+    ``password=None``: certificate mode. The user is created with a random
+    password that is cleared at once (``add_user`` wants one), and an existing
+    user's password is cleared: with no password, RabbitMQ lets it log in only
+    by a client certificate whose CN is ``user`` (a password login as ``user``
+    is refused), as Mosquitto's 8884 with ``use_identity_as_username``.
+
     ``ctl`` is the rabbitmqctl command with any node options, e.g.
     ``["rabbitmqctl", "-n", "rabbit@mq1"]``; ``env`` its environment (default
     this process's). Users are cluster-wide: one node suffices.
     """
-    if "\n" in password or not password:
+    if password is not None and ("\n" in password or not password):
         raise RabbitProvisionError(f"{user}: the password must be one non-empty line")
     # add_user fails on an existing user; change_password then makes re-provisioning
     # (--force) give the device its new password. Both read it from stdin.
+    secret = password if password is not None else secrets.token_urlsafe(32)
     try:
-        _ctl(ctl, ["add_user", user], f"{user}: add_user", stdin=password + "\n", env=env)
+        _ctl(ctl, ["add_user", user], f"{user}: add_user", stdin=secret + "\n", env=env)
     except RabbitProvisionError as exc:
         if "already exists" not in str(exc):
             raise
-        _ctl(
-            ctl,
-            ["change_password", user],
-            f"{user}: change_password",
-            stdin=password + "\n",
-            env=env,
-        )
+        if password is not None:
+            _ctl(
+                ctl,
+                ["change_password", user],
+                f"{user}: change_password",
+                stdin=password + "\n",
+                env=env,
+            )
+    if password is None:
+        # Also what turns a password-mode device into a certificate-only one.
+        _ctl(ctl, ["clear_password", user], f"{user}: clear_password", env=env)
     for args in ctl_commands(user, perms, vhost=vhost):
         _ctl(ctl, args, f"{user}: {args[0]}", env=env)
 
 
 def provision_rabbitmq_device(
     device_id: str,
-    password: str,
+    password: str | None,
     *,
     ctl: Sequence[str] = (RABBITMQCTL,),
     vhost: str = VHOST,
     env: Mapping[str, str] | None = None,
 ) -> None:
-    """Give ``device_id`` its RabbitMQ user, with ``device_permissions``; idempotent."""
+    """Give ``device_id`` its RabbitMQ user, with ``device_permissions``; idempotent.
+
+    ``password=None``: certificate mode, a user without a password (see
+    ``provision_rabbitmq_user``); the device logs in with its certificate only.
+    """
     if not valid_device_id(device_id):
         raise RabbitProvisionError(f"device id {device_id!r}: not a valid device id")
     if device_id.startswith(COLLECTOR_CLIENT_PREFIX):
@@ -235,9 +260,15 @@ def provision_rabbitmq_device(
     provision_rabbitmq_user(device_id, password, perms, ctl=ctl, vhost=vhost, env=env)
 
 
-def deprovision_rabbitmq_device(device_id: str, *, ctl: Sequence[str] = (RABBITMQCTL,)) -> None:
-    """Delete the device's user: RabbitMQ closes its open connections."""
-    _ctl(ctl, ["delete_user", device_id], f"{device_id}: delete_user")
+def deprovision_rabbitmq_device(
+    device_id: str,
+    *,
+    ctl: Sequence[str] = (RABBITMQCTL,),
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Delete the device's user: RabbitMQ closes its open connections, and a
+    certificate for it no longer logs in (certificate mode needs the user)."""
+    _ctl(ctl, ["delete_user", device_id], f"{device_id}: delete_user", env=env)
 
 
 # --- rabbitmq.conf ------------------------------------------------------------------------
@@ -273,18 +304,80 @@ def render_conf(
     return "\n".join(out) + "\n"
 
 
+#: ssl_options.* keys whose value is an Erlang string (a path); the others are
+#: atoms (verify_peer, true, false, ...) or integers.
+_SSL_STRINGS = {"cacertfile", "certfile", "keyfile", "password", "dhfile"}
+
+
+def _erl_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _erl_atom(value: str) -> str:
+    return value if re.fullmatch(r"[a-z][a-z0-9_]*", value) else "'" + value + "'"
+
+
+def render_advanced_config(conf: str | None = None, *, crl_dir: str = PRODUCTION_CRL_DIR) -> str:
+    """advanced.config for a node running ``conf`` (default deploy/rabbitmq/rabbitmq.conf):
+    its ``ssl_options.*`` as an Erlang term, plus the CRL cache.
+
+    3.10's rabbitmq.conf has ``ssl_options.crl_check`` but no key for
+    ``crl_cache``, and without one Erlang's TLS finds no CRL for a client
+    certificate (it refuses every certificate: ``{bad_crls,no_relevant_crls}``).
+    advanced.config can set it, but it *replaces* rabbitmq.conf's whole
+    ``ssl_options`` (cuttlefish overlays per application key), so every option
+    is repeated here. ``crl_cache`` is ``ssl_crl_hash_dir`` on ``crl_dir``: the
+    CRL is read from ``<dir>/<issuer hash>.r0`` at every handshake, so a new
+    CRL file takes effect for the next connection without a restart.
+    """
+    text = PRODUCTION_CONF.read_text(encoding="utf-8") if conf is None else conf
+    opts: list[str] = []
+    versions: list[str] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or line.lstrip().startswith("#") or not key.startswith("ssl_options."):
+            continue
+        name = key.removeprefix("ssl_options.")
+        if name.startswith("versions."):
+            versions.append(_erl_atom(value))
+        elif name in _SSL_STRINGS:
+            opts.append(f"{{{name}, {_erl_string(value)}}}")
+        elif re.fullmatch(r"[a-z_]+", name) and re.fullmatch(r"[0-9]+|[a-z][a-z0-9_]*", value):
+            opts.append(f"{{{name}, {value}}}")
+        else:
+            raise ValueError(f"{key} = {value}: not translated to advanced.config")
+    if versions:
+        opts.append(f"{{versions, [{', '.join(versions)}]}}")
+    opts.append(
+        f"{{crl_cache, {{ssl_crl_hash_dir, {{internal, [{{dir, {_erl_string(crl_dir)}}}]}}}}}}"
+    )
+    body = ",\n".join(f"    {o}" for o in opts)
+    return (
+        "%% Generated by collector.broker_rabbitmq.render_advanced_config from rabbitmq.conf's\n"
+        "%% ssl_options.* (this replaces them all), plus the CRL cache rabbitmq.conf cannot set.\n"
+        f"[{{rabbit, [{{ssl_options, [\n{body}\n]}}]}}].\n"
+    )
+
+
 # --- command line -------------------------------------------------------------------------
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="DEVICE_ID", nargs="?", help="the device (or --collector)")
     p.add_argument("--collector", action="store_true", help=f"provision {COLLECTOR_USER}")
-    p.add_argument(
+    auth = p.add_mutually_exclusive_group(required=True)
+    auth.add_argument(
         "--password-file",
         type=Path,
-        required=True,
         help="the password, one line: the bundle's mqtt-password that "
         "`loa-collector provision --no-broker` wrote",
+    )
+    auth.add_argument(
+        "--cert",
+        action="store_true",
+        help="certificate mode: a user without a password, logging in with a client "
+        "certificate whose CN is DEVICE_ID (clears an existing password)",
     )
     p.add_argument(
         "--queue",
@@ -307,8 +400,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.collector and not args.user:
         print("error: give DEVICE_ID or --collector", file=sys.stderr)
         return 2
+    if args.collector and args.cert:
+        print(f"error: {COLLECTOR_USER} logs in with a password, not --cert", file=sys.stderr)
+        return 2
     try:
-        password = args.password_file.read_text(encoding="utf-8").strip()
+        password = None if args.cert else args.password_file.read_text(encoding="utf-8").strip()
         if args.collector:
             # Both ingest sources: the MQTT session queue and the AMQP quorum queue.
             perms = amqp_collector_permissions(args.queue)
@@ -321,7 +417,10 @@ def run(args: argparse.Namespace) -> int:
     except RabbitProvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{COLLECTOR_USER if args.collector else args.user}: RabbitMQ user and permissions set")
+    how = " (certificate login, no password)" if args.cert else ""
+    print(
+        f"{COLLECTOR_USER if args.collector else args.user}: RabbitMQ user{how} and permissions set"
+    )
     return 0
 
 
@@ -337,7 +436,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m collector.broker_rabbitmq DEVICE_ID --password-file FILE [--node N]``."""
+    """``python -m collector.broker_rabbitmq DEVICE_ID --password-file FILE|--cert [--node N]``."""
     p = argparse.ArgumentParser(
         prog="python -m collector.broker_rabbitmq",
         description="Create a device's RabbitMQ user and per-device topic permissions.",

@@ -39,6 +39,7 @@ from collector.broker_rabbitmq import (
     Permissions,
     provision_rabbitmq_device,
     provision_rabbitmq_user,
+    render_advanced_config,
     render_conf,
 )
 from tests.support.mosquitto import wait_port
@@ -105,10 +106,19 @@ class RabbitCluster:
 
     Users are added with ``add_device``/``add_user``; every user's password is
     ``pw-<user>`` (``password(user)``), as in tests.support.mosquitto.
-    ``tls_dir`` (ca.crt, server.crt, server.key) adds the TLS MQTT listener.
+    ``tls_dir`` (ca.crt, server.crt, server.key) adds the TLS MQTT listener,
+    password mode only (``verify_none``). ``client_certs=True`` keeps
+    rabbitmq.conf's TLS settings instead: client certificates verified against
+    ca.crt, certificate login, and ``tls_dir/crl.pem`` checked at every
+    handshake (through ``crls/<hash>.r0`` and the generated advanced.config).
     """
 
-    def __init__(self, root: Path, n: int = 1, *, tls_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, n: int = 1, *, tls_dir: Path | None = None, client_certs: bool = False
+    ) -> None:
+        if client_certs and tls_dir is None:
+            raise ValueError("client_certs needs tls_dir")
+        self.client_certs = client_certs
         self.root = root
         self.host = "127.0.0.1"
         root.mkdir(parents=True, exist_ok=True)
@@ -151,15 +161,35 @@ class RabbitCluster:
                 "ssl_options.certfile": str(self.tls_dir / "server.crt"),
                 "ssl_options.keyfile": str(self.tls_dir / "server.key"),
             }
+            if not self.client_certs:  # password mode only, as before certificate mode
+                overrides |= {"ssl_options.verify": "verify_none", "mqtt.ssl_cert_login": "false"}
+                drop += ["ssl_options.crl_check"]
         else:
             drop += ["mqtt.listeners.ssl", "ssl_options."]
-        (node.dir / "rabbitmq.conf").write_text(render_conf(overrides, drop=drop))
+        conf = render_conf(overrides, drop=drop)
+        (node.dir / "rabbitmq.conf").write_text(conf)
+        if self.client_certs and self.tls_dir is not None:
+            crls = node.dir / "crls"
+            crls.mkdir(exist_ok=True)
+            crl = self.tls_dir / "crl.pem"
+            issuer_hash = subprocess.run(
+                ["openssl", "crl", "-hash", "-noout", "-in", str(crl)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+            # A link, so a CRL rewritten in tls_dir is the one the next handshake reads.
+            (crls / f"{issuer_hash}.r0").symlink_to(crl)
+            (node.dir / "advanced.config").write_text(
+                render_advanced_config(conf, crl_dir=str(crls))
+            )
         (node.dir / "enabled_plugins").write_text(PRODUCTION_PLUGINS.read_text())
         (node.dir / "rabbitmq-env.conf").touch()
 
     def env(self, node: Node) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        return keep | {
+        env = keep | {
             MARKER: str(self.root),
             "HOME": str(self.root),  # the shared .erlang.cookie, for nodes and CLI alike
             "RABBITMQ_CONF_ENV_FILE": str(node.dir / "rabbitmq-env.conf"),
@@ -176,6 +206,9 @@ class RabbitCluster:
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(node.dir / "plugins-expand"),
             "RABBITMQ_PID_FILE": str(node.pid_file),
         }
+        if self.client_certs:
+            env["RABBITMQ_ADVANCED_CONFIG_FILE"] = str(node.dir / "advanced.config")
+        return env
 
     # --- rabbitmqctl ----------------------------------------------------------------
 
@@ -319,6 +352,13 @@ class RabbitCluster:
                 device, self.password(device), ctl=self.ctl_argv(), env=self.env(self.nodes[0])
             )
 
+    def add_cert_device(self, *devices: str) -> None:
+        """Certificate-mode devices: users without a password (log in by certificate CN)."""
+        for device in devices:
+            provision_rabbitmq_device(
+                device, None, ctl=self.ctl_argv(), env=self.env(self.nodes[0])
+            )
+
     def add_user(self, user: str, perms: Permissions) -> None:
         provision_rabbitmq_user(
             user, self.password(user), perms, ctl=self.ctl_argv(), env=self.env(self.nodes[0])
@@ -332,8 +372,10 @@ __all__ = ["Node", "RabbitCluster", "available", "running_cluster"]
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, n: int = 1, **kw: Path | None) -> Iterator[RabbitCluster]:
-    cluster = RabbitCluster(root, n, **kw)
+def running_cluster(
+    root: Path, n: int = 1, *, tls_dir: Path | None = None, client_certs: bool = False
+) -> Iterator[RabbitCluster]:
+    cluster = RabbitCluster(root, n, tls_dir=tls_dir, client_certs=client_certs)
     cluster.start()
     try:
         yield cluster
