@@ -66,6 +66,7 @@ from fleet_protocol.mqtt_compat import (  # noqa: E402
     close_half_open,
     consume_disconnect,
     fail_fast_before_connack,
+    or_disconnect,
 )
 from tests.support.mosquitto import COLLECTOR_USER, MOSQUITTO, MOSQUITTO_PASSWD, Broker  # noqa: E402
 
@@ -106,6 +107,7 @@ async def _agent(
 ) -> None:
     """The uplink's connect loop (edge_agent.uplink.Uplink.run), without the outbox."""
     await asyncio.sleep(start_after)
+    qos = 1
     while True:
         refused = False
         host, port = dialer.endpoint
@@ -131,7 +133,15 @@ async def _agent(
         else:
             up = False
             try:
-                await client.subscribe(topic(dev, Kind.CMD), qos=1, timeout=20.0)
+                try:
+                    await or_disconnect(
+                        client, client.subscribe(topic(dev, Kind.CMD), qos=qos, timeout=20.0)
+                    )
+                except (aiomqtt.MqttError, TimeoutError):
+                    # As the uplink: a QoS 1 SUBSCRIBE refused (a cluster node holding
+                    # the session is down) -> QoS 0 from the next attempt on.
+                    qos = 0
+                    raise
                 dialer.established()
                 log.connects.append(time.monotonic())
                 with connected.get_lock():

@@ -459,6 +459,7 @@ class Agent:
                 "last_error": up.last_error if up else None,
                 "connects": up.connects if up else 0,
                 "published": up.published if up else 0,
+                "subscription_qos": up.subscription_qos if up else None,
             },
             "readings": readings,
             "faults": [to_builtins(f) for f in self.faults],

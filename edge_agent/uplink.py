@@ -27,6 +27,15 @@
   that accepts connections and drops them at once does not reset it. A
   failing link is logged once, and its recovery once. See :func:`backoff`
   for why this shape, and :class:`Dialer` for several broker addresses.
+- Subscriptions are QoS 1, except on a broker cluster whose node holding
+  this device's session is down: RabbitMQ then refuses the QoS 1 SUBSCRIBE on
+  the other nodes ("home node ... of durable queue ... is down": the
+  session's queue lives on one node) and closes the connection. After such a
+  failure the next connection subscribes at QoS 0 (a transient queue on the
+  node it reaches), so reports keep flowing at QoS 1 and commands and
+  confirmations arrive while connected; ``qos1_retry_s`` later the agent
+  reconnects to try QoS 1 again (the session's queue, with what was queued
+  for it, is back once its node is). ``subscription_qos`` says which is in use.
 - ``stop()`` asks for an orderly end: drain what is stored (bounded by the
   caller's timeout), publish a retained ``offline`` presence, disconnect.
 """
@@ -66,6 +75,7 @@ from fleet_protocol.agent_config import broker_endpoint
 from fleet_protocol.mqtt_compat import close_half_open as _close_socket
 from fleet_protocol.mqtt_compat import consume_disconnect as _consume_disconnect
 from fleet_protocol.mqtt_compat import fail_fast_before_connack as _fail_fast_before_connack
+from fleet_protocol.mqtt_compat import or_disconnect as _or_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +225,10 @@ class Dialer:
         )
 
 
+class _TryQos1(Exception):
+    """A QoS 0 session ends on purpose: reconnect at once and subscribe at QoS 1 again."""
+
+
 class Uplink:
     """Owns the MQTT connection. Run ``run()`` as the ``uplink`` task."""
 
@@ -254,6 +268,12 @@ class Uplink:
         self.confirming = False
         self.confirmed = 0
         self.resent = 0
+        #: QoS of the cmd/ack subscriptions now (0 while the session's node is away).
+        self.subscription_qos = 1
+        #: QoS 1 subscriptions refused so far (see the module docstring).
+        self.qos1_refused = 0
+        #: Until when (monotonic) connections subscribe at QoS 0, or None.
+        self._qos0_until: float | None = None
         self._distrust_retained = False
         self._waited_s = 0.0
         self._last_ack: float | None = None
@@ -335,8 +355,11 @@ class Uplink:
                 _close_socket(client)
                 self._link_failed(f"cannot connect: {exc or type(exc).__name__}")
             else:
+                retry_qos1 = False
                 try:
                     await self._session(client)
+                except _TryQos1:
+                    retry_qos1 = True
                 except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
                     self._link_failed(f"connection lost: {exc or type(exc).__name__}")
                 finally:
@@ -347,6 +370,8 @@ class Uplink:
                     _consume_disconnect(client)
                 if self._stopping.is_set():
                     return
+                if retry_qos1:
+                    continue  # the same address, at once: nothing failed
             # A failure on this address (or the loss of its session): the next
             # attempt goes to the next address, after a jittered delay even
             # after a loss, since a broker restart drops every agent at once.
@@ -377,11 +402,7 @@ class Uplink:
         self.last_error = None
         self.disconnected_since = None
         timeout = self.cfg.broker.publish_timeout_s
-        # One SUBSCRIBE for both (each packet costs mobile data). The retained ack,
-        # if any, arrives right after SUBACK.
-        await client.subscribe(
-            [(topic(self.device, Kind.CMD), 1), (topic(self.device, Kind.ACK), 1)], timeout=timeout
-        )
+        await self._subscribe(client, timeout)
         # Whatever the broker took before may be lost with it (a crash before
         # it persisted): send everything unconfirmed again.
         resend = await self.outbox.unhand()
@@ -398,6 +419,8 @@ class Uplink:
         listen = asyncio.create_task(self._listen(client), name="uplink.cmd")
         watch = asyncio.create_task(self._watch_confirmations(), name="uplink.confirm")
         tasks = {drain, listen, watch}
+        if self.subscription_qos == 0 and self._qos0_until is not None:
+            tasks.add(asyncio.create_task(self._qos1_later(self._qos0_until), name="uplink.qos1"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -411,6 +434,48 @@ class Uplink:
             await client.publish(
                 topic(self.device, Kind.PRESENCE), offline, qos=1, retain=True, timeout=timeout
             )
+
+    async def _subscribe(self, client: aiomqtt.Client, timeout: float) -> None:
+        """SUBSCRIBE to our commands and confirmations, at QoS 1 unless that was refused lately.
+
+        One SUBSCRIBE for both (each packet costs mobile data). The retained
+        ack, if any, arrives right after SUBACK.
+        """
+        until = self._qos0_until
+        qos = 0 if until is not None and time.monotonic() < until else 1
+        try:
+            await _or_disconnect(
+                client,
+                client.subscribe(
+                    [(topic(self.device, Kind.CMD), qos), (topic(self.device, Kind.ACK), qos)],
+                    timeout=timeout,
+                ),
+            )
+        except (aiomqtt.MqttError, TimeoutError):
+            if qos == 1:
+                # A broker that takes CONNECT but not this SUBSCRIBE: on a cluster,
+                # the node holding our session is down (or the link died just now;
+                # then QoS 0 for a while costs little).
+                self.qos1_refused += 1
+                self._qos0_until = time.monotonic() + self.cfg.broker.qos1_retry_s
+                log.warning(
+                    "uplink %s: QoS 1 subscription refused (a broker node holding this "
+                    "device's session may be down): subscribing at QoS 0 for %.0f s",
+                    self.endpoint,
+                    self.cfg.broker.qos1_retry_s,
+                )
+            raise
+        if qos == 1 and self.subscription_qos == 0:
+            log.info("uplink %s: subscribed at QoS 1 again", self.endpoint)
+        if qos == 1:
+            self._qos0_until = None
+        self.subscription_qos = qos
+
+    async def _qos1_later(self, until: float) -> None:
+        """End a QoS 0 session at ``until`` so the next connection tries QoS 1."""
+        await asyncio.sleep(max(0.0, until - time.monotonic()))
+        log.info("uplink %s: reconnecting to try QoS 1 subscriptions again", self.endpoint)
+        raise _TryQos1
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish stored messages in seq order; returns once stopping and empty."""

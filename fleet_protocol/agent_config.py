@@ -87,6 +87,13 @@ class BrokerConfig:
     #: Cap when the broker refused us (bad credentials, TLS failure): each such
     #: attempt costs a TLS handshake of mobile data, so back off much further.
     refused_backoff_max_s: float = 600.0
+    #: A broker cluster whose node holding this device's session is down refuses
+    #: a QoS 1 subscription on the other nodes (RabbitMQ: "home node ... of
+    #: durable queue ... is down") and closes the connection. The agent then
+    #: subscribes at QoS 0 there (publishing stays QoS 1: reports flow; commands
+    #: and confirmations arrive while connected) and reconnects to try QoS 1
+    #: again after this long. See edge_agent.uplink.
+    qos1_retry_s: float = 900.0
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -441,6 +448,7 @@ def validate(cfg: AgentConfig, *, hardware: HardwareCheck | None = None) -> Agen
         "publish_timeout_s",
         "backoff_max_s",
         "refused_backoff_max_s",
+        "qos1_retry_s",
     ):
         _positive(f"broker.{name}", getattr(b, name))
     if b.backoff_base_s <= 1:

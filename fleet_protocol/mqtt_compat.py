@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import aiomqtt
+
+T = TypeVar("T")
 
 #: (aiomqtt, paho-mqtt) minor versions whose internals this module was checked against.
 TESTED: Final = {"aiomqtt": ("2.5",), "paho-mqtt": ("2.1", "2.2")}
@@ -62,6 +64,31 @@ def consume_disconnect(client: aiomqtt.Client) -> None:
     fut = getattr(client, "_disconnected", None)
     if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
         fut.exception()
+
+
+async def or_disconnect(client: aiomqtt.Client, aw: Awaitable[T]) -> T:
+    """Await ``aw`` (a SUBSCRIBE or PUBLISH waiting for the broker's answer), but
+    raise ``MqttError`` as soon as the link drops.
+
+    aiomqtt leaves a pending call waiting out its whole timeout when the
+    connection closes under it. RabbitMQ answers a SUBSCRIBE it refuses by
+    closing the connection, with no SUBACK: without this, each refusal would
+    cost the agent its publish timeout before it reconnects.
+    """
+    task = asyncio.ensure_future(aw)
+    lost = getattr(client, "_disconnected", None)
+    if not isinstance(lost, asyncio.Future):
+        return await task
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+    if task.cancelled() or not task.done():
+        raise aiomqtt.MqttError("connection lost before the broker answered")
+    return task.result()
 
 
 def fail_fast_before_connack(client: aiomqtt.Client) -> None:
@@ -173,6 +200,7 @@ __all__ = [
     "fail_fast_before_connack",
     "hang_up",
     "manual_acks",
+    "or_disconnect",
     "paho_of",
     "pause_reading",
     "resume_reading",

@@ -338,6 +338,8 @@ async def cmd_status(ctx: Ctx) -> int:
             broker += f"; {ctx.L('last_error')}: {link['last_error']}"
     if link.get("endpoint"):
         broker += f" [{link['endpoint']}]"
+    if link.get("connected") and link.get("subscription_qos") == 0:
+        broker += "; " + ctx.paint(ctx.L("qos0_subscription"), "yellow")
     ob = st.get("outbox") or {}
     outbox = f"{ob.get('depth', 0)} {ctx.L('messages')}, {_size(ob.get('bytes', 0))}"
     if ob.get("oldest"):

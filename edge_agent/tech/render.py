@@ -22,6 +22,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "connected_since": ("đã kết nối từ", "connected since"),
     "disconnected": ("mất kết nối", "disconnected"),
     "last_error": ("lỗi gần nhất", "last error"),
+    "qos0_subscription": (
+        "nhận lệnh ở QoS 0 (nút máy chủ giữ phiên của thiết bị đang hỏng)",
+        "commands at QoS 0 (the broker node holding this device's session is down)",
+    ),
     "modem": ("Modem", "Modem"),
     "sim": ("SIM", "SIM"),
     "operator": ("Nhà mạng", "Operator"),

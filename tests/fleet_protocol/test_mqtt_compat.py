@@ -78,6 +78,65 @@ async def test_a_link_closed_before_connack_fails_the_attempt_at_once() -> None:
         server.close()
 
 
+async def test_or_disconnect_ends_a_subscribe_the_broker_answers_by_closing() -> None:
+    """RabbitMQ refuses a SUBSCRIBE by closing the connection, without a SUBACK.
+
+    A listener speaking just enough MQTT 3.1.1 for that: CONNACK (0x20 0x02
+    0x00 0x00) after CONNECT, then close at the SUBSCRIBE (packet type 8).
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    async def connack_then_close_at_subscribe() -> None:
+        conn, _ = await loop.sock_accept(server)
+        try:
+            await loop.sock_recv(conn, 1024)  # CONNECT
+            await loop.sock_sendall(conn, b"\x20\x02\x00\x00")
+            while True:
+                data = await loop.sock_recv(conn, 1024)
+                if not data or data[0] >> 4 == 8:
+                    return
+        finally:
+            conn.close()
+
+    server_task = asyncio.create_task(connack_then_close_at_subscribe())
+    client = aiomqtt.Client("127.0.0.1", port, timeout=10)
+    try:
+        await client.__aenter__()
+        t0 = loop.time()
+        with pytest.raises(aiomqtt.MqttError):
+            await mqtt_compat.or_disconnect(client, client.subscribe("a/b", qos=1, timeout=60))
+        assert loop.time() - t0 < 30  # the link's end, not the 60 s timeout
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+        mqtt_compat.consume_disconnect(client)
+        server_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server_task
+        server.close()
+
+
+@pytest.mark.integration
+async def test_or_disconnect_returns_what_the_call_returns(broker: Broker) -> None:
+    broker.add_user("dev-compat-sub")
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username="dev-compat-sub",
+        password=broker.password("dev-compat-sub"),
+        identifier="dev-compat-sub",
+    ) as client:
+        got = await mqtt_compat.or_disconnect(
+            client, client.subscribe("loa/v1/dev-compat-sub/cmd", qos=1, timeout=10)
+        )
+        assert [int(rc.value) for rc in got] == [1]  # type: ignore[union-attr]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("cut", "will_sent"), [("drop", True), ("hang_up", False)])
 async def test_drop_sends_the_will_and_hang_up_does_not(

@@ -1,0 +1,294 @@
+"""Issue 19: the real agent on a three-node RabbitMQ cluster, and its node killed.
+
+The agent process (``loa-agent run``) connects unchanged -- MQTT 3.1.1 over TLS,
+its own user and password, its last will -- to the first of three clustered
+nodes (tests.support.rabbitmq, from deploy/rabbitmq's config) with all three in
+``[broker] urls``; a collector in this process consumes the ``loa.ingest``
+quorum queue over AMQP into SQLite and confirms what it stores.
+
+When the node holding the agent's persistent session is killed, the other
+nodes take its CONNECT but refuse its QoS 1 SUBSCRIBE (the session's queue
+lives on the dead node) and close the connection. The agent then subscribes at
+QoS 0 there: its reports keep flowing and being confirmed, a command reaches it
+and is answered. Once the node is back, the agent reconnects after
+``qos1_retry_s`` and holds QoS 1 subscriptions again. Every seq the agent
+assigned is stored once (the gaps are only last-will seqs it reserved and never
+needed), and its outbox ends empty: everything was confirmed by the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
+from collector.ingest import Ingestor
+from collector.ingest_amqp import run_ingest_amqp
+from collector.metrics import IngestStats
+from collector.store.sqlite import SQLiteRepository
+from collector.tls import CertificateAuthority, install_broker_files
+from edge_agent import control
+from edge_agent.outbox import Outbox
+from edge_agent.uplink import start_index
+from fleet_protocol import PROTOCOL_VERSION, Command, Kind, Reply, decode, encode, topic
+from tests.collector.conftest import make_config
+from tests.edge_agent.agent_support import FAST, AgentProcess, _toml_value
+from tests.support.rabbitmq import Node, RabbitCluster, available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not available(), reason="rabbitmq-server is not installed"),
+    pytest.mark.timeout(300),
+]
+
+QUEUE = "loa.ingest"
+V311 = aiomqtt.ProtocolVersion.V311
+#: How long the agent stays on QoS 0 subscriptions before trying QoS 1 again.
+QOS1_RETRY_S = 3.0
+
+
+def _device() -> str:
+    """A device id whose first address (start_index) is node 1's."""
+    return next(d for d in (f"dev-rq{i}" for i in range(100)) if start_index(d, 3) == 0)
+
+
+DEVICE = _device()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
+    """Three clustered nodes with the TLS MQTT listener; the collector and the device."""
+    ca = CertificateAuthority.create("loa-fleet rabbitmq agent test CA")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    install_broker_files(ca, tls, ["127.0.0.1", "localhost"])
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    c = RabbitCluster(tmp_path / "rabbit3", 3, tls_dir=tls)
+    try:
+        c.start()
+        c.add_user(COLLECTOR_USER, amqp_collector_permissions(QUEUE))
+        c.add_device(DEVICE)
+        yield c
+    finally:
+        c.stop()
+    assert c.leftovers() == []
+
+
+def agent_config(cluster: RabbitCluster, tmp_path: Path) -> Path:
+    """agent.toml: TLS to all three nodes (node 1 first for this device), FAST times."""
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(cluster.password(DEVICE) + "\n")
+    pw.chmod(0o600)
+    data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
+    data["device"] = {"id": DEVICE, "commune": "xa-01"}
+    data["broker"] |= {
+        "urls": [f"mqtts://127.0.0.1:{n.tls_port}" for n in cluster.nodes],
+        "ca_file": str(tmp_path / "ca.crt"),
+        "password_file": str(pw),
+        # RabbitMQ closes a refused SUBSCRIBE's connection without an answer:
+        # the agent notices when the SUBACK does not come.
+        "publish_timeout_s": 3.0,
+        "qos1_retry_s": QOS1_RETRY_S,
+    }
+    data["outbox"] = {"path": str(tmp_path / "outbox.sqlite"), "resend_after_s": 30.0}
+    data["control"] = {"socket": str(tmp_path / "control.sock")}
+    lines = ['log_level = "DEBUG"']
+    for name, values in data.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    path = tmp_path / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def collector(
+    cluster: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
+) -> AsyncIterator[Ingestor]:
+    """The AMQP ingest, through node 2 first (the queue's leader), every node in urls."""
+    n1, n2, n3 = cluster.nodes
+    cfg = make_config(
+        None,
+        tmp_path,
+        ingest={"source": "amqp", "batch_size": 50, "ack_interval_s": 0.2},
+        amqp={
+            "urls": [
+                f"amqp://{COLLECTOR_USER}@{cluster.host}:{n.amqp_port}/%2F" for n in (n2, n3, n1)
+            ],
+            "password": cluster.password(COLLECTOR_USER),
+            "queue": QUEUE,
+            "prefetch": 100,
+            "max_backoff_s": 1.0,
+        },
+    )
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    connected = asyncio.Event()
+    task = asyncio.create_task(run_ingest_amqp(cfg, ingestor, connected=connected), name="ingest")
+    try:
+        await asyncio.wait_for(connected.wait(), 30)
+        yield ingestor
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def status(tmp_path: Path) -> dict[str, Any]:
+    try:
+        reply = await control.request(tmp_path / "control.sock", "status")
+    except OSError:
+        return {}
+    return dict(reply["result"]) if reply.get("ok") else {}
+
+
+async def stored(repo: SQLiteRepository) -> list[int]:
+    rows = await repo._all("SELECT seq FROM messages WHERE device_id = ?", (DEVICE,))
+    return [int(r[0]) for r in rows]
+
+
+async def command_and_reply(cluster: RabbitCluster, via: Node, cid: str) -> Reply:
+    """Send ``status`` to the device as the collector user through ``via``; its Reply."""
+    cmd = Command(
+        v=PROTOCOL_VERSION,
+        device=DEVICE,
+        seq=int(time.time() * 1000),
+        ts=time.time(),
+        id=cid,
+        action="status",
+        expires=time.time() + 60,
+    )
+    async with aiomqtt.Client(
+        cluster.host,
+        via.mqtt_port,
+        username=COLLECTOR_USER,
+        password=cluster.password(COLLECTOR_USER),
+        identifier=f"loa-collector-cmd-{cid}",
+        protocol=V311,
+        timeout=10,
+    ) as c:
+        await c.subscribe(topic(DEVICE, Kind.REPLY), qos=0, timeout=10)
+        await c.publish(topic(DEVICE, Kind.CMD), encode(cmd), qos=1, timeout=10)
+        async with asyncio.timeout(30):
+            async for m in c.messages:
+                reply = decode(Kind.REPLY, bytes(m.payload), topic_device=DEVICE)  # type: ignore[arg-type]
+                if isinstance(reply, Reply) and reply.id == cid:
+                    return reply
+    raise AssertionError("no reply")  # pragma: no cover - the timeout raises first
+
+
+async def test_agent_keeps_reporting_when_its_sessions_node_dies(
+    cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    n1, n2, n3 = cluster.nodes
+    repo = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
+    await repo.migrate()
+    agent = AgentProcess(agent_config(cluster, tmp_path), tmp_path / "agent.log")
+    try:
+        async with collector(cluster, tmp_path, repo) as ing:
+            with agent:
+                # On node 1, QoS 1, and the collector confirming what it stores.
+                async def on_node1() -> bool:
+                    st = await status(tmp_path)
+                    link, ob = st.get("link") or {}, st.get("outbox") or {}
+                    return bool(
+                        link.get("connected")
+                        and link["endpoint"] == f"127.0.0.1:{n1.tls_port}"
+                        and link["subscription_qos"] == 1
+                        and ob.get("collector_confirms")
+                    )
+
+                await until(on_node1, "the agent on node 1, its reports confirmed")
+                before = len(await stored(repo))
+                assert before > 0
+
+                cluster.kill9(n1)
+
+                async def moved() -> dict[str, Any]:
+                    link = (await status(tmp_path)).get("link") or {}
+                    elsewhere = link.get("endpoint") != f"127.0.0.1:{n1.tls_port}"
+                    ok = link.get("connected") and elsewhere and link["subscription_qos"] == 0
+                    return link if ok else {}
+
+                link = await until(moved, "the agent on another node at QoS 0", 90)
+                assert link["endpoint"] in {f"127.0.0.1:{n.tls_port}" for n in (n2, n3)}
+                assert "QoS 1 subscription refused" in agent.log()
+
+                # Reports flow and are confirmed while the session's node is away.
+                async def more_stored() -> bool:
+                    return len(await stored(repo)) >= before + 5
+
+                await until(more_stored, "reports stored from the other node")
+
+                async def all_confirmed() -> bool:
+                    ob = (await status(tmp_path)).get("outbox") or {}
+                    return ob.get("depth") == 0 and ob.get("handed") == 0
+
+                await until(all_confirmed, "the outbox confirmed empty at QoS 0")
+                # A command reaches it there (a live QoS 0 delivery) and is answered.
+                reply = await command_and_reply(cluster, n3, "on-qos0")
+                assert reply.ok and reply.result["device"] == DEVICE
+
+                # Node 1 back: after qos1_retry_s the agent holds QoS 1 again.
+                await asyncio.to_thread(cluster.restart, n1)
+
+                async def qos1_again() -> bool:
+                    link = (await status(tmp_path)).get("link") or {}
+                    return bool(link.get("connected") and link.get("subscription_qos") == 1)
+
+                await until(qos1_again, "QoS 1 subscriptions once node 1 is back", 90)
+                assert "subscribed at QoS 1 again" in agent.log()
+                reply = await command_and_reply(cluster, n2, "on-qos1")
+                assert reply.ok
+                await until(all_confirmed, "the outbox confirmed empty at the end")
+                final = await status(tmp_path)
+                assert await asyncio.to_thread(agent.stop) == 0
+
+            # Everything the agent assigned is stored, exactly once (the table's key
+            # forbids duplicates; count them anyway). The only gaps allowed are
+            # the last-will seqs it reserved at each attempt (logged) and never
+            # needed: no will fires when a node dies with the connection.
+            box = await Outbox.open(tmp_path / "outbox.sqlite", device=DEVICE, max_bytes=1 << 24)
+            try:
+                # What it handed last may wait for a confirmation the agent left
+                # too soon to see; it stays in the outbox (sent again next time).
+                last = box.next_seq - 1
+            finally:
+                await box.aclose()
+            wills = {int(m) for m in re.findall(r"with last will seq (\d+)", agent.log())}
+            assert wills
+
+            # The outbox numbers from the clock of its creation; the first
+            # reports are queued before the first connection attempt.
+            first = min(min(wills), min(await stored(repo)))
+
+            async def all_stored() -> bool:
+                seqs = set(await stored(repo))
+                return set(range(first, last + 1)) - wills <= seqs
+
+            await until(all_stored, "every seq the agent assigned stored")
+            seqs = await stored(repo)
+            assert len(seqs) == len(set(seqs))
+            assert set(seqs) <= set(range(first, last + 1))
+            assert ing.stats.stored == len(seqs)
+            assert final["link"]["connects"] >= 3  # node 1, another at QoS 0, QoS 1 again
+    finally:
+        await repo.close()
