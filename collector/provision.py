@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from collector.broker_config import DEPLOY_DIR, PRODUCTION_ACL
+from collector.config import DbConfig
 from collector.model import CommuneKind, InventoryDevice
 from collector.provision_remote import (
     RemoteProvisionError,
@@ -806,8 +807,13 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
     )
     p.add_argument("--no-reload", action="store_true", help="do not reload the broker")
     if standalone:
-        p.add_argument("--config", type=Path, help="collector.toml: its [db] path gets the row")
-    p.add_argument("--db", type=Path, help="the collector's SQLite database (wins over --config)")
+        p.add_argument("--config", type=Path, help="collector.toml: its [db] store gets the row")
+    p.add_argument(
+        "--db",
+        metavar="FILE|URL",
+        help="the collector's store: a SQLite file, sqlite:///path or postgresql://... "
+        "(wins over --config's [db])",
+    )
     p.add_argument(
         "--no-inventory", action="store_true", help="do not touch the collector's inventory"
     )
@@ -857,16 +863,22 @@ def _sms_args(args: argparse.Namespace) -> tuple[bytes, str] | None:
         raise ProvisionError(f"{secret_file}: not a hex SMS secret: {exc}") from None
 
 
-def _db_path(args: argparse.Namespace) -> Path | None:
+def _db(args: argparse.Namespace) -> DbConfig | None:
+    """The store that gets the inventory rows: ``--db``, else ``--config``'s ``[db]``."""
     if args.no_inventory:
         return None
     if args.db is not None:
-        return Path(args.db)
+        from collector.store.engines import StoreOptionError, db_option
+
+        try:
+            return db_option(str(args.db))
+        except StoreOptionError as exc:
+            raise ProvisionError(str(exc)) from None
     if args.config is not None:
         from collector.config import ConfigError, load_config
 
         try:
-            return Path(load_config(args.config).db.path)
+            return load_config(Path(args.config)).db
         except ConfigError as exc:
             raise ProvisionError(str(exc)) from exc
     return None
@@ -980,19 +992,20 @@ async def _run(args: argparse.Namespace) -> list[Provisioned]:
         assert one is not None
         return [one]
 
-    db = _db_path(args)
+    db = _db(args)
     if db is None:
         if not args.no_inventory:
             what = args.device_id or f"{len(devices)} devices"
             log.warning("no --config or --db: %s not added to the inventory", what)
         return await go(None)
-    if not db.exists():
-        raise ProvisionError(f"{db}: no such database (start the collector once first)")
     from collector.store.base import StoreError
-    from collector.store.sqlite import SQLiteRepository
+    from collector.store.engines import describe, open_store, sqlite_file
 
+    file = sqlite_file(db)
+    if file is not None and not file.exists():
+        raise ProvisionError(f"{describe(db)}: no such database (start the collector once first)")
     try:
-        repo = await SQLiteRepository.open(db)
+        repo = await open_store(db)  # SQLite or PostgreSQL, as `serve` opens it
     except StoreError as exc:
         raise ProvisionError(str(exc)) from exc
     try:
@@ -1002,7 +1015,8 @@ async def _run(args: argparse.Namespace) -> list[Provisioned]:
         raise ProvisionError(str(exc)) from exc
     finally:
         await repo.close()
-        _chown_like(db)
+        if file is not None:
+            _chown_like(file)
 
 
 def run(args: argparse.Namespace) -> int:

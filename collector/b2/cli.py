@@ -5,11 +5,13 @@
     loa-collector report b2 [--as-of 2023-07-31] [--format text|summary|json|csv|xlsx|html]
                             [--lang vi|en] [--scope commune|district|province] [-o FILE]
 
-Each takes ``--config collector.toml`` (its [db] and [report] sections), or
-``--db FILE`` to name the database directly. :func:`register` plugs them into
-``loa-collector`` (``collector.cli.SUBCOMMANDS``); ``run_*`` run a parsed
-command and return the exit status (0 ok, 1 bad input or unusable database,
-with a message on stderr naming the file, row and column or the setting).
+Each takes ``--config collector.toml`` (its [db] and [report] sections: a
+SQLite ``path`` or a ``url``, PostgreSQL included), or ``--db FILE|URL`` to
+name the store directly (a SQLite file, ``sqlite:///path`` or
+``postgresql://...``). :func:`register` plugs them into ``loa-collector``
+(``collector.cli.SUBCOMMANDS``); ``run_*`` run a parsed command and return the
+exit status (0 ok, 1 bad input or unusable database, with a message on stderr
+naming the file, row and column or the setting).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collector.b2.dates import AsOfError, parse_as_of
 from collector.b2.service import b2_table, export_inventory, import_inventory, month_over_month
 from collector.b2.settings import ReportSettings
 from collector.b2.table import Scope
+from collector.config import DbConfig
 from collector.correlation import CorrelationConfig
 from collector.exports import Format, render
 from collector.exports.as_text import to_text
@@ -44,15 +47,26 @@ class CliError(Exception):
 
 
 def _db_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, help="the collector's SQLite database (overrides --config)")
+    p.add_argument(
+        "--db",
+        metavar="FILE|URL",
+        help="the collector's store: a SQLite file, sqlite:///path or postgresql://... "
+        "(overrides --config's [db])",
+    )
 
 
 def _settings_and_db(
     args: argparse.Namespace,
-) -> tuple[ReportSettings, Path, CorrelationConfig]:
-    """``[report]``, the database and ``[correlation]`` (defaults with ``--db``)."""
+) -> tuple[ReportSettings, DbConfig, CorrelationConfig]:
+    """``[report]``, the store and ``[correlation]`` (defaults with ``--db``)."""
+    from collector.store.engines import StoreOptionError, db_option
+
     if args.db is not None:
-        return ReportSettings(), Path(args.db), CorrelationConfig()
+        try:
+            db = db_option(str(args.db))
+        except StoreOptionError as exc:
+            raise CliError(str(exc)) from None
+        return ReportSettings(), db, CorrelationConfig()
     from collector.config import ConfigError, load_config
 
     path = Path(args.config or DEFAULT_CONFIG)
@@ -60,17 +74,20 @@ def _settings_and_db(
         cfg = load_config(path)
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
-    return cfg.report, Path(cfg.db.path), cfg.correlation
+    return cfg.report, cfg.db, cfg.correlation
 
 
-def _with_repo(db: Path, work: Callable[[Repository], Awaitable[T]]) -> T:
-    from collector.store.sqlite import SQLiteRepository
+def _with_repo(db: DbConfig, work: Callable[[Repository], Awaitable[T]]) -> T:
+    """Run ``work`` on the store ``db`` names (``open_store``, as ``serve`` does)."""
+    from collector.store.engines import describe, open_store, sqlite_file
 
-    if not db.exists():
-        raise CliError(f"{db}: no such database (start the collector once first)")
+    file = sqlite_file(db)
+    if file is not None and not file.exists():
+        # Opening would create an empty file; a mistyped path should not.
+        raise CliError(f"{describe(db)}: no such database (start the collector once first)")
 
     async def go() -> T:
-        repo = await SQLiteRepository.open(db)
+        repo = await open_store(db)
         try:
             await repo.require_schema()
             return await work(repo)

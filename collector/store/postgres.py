@@ -340,8 +340,10 @@ async def _connect(url: str) -> PgConnection:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (it goes into error messages and logs)."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL without its password (it goes into error messages and logs): the
+    one after ``user:`` and a libpq ``?password=`` parameter."""
+    url = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 class _PgBase(_SQLiteBase):
