@@ -280,6 +280,16 @@ class Uplink:
         self._stopping = asyncio.Event()
         self._seen_commands: deque[str] = deque(maxlen=64)
         self._password = cfg.password()
+        #: Certificate mode without a password sends no username: the broker takes
+        #: the certificate's CN (Mosquitto ignores a username there; RabbitMQ
+        #: refuses a username without a password). Else the device id.
+        self._username: str | None = cfg.username
+        if (
+            cfg.broker.client_cert is not None
+            and self._password is None
+            and not cfg.broker.username
+        ):
+            self._username = None
         self._tls = tls_context(cfg)
         b = cfg.broker
         #: The broker address now in use and the reconnect backoff.
@@ -318,7 +328,7 @@ class Uplink:
         client = self.client_factory(
             host,
             port,
-            username=self.cfg.username,
+            username=self._username,
             password=self._password,
             identifier=self.device,
             clean_session=False,

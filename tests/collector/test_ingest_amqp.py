@@ -29,6 +29,7 @@ from collector.config import CollectorConfig, ConfigError, DbConfig, config_from
 from collector.ingest import Ingestor
 from collector.ingest_amqp import (
     _AckWindow,
+    declare,
     mqtt_topic,
     routing_keys,
     run_ingest_amqp,
@@ -362,6 +363,52 @@ async def test_competing_consumers_one_killed_every_seq_stored_once(
     # including what the killed one had been handed but not acknowledged.
     assert 0 < in_process < n
     await wait_for(queue_drained(rabbit), 10, "the queue empty, no consumer left")
+
+
+def _depths(rabbit: RabbitCluster) -> dict[str, int]:
+    out = rabbit.ctl("list_queues", "name", "messages", "--formatter", "json")
+    return {q["name"]: int(q["messages"]) for q in json.loads(out)}
+
+
+@pytest.mark.usefixtures("fresh_queue")
+async def test_a_message_no_collector_survives_is_parked_after_the_delivery_limit(
+    rabbit: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    """deploy/rabbitmq/definitions.json's ``loa-ingest-amqp`` policy: a message
+    handed back to the queue 20 times (each time a collector died holding it, or
+    gave it back) is moved to ``loa.dropped``, where it is counted and kept,
+    instead of taking every collector down in turn forever. The rest flows."""
+    cfg = amqp_config(rabbit, tmp_path)
+    dropped_before = (await asyncio.to_thread(_depths, rabbit)).get("loa.dropped", 0)
+    conn = await collector_connection(rabbit)
+    async with conn:
+        channel = await conn.channel()
+        queue = await declare(channel, cfg.amqp)  # what every collector declares
+        async with device(rabbit, "dev-2", clean_session=True) as dev:
+            await dev.publish(topic("dev-2", Kind.STATE), encode(state("dev-2", 1)), qos=1)
+        deliveries = 0
+        while deliveries < 100:
+            msg = await queue.get(no_ack=False, fail=False, timeout=10)
+            if msg is None:
+                break
+            deliveries += 1
+            await msg.nack(requeue=True)  # as a collector dying with it unacknowledged
+    assert 20 <= deliveries <= 21, deliveries
+
+    async def parked() -> bool:
+        d = await asyncio.to_thread(_depths, rabbit)
+        return d.get("loa.dropped", 0) == dropped_before + 1 and d.get(QUEUE) == 0
+
+    await wait_for(parked, 20, "the message in loa.dropped, the ingest queue empty")
+    # The next message from the same device is stored as usual.
+    async with amqp_ingest(cfg, repo):
+        async with device(rabbit, "dev-2", clean_session=True) as dev:
+            await dev.publish(topic("dev-2", Kind.STATE), encode(state("dev-2", 2)), qos=1)
+
+        async def stored() -> bool:
+            return await stored_seqs(repo, "dev-2") == [2]
+
+        await wait_for(stored, 20, "the next message stored")
 
 
 def test_the_collector_user_may_use_both_ingest_queues() -> None:

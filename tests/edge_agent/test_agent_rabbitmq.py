@@ -1,10 +1,11 @@
 """Issue 19: the real agent on a three-node RabbitMQ cluster, and its node killed.
 
 The agent process (``loa-agent run``) connects unchanged -- MQTT 3.1.1 over TLS,
-its own user and password, its last will -- to the first of three clustered
-nodes (tests.support.rabbitmq, from deploy/rabbitmq's config) with all three in
-``[broker] urls``; a collector in this process consumes the ``loa.ingest``
-quorum queue over AMQP into SQLite and confirms what it stores.
+its own user with its password or its client certificate, its last will -- to
+the first of three clustered nodes (tests.support.rabbitmq, from
+deploy/rabbitmq's config) with all three in ``[broker] urls``; a collector
+in this process consumes the ``loa.ingest`` quorum queue over AMQP into
+SQLite and confirms what it stores.
 
 When the node holding the agent's persistent session is killed, the other
 nodes take its CONNECT but refuse its QoS 1 SUBSCRIBE (the session's queue
@@ -63,36 +64,54 @@ def _device() -> str:
 DEVICE = _device()
 
 
+@pytest.fixture(params=["password", "cert"])
+def auth(request: pytest.FixtureRequest) -> str:
+    """How the device logs in: its password, or its fleet-CA certificate (CN = its id)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
-    """Three clustered nodes with the TLS MQTT listener; the collector and the device."""
+def cluster(tmp_path: Path, auth: str) -> Iterator[RabbitCluster]:
+    """Three clustered nodes with the production TLS listener (password or client
+    certificate, deploy/rabbitmq); the collector and the device."""
     ca = CertificateAuthority.create("loa-fleet rabbitmq agent test CA")
     tls = tmp_path / "tls"
     tls.mkdir()
     install_broker_files(ca, tls, ["127.0.0.1", "localhost"])
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
-    c = RabbitCluster(tmp_path / "rabbit3", 3, tls_dir=tls)
+    ca.issue_device(DEVICE).write(tmp_path / "client.crt", tmp_path / "client.key")
+    c = RabbitCluster(tmp_path / "rabbit3", 3, tls_dir=tls, client_certs=True)
     try:
         c.start()
         c.add_user(COLLECTOR_USER, amqp_collector_permissions(QUEUE))
-        c.add_device(DEVICE)
+        if auth == "cert":
+            c.add_cert_device(DEVICE)
+        else:
+            c.add_device(DEVICE)
         yield c
     finally:
         c.stop()
     assert c.leftovers() == []
 
 
-def agent_config(cluster: RabbitCluster, tmp_path: Path) -> Path:
-    """agent.toml: TLS to all three nodes (node 1 first for this device), FAST times."""
-    pw = tmp_path / "mqtt-password"
-    pw.write_text(cluster.password(DEVICE) + "\n")
-    pw.chmod(0o600)
+def agent_config(cluster: RabbitCluster, tmp_path: Path, auth: str) -> Path:
+    """agent.toml: TLS to all three nodes (node 1 first for this device), FAST times,
+    a password file or a client certificate (what provisioning writes)."""
     data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
     data["device"] = {"id": DEVICE, "commune": "xa-01"}
-    data["broker"] |= {
+    if auth == "cert":
+        login = {
+            "client_cert": str(tmp_path / "client.crt"),
+            "client_key": str(tmp_path / "client.key"),
+        }
+    else:
+        pw = tmp_path / "mqtt-password"
+        pw.write_text(cluster.password(DEVICE) + "\n")
+        pw.chmod(0o600)
+        login = {"password_file": str(pw)}
+    data["broker"] |= login | {
         "urls": [f"mqtts://127.0.0.1:{n.tls_port}" for n in cluster.nodes],
         "ca_file": str(tmp_path / "ca.crt"),
-        "password_file": str(pw),
         # RabbitMQ closes a refused SUBSCRIBE's connection without an answer:
         # the agent notices when the SUBACK does not come.
         "publish_timeout_s": 3.0,
@@ -196,12 +215,12 @@ async def command_and_reply(cluster: RabbitCluster, via: Node, cid: str) -> Repl
 
 
 async def test_agent_keeps_reporting_when_its_sessions_node_dies(
-    cluster: RabbitCluster, tmp_path: Path
+    cluster: RabbitCluster, tmp_path: Path, auth: str
 ) -> None:
     n1, n2, n3 = cluster.nodes
     repo = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
     await repo.migrate()
-    agent = AgentProcess(agent_config(cluster, tmp_path), tmp_path / "agent.log")
+    agent = AgentProcess(agent_config(cluster, tmp_path, auth), tmp_path / "agent.log")
     try:
         async with collector(cluster, tmp_path, repo) as ing:
             with agent:
