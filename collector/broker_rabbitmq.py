@@ -33,6 +33,7 @@ advanced.config from rabbitmq.conf's ``ssl_options.*`` (deploy/rabbitmq/README.m
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import secrets
 import shlex
@@ -171,9 +172,10 @@ def _ctl(
     *,
     stdin: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> None:
+) -> str:
+    """Run ``ctl args``; its standard output, or RabbitProvisionError naming ``what``."""
     try:
-        subprocess.run(
+        done = subprocess.run(
             [*ctl, *args],
             input=stdin,
             env=env,
@@ -189,6 +191,19 @@ def _ctl(
         ) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RabbitProvisionError(f"{what}: {ctl[0]}: {exc}") from None
+    return done.stdout
+
+
+def rabbitmq_user_exists(
+    user: str, *, ctl: Sequence[str] = (RABBITMQCTL,), env: Mapping[str, str] | None = None
+) -> bool:
+    """Whether the cluster has a user named ``user`` (``rabbitmqctl list_users``)."""
+    out = _ctl(ctl, ["list_users", "--formatter", "json", "--silent"], "list_users", env=env)
+    try:
+        users = json.loads(out)
+    except ValueError:
+        raise RabbitProvisionError(f"list_users: not JSON: {out[:200]!r}") from None
+    return any(isinstance(u, dict) and u.get("user") == user for u in users)
 
 
 def provision_rabbitmq_user(

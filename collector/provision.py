@@ -290,17 +290,32 @@ def agent_config(
     *,
     device_id: str,
     commune: str,
-    broker_url: str,
+    broker_url: str | Sequence[str],
     files: AgentFiles,
     overrides: Sequence[tuple[list[str], Any]] = (),
 ) -> dict[str, Any]:
-    """The device's agent config: ``template`` with identity, broker and credentials filled in."""
+    """The device's agent config: ``template`` with identity, broker and credentials filled in.
+
+    Several broker URLs (the nodes of a cluster) go to ``[broker] urls``.
+    """
     cfg: dict[str, Any] = json.loads(json.dumps(template))  # deep copy of plain TOML data
     cfg.setdefault("device", {}).update(id=device_id, commune=commune)
     broker = cfg.setdefault("broker", {})
-    for name in ("ca_file", "password_file", "client_cert", "client_key", "username"):
+    for name in (
+        "ca_file",
+        "password_file",
+        "client_cert",
+        "client_key",
+        "username",
+        "url",
+        "urls",
+    ):
         broker.pop(name, None)
-    broker["url"] = broker_url
+    urls = [broker_url] if isinstance(broker_url, str) else list(broker_url)
+    if len(urls) == 1:
+        broker["url"] = urls[0]
+    else:
+        broker["urls"] = urls
     for name, path in dataclasses.asdict(files).items():
         if path is not None:
             broker[name] = str(path)
@@ -428,14 +443,19 @@ class Provisioned:
     auth: Auth
     bundle: Path
     agent_toml: Path
+    #: The first of ``broker_urls``.
     broker_url: str
+    #: Every broker address the device dials (the nodes of a cluster).
+    broker_urls: tuple[str, ...]
+    #: The device's RabbitMQ user was created or updated (``rabbitmq_ctl``).
+    rabbitmq_user: bool
     #: The inventory row as stored (None when no store was given).
     inventory: InventoryDevice | None
     #: Files of the bundle, by name.
     files: tuple[str, ...]
 
 
-def _broker_url(url: str, auth: Auth) -> str:
+def _broker_url(url: str, auth: Auth, *, cert_port: int = 8884) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ProvisionError(f"--broker-url {url!r}: must be mqtts://host[:port]")
@@ -446,8 +466,9 @@ def _broker_url(url: str, auth: Auth) -> str:
     except ValueError:
         raise ProvisionError(f"--broker-url {url!r}: bad port") from None
     if port is None and auth == "cert":
-        # The client-certificate listener (deploy/mosquitto/mosquitto.conf).
-        return f"mqtts://{parts.netloc}:8884"
+        # The client-certificate listener (deploy/mosquitto/mosquitto.conf: 8884;
+        # RabbitMQ takes both modes on 8883, deploy/rabbitmq/rabbitmq.conf).
+        return f"mqtts://{parts.netloc}:{cert_port}"
     return url
 
 
@@ -456,8 +477,9 @@ async def provision(
     inventory: InventoryFields,
     *,
     out_dir: Path,
-    broker_url: str,
+    broker_url: str | Sequence[str],
     broker_dir: Path | None = BROKER_DIR,
+    rabbitmq_ctl: Sequence[str] | None = None,
     ca_dir: Path | None = None,
     auth: Auth | None = None,
     store: Repository | None = None,
@@ -481,6 +503,11 @@ async def provision(
     ``broker_dir`` holds Mosquitto's ``passwd`` and ``acl`` (None leaves the
     broker alone, for a broker on another host). ``reload_broker`` is called
     after the password file changed (Mosquitto rereads it on SIGHUP).
+    ``rabbitmq_ctl`` (a rabbitmqctl command line, e.g. ``["rabbitmqctl"]`` or
+    ``["ssh", "mq1", "rabbitmqctl"]``) creates or updates the device's user on
+    a RabbitMQ cluster instead (collector.broker_rabbitmq: its password, or
+    none in certificate mode, and its per-device permissions).
+    ``broker_url`` may list every node of a cluster (``[broker] urls``).
     Everything that can be checked is checked before anything is written, so a
     refused request leaves no partial bundle, broker entry or inventory row.
     """
@@ -492,7 +519,14 @@ async def provision(
     mode: Auth = auth or ("cert" if ca_dir is not None else "password")
     if mode == "cert" and ca_dir is None:
         raise ProvisionError("certificate mode needs --ca-dir (the fleet CA)")
-    url = _broker_url(broker_url, mode)
+    given = [broker_url] if isinstance(broker_url, str) else list(broker_url)
+    if not given:
+        raise ProvisionError("--broker-url: give the broker's address (once per cluster node)")
+    cert_port = 8883 if rabbitmq_ctl is not None else 8884
+    urls = [_broker_url(u, mode, cert_port=cert_port) for u in given]
+    if len(set(urls)) != len(urls):
+        raise ProvisionError(f"--broker-url: the same address twice in {urls}")
+    url = urls[0]
     ca = None
     if ca_dir is not None:
         try:
@@ -508,8 +542,13 @@ async def provision(
     # Credentials still valid elsewhere: replacing them cuts off a working device.
     active_certs = _active_certs(ca_dir, device_id) if ca_dir is not None else []
     has_password = broker_dir is not None and _has_password(broker_dir / "passwd", device_id)
-    if (active_certs or has_password) and not force:
-        what = "a certificate" if active_certs else "a broker password"
+    has_user = rabbitmq_ctl is not None and _rabbitmq_user_exists(device_id, rabbitmq_ctl)
+    if (active_certs or has_password or has_user) and not force:
+        what = (
+            "a certificate"
+            if active_certs
+            else ("a broker password" if has_password else "a RabbitMQ user")
+        )
         raise ProvisionError(
             f"{device_id} already has {what}: --force issues new credentials "
             "and revokes the old ones"
@@ -527,7 +566,7 @@ async def provision(
         _load_template(template),
         device_id=device_id,
         commune=inventory.commune_code,
-        broker_url=url,
+        broker_url=urls,
         files=files,
         overrides=overrides,
     )
@@ -561,15 +600,24 @@ async def provision(
     if dry_run:
         return None
 
-    # Checks done: write. The bundle first (a failure there touches nothing shared).
+    # Checks done: write. The RabbitMQ user first (a refusal there leaves nothing
+    # written; a bundle failure after it leaves a user nobody has the password
+    # of, replaced by the next --force), then the bundle.
+    password = secrets.token_urlsafe(32) if mode == "password" else None
+    if rabbitmq_ctl is not None:
+        from collector.broker_rabbitmq import RabbitProvisionError, provision_rabbitmq_device
+
+        try:
+            provision_rabbitmq_device(device_id, password, ctl=rabbitmq_ctl)
+        except RabbitProvisionError as exc:
+            raise ProvisionError(f"RabbitMQ: {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     written: list[str] = []
-    password: str | None = None
     if ca is not None:
         write_file(out_dir / CA_CERT, ca.cert_pem, mode=0o644)
         written.append(CA_CERT)
     if mode == "password":
-        password = secrets.token_urlsafe(32)
+        assert password is not None
         write_file(out_dir / PASSWORD_FILE, f"{password}\n".encode(), mode=0o600)
         written.append(PASSWORD_FILE)
         (out_dir / "client.crt").unlink(missing_ok=True)
@@ -619,6 +667,8 @@ async def provision(
         bundle=out_dir,
         agent_toml=agent_toml,
         broker_url=url,
+        broker_urls=tuple(urls),
+        rabbitmq_user=rabbitmq_ctl is not None,
         inventory=row,
         files=tuple(written),
     )
@@ -691,6 +741,15 @@ def _active_certs(ca_dir: Path, device_id: str) -> list[int]:
     except TlsError as exc:
         raise ProvisionError(str(exc)) from exc
     return [n for n in issued_serials(ca_dir, device_id) if n not in revoked]
+
+
+def _rabbitmq_user_exists(device_id: str, ctl: Sequence[str]) -> bool:
+    from collector.broker_rabbitmq import RabbitProvisionError, rabbitmq_user_exists
+
+    try:
+        return rabbitmq_user_exists(device_id, ctl=ctl)
+    except RabbitProvisionError as exc:
+        raise ProvisionError(f"RabbitMQ: {exc}") from None
 
 
 def _has_password(passwd: Path, device_id: str) -> bool:
@@ -778,7 +837,12 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
     p.add_argument("--phone", dest="sim_phone")
     p.add_argument("--lat", type=float, dest="latitude")
     p.add_argument("--lon", type=float, dest="longitude")
-    p.add_argument("--broker-url", required=True, help="what the device dials: mqtts://host[:port]")
+    p.add_argument(
+        "--broker-url",
+        required=True,
+        action="append",
+        help="what the device dials: mqtts://host[:port]; once per node of a broker cluster",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -799,6 +863,13 @@ def configure_parser(p: argparse.ArgumentParser, *, standalone: bool = True) -> 
     )
     p.add_argument(
         "--no-broker", action="store_true", help="leave the broker's files alone (remote broker)"
+    )
+    p.add_argument(
+        "--rabbitmq-ctl",
+        metavar="COMMAND",
+        help="a RabbitMQ broker cluster: create the device's user and permissions with this "
+        "rabbitmqctl (e.g. 'rabbitmqctl' or 'ssh mq1 rabbitmqctl'); Mosquitto's files are "
+        "left alone",
     )
     p.add_argument(
         "--reload-command",
@@ -961,13 +1032,14 @@ async def _run(args: argparse.Namespace) -> list[Provisioned]:
     else:
         devices = []
     reload_broker = None
-    if not args.no_reload and args.reload_command:
+    if not args.no_reload and args.reload_command and not args.rabbitmq_ctl:
         reload_broker = _command(args.reload_command, "broker reload")
 
     common: dict[str, Any] = {
         "out_dir": args.out,
         "broker_url": args.broker_url,
-        "broker_dir": None if args.no_broker else args.broker_dir,
+        "broker_dir": None if args.no_broker or args.rabbitmq_ctl else args.broker_dir,
+        "rabbitmq_ctl": shlex.split(args.rabbitmq_ctl) if args.rabbitmq_ctl else None,
         "ca_dir": args.ca_dir,
         "auth": args.auth,
         "template": args.template,
@@ -1027,7 +1099,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for done in results:
-        print(f"{done.device_id}: {done.auth} mode, broker {done.broker_url}")
+        brokers = ", ".join(done.broker_urls)
+        user = "; its RabbitMQ user is set" if done.rabbitmq_user else ""
+        print(f"{done.device_id}: {done.auth} mode, broker {brokers}{user}")
         print(f"bundle {done.bundle}: {', '.join(done.files)} (copy it to the controller)")
         if done.inventory is not None:
             print(f"inventory: {done.inventory.commune_name} ({done.inventory.commune_code})")
