@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -41,7 +44,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.uplink import start_index
 from fleet_protocol import PROTOCOL_VERSION, Command, Kind, Reply, decode, encode, topic
 from tests.collector.conftest import make_config
-from tests.edge_agent.agent_support import FAST, AgentProcess, _toml_value
+from tests.edge_agent.agent_support import FAST, REPO, AgentProcess, _toml_value
 from tests.support.rabbitmq import Node, RabbitCluster, available
 
 pytestmark = [
@@ -250,6 +253,24 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
                 link = await until(moved, "the agent on another node at QoS 0", 90)
                 assert link["endpoint"] in {f"127.0.0.1:{n.tls_port}" for n in (n2, n3)}
                 assert "QoS 1 subscription refused" in agent.log()
+                # The technician's view over SSH says so, in Vietnamese by default.
+                shown = await asyncio.to_thread(
+                    subprocess.run,
+                    [
+                        sys.executable,
+                        "-m",
+                        "edge_agent.cli",
+                        "status",
+                        "--config",
+                        str(agent.config),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    env={**os.environ, "NO_COLOR": "1"},
+                    cwd=REPO,
+                )
+                assert "nhận lệnh ở QoS 0" in shown.stdout, shown
 
                 # Reports flow and are confirmed while the session's node is away.
                 async def more_stored() -> bool:
