@@ -111,13 +111,15 @@ async def collector_connection(cluster: RabbitCluster, node: Node) -> AbstractCo
     return await aio_pika.connect(url, timeout=10)
 
 
-def node_config(cluster: RabbitCluster, node: Node, tmp_path: Path, pg_url: str) -> CollectorConfig:
-    """The in-process collector: PostgreSQL, the ingest queue through ``node``
-    first, then the cluster's other nodes (``[amqp] urls``)."""
+def node_config(
+    cluster: RabbitCluster, node: Node, tmp_path: Path, pg_url: str | None
+) -> CollectorConfig:
+    """The in-process collector: PostgreSQL (or the test's SQLite with None), the
+    ingest queue through ``node`` first, then the cluster's other nodes (``[amqp] urls``)."""
     return make_config(
         None,
         tmp_path,
-        db={"url": pg_url},
+        db={"url": pg_url} if pg_url else {},
         ingest={"source": "amqp", "batch_size": 50, "ack_interval_s": 0.2},
         amqp={
             "urls": [
@@ -431,18 +433,7 @@ async def test_a_device_whose_node_dies_goes_offline_by_the_silence_rule(
     stays online."""
     cluster = cluster3
     n1, _n2, n3 = cluster.nodes
-    cfg = make_config(
-        None,
-        tmp_path,
-        ingest={"source": "amqp", "batch_size": 50, "ack_interval_s": 0.2},
-        amqp={
-            "urls": [amqp_url(cluster, n) for n in (n3, *cluster.nodes[:2])],
-            "password": cluster.password(COLLECTOR_USER),
-            "queue": QUEUE,
-            "prefetch": 100,
-            "max_backoff_s": 1.0,
-        },
-    )
+    cfg = node_config(cluster, n3, tmp_path, None)
     repo = await SQLiteRepository.open(tmp_path / "silence.db", synchronous="normal")
     grace_s = 2.0
     try:

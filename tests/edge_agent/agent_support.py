@@ -83,11 +83,15 @@ def write_config(
         data.setdefault(name, {}).update(values)
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
+    return write_agent_toml(tmp_path / "agent.toml", data)
+
+
+def write_agent_toml(path: Path, data: dict[str, dict[str, Any]]) -> Path:
+    """``data`` (section -> key -> value) as an agent.toml at ``path``, DEBUG logging."""
     lines = ['log_level = "DEBUG"']
     for name, values in data.items():
         lines.append(f"\n[{name}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path = tmp_path / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -35,16 +35,15 @@ import pytest
 
 from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
 from collector.ingest import Ingestor
-from collector.ingest_amqp import run_ingest_amqp
-from collector.metrics import IngestStats
 from collector.store.sqlite import SQLiteRepository
 from collector.tls import CertificateAuthority, install_broker_files
 from edge_agent import control
 from edge_agent.outbox import Outbox
 from edge_agent.uplink import start_index
 from fleet_protocol import PROTOCOL_VERSION, Command, Kind, Reply, decode, encode, topic
-from tests.collector.conftest import make_config
-from tests.edge_agent.agent_support import FAST, REPO, AgentProcess, _toml_value
+from tests.collector.test_ingest_amqp import amqp_ingest
+from tests.collector.test_rabbitmq_failover import node_config
+from tests.edge_agent.agent_support import FAST, REPO, AgentProcess, write_agent_toml
 from tests.support.rabbitmq import Node, RabbitCluster, available
 
 pytestmark = [
@@ -122,13 +121,7 @@ def agent_config(cluster: RabbitCluster, tmp_path: Path, auth: str) -> Path:
     }
     data["outbox"] = {"path": str(tmp_path / "outbox.sqlite"), "resend_after_s": 30.0}
     data["control"] = {"socket": str(tmp_path / "control.sock")}
-    lines = ['log_level = "DEBUG"']
-    for name, values in data.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path = tmp_path / "agent.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_agent_toml(tmp_path / "agent.toml", data)
 
 
 @contextlib.asynccontextmanager
@@ -136,31 +129,8 @@ async def collector(
     cluster: RabbitCluster, tmp_path: Path, repo: SQLiteRepository
 ) -> AsyncIterator[Ingestor]:
     """The AMQP ingest, through node 2 first (the queue's leader), every node in urls."""
-    n1, n2, n3 = cluster.nodes
-    cfg = make_config(
-        None,
-        tmp_path,
-        ingest={"source": "amqp", "batch_size": 50, "ack_interval_s": 0.2},
-        amqp={
-            "urls": [
-                f"amqp://{COLLECTOR_USER}@{cluster.host}:{n.amqp_port}/%2F" for n in (n2, n3, n1)
-            ],
-            "password": cluster.password(COLLECTOR_USER),
-            "queue": QUEUE,
-            "prefetch": 100,
-            "max_backoff_s": 1.0,
-        },
-    )
-    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
-    connected = asyncio.Event()
-    task = asyncio.create_task(run_ingest_amqp(cfg, ingestor, connected=connected), name="ingest")
-    try:
-        await asyncio.wait_for(connected.wait(), 30)
-        yield ingestor
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with amqp_ingest(node_config(cluster, cluster.nodes[1], tmp_path, None), repo) as ing:
+        yield ing
 
 
 async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0) -> Any:
