@@ -428,5 +428,8 @@ def test_readme_advanced_config_is_the_generated_one() -> None:
     blocks = re.findall(r"```erlang\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     generated = render_advanced_config()
     assert blocks == [generated]
+    # The file deploy/rabbitmq/ ships (installed as /etc/rabbitmq/advanced.config).
+    shipped = README.with_name("advanced.config").read_text(encoding="utf-8")
+    assert shipped == generated, "regenerate deploy/rabbitmq/advanced.config"
     assert "{verify, verify_peer}" in generated and "{crl_check, true}" in generated
     assert "{fail_if_no_peer_cert, false}" in generated
