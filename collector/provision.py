@@ -768,6 +768,8 @@ class Deprovisioned:
     password_removed: bool
     #: Serial numbers of the device certificates revoked now.
     revoked: tuple[int, ...]
+    #: Its RabbitMQ user was deleted (``rabbitmq_ctl``).
+    rabbitmq_user_removed: bool = False
 
 
 def deprovision(
@@ -776,6 +778,7 @@ def deprovision(
     broker_dir: Path | None = BROKER_DIR,
     ca_dir: Path | None = None,
     reload_broker: Callable[[], None] | None = None,
+    rabbitmq_ctl: Sequence[str] | None = None,
 ) -> Deprovisioned:
     """Cut a device off the broker: remove its password, revoke its certificates.
 
@@ -784,12 +787,26 @@ def deprovision(
     disconnects a client whose password went away when it reloads; a client
     whose certificate was revoked stays connected until it reconnects, so
     ``reload_broker`` should restart the broker when certificates were revoked
-    (``loa-collector deprovision`` does).
+    (``loa-collector deprovision`` does). ``rabbitmq_ctl`` (a rabbitmqctl
+    command line) deletes the device's RabbitMQ user instead of touching
+    Mosquitto's files: RabbitMQ closes its connections at once, and neither
+    its password nor its certificate logs in again.
     """
     if not valid_device_id(device_id):
         raise ProvisionError(f"device id {device_id!r}: not a valid device id")
     removed = False
-    if broker_dir is not None:
+    user_removed = False
+    if rabbitmq_ctl is not None:
+        from collector.broker_rabbitmq import RabbitProvisionError, deprovision_rabbitmq_device
+
+        if _rabbitmq_user_exists(device_id, rabbitmq_ctl):
+            try:
+                deprovision_rabbitmq_device(device_id, ctl=rabbitmq_ctl)
+            except RabbitProvisionError as exc:
+                raise ProvisionError(f"RabbitMQ: {exc}") from None
+            user_removed = True
+        broker_dir = None
+    elif broker_dir is not None:
         removed = set_password_entry(broker_dir / "passwd", device_id, None)
     serials: list[int] = []
     if ca_dir is not None:
@@ -801,12 +818,18 @@ def deprovision(
                 raise ProvisionError(str(exc)) from exc
             if broker_dir is not None:
                 write_file(broker_dir / CRL, crl, mode=0o644)
-    if not removed and not serials:
-        raise ProvisionError(f"{device_id}: no password or certificate to revoke")
+    if not removed and not serials and not user_removed:
+        what = "RabbitMQ user, " if rabbitmq_ctl is not None else ""
+        raise ProvisionError(f"{device_id}: no {what}password or certificate to revoke")
     if reload_broker is not None:
         reload_broker()
     log.info("deprovisioned %s (%d certificate(s) revoked)", device_id, len(serials))
-    return Deprovisioned(device_id=device_id, password_removed=removed, revoked=tuple(serials))
+    return Deprovisioned(
+        device_id=device_id,
+        password_removed=removed,
+        revoked=tuple(serials),
+        rabbitmq_user_removed=user_removed,
+    )
 
 
 # --- command line -------------------------------------------------------------------------
@@ -1126,7 +1149,7 @@ def _command(command_line: str, what: str) -> Callable[[], None]:
 def run_deprovision(args: argparse.Namespace) -> int:
     """Run a parsed ``deprovision`` command."""
     reload_broker = None
-    if not args.no_reload and args.reload_command:
+    if not args.no_reload and args.reload_command and not args.rabbitmq_ctl:
         reload_broker = _command(args.reload_command, "broker restart")
     try:
         done = deprovision(
@@ -1134,14 +1157,16 @@ def run_deprovision(args: argparse.Namespace) -> int:
             broker_dir=args.broker_dir,
             ca_dir=args.ca_dir,
             reload_broker=reload_broker,
+            rabbitmq_ctl=shlex.split(args.rabbitmq_ctl) if args.rabbitmq_ctl else None,
         )
     except ProvisionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serials = ", ".join(f"{n:x}" for n in done.revoked) or "none"
+    user = "; RabbitMQ user deleted" if done.rabbitmq_user_removed else ""
     print(
         f"{done.device_id}: password {'removed' if done.password_removed else 'none'}, "
-        f"certificates revoked: {serials}"
+        f"certificates revoked: {serials}{user}"
     )
     return 0
 
@@ -1168,6 +1193,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         help="a restart also drops a revoked certificate's live connection (default: %(default)s)",
     )
     d.add_argument("--no-reload", action="store_true")
+    d.add_argument(
+        "--rabbitmq-ctl",
+        metavar="COMMAND",
+        help="a RabbitMQ broker cluster: delete the device's user with this rabbitmqctl "
+        "(it is disconnected at once); Mosquitto's files are left alone",
+    )
     d.set_defaults(func=run_deprovision)
 
 

@@ -130,6 +130,12 @@ async def test_provision_creates_the_rabbitmq_user_and_the_bundle_logs_in(
     assert new != password
     assert await can_publish(rabbit, "dev-301", new)
     assert not await can_publish(rabbit, "dev-301", password)
+    # Deprovisioned: the user is gone, the password logs in no more.
+    argv = ["deprovision", "dev-301", "--rabbitmq-ctl", ctl]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert not rabbitmq_user_exists("dev-301", ctl=[ctl])
+    assert not await can_publish(rabbit, "dev-301", new)
+    assert await asyncio.to_thread(cli.main, argv) == 2  # nothing left to revoke
 
 
 async def test_certificate_mode_makes_a_user_without_a_password(
