@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from collector.model import InventoryDevice, Status
-from collector.store.base import StatusTimeline
+from collector.model import InventoryDevice
+from collector.store.base import StatusTimeline, counted_seconds
 
 
 class Grade(enum.StrEnum):
@@ -162,29 +162,6 @@ class Evaluation:
         return (*self.rows, self.total)
 
 
-def counted_seconds(timeline: StatusTimeline, t0: float, t1: float) -> tuple[float, float]:
-    """(seconds the cluster counted in [t0, t1], seconds of those it was working).
-
-    Before its first report a counted cluster is not working (never reported).
-    """
-    start = max(t0, timeline.counted_from) if timeline.counted_from is not None else t0
-    if start >= t1:
-        return 0.0, 0.0
-    status = timeline.initial
-    at, working = start, 0.0
-    for ts, new in timeline.changes:
-        if ts > t1:
-            break
-        if ts > at:
-            if status is Status.WORKING:
-                working += ts - at
-            at = ts
-        status = new
-    if status is Status.WORKING:
-        working += t1 - at
-    return t1 - start, working
-
-
 def _ranked(rows: Iterable[CommuneAvailability], th: Thresholds) -> list[CommuneAvailability]:
     with_data = sorted(
         (r for r in rows if r.share is not None),
@@ -231,13 +208,34 @@ def evaluate(
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware")
     t0, t1 = start.timestamp(), end.timestamp()
-    by_id = {t.device_id: t for t in timelines}
+    listed = {d.device_id for d in devices}
+    seconds = {t.device_id: counted_seconds(t, t0, t1) for t in timelines if t.device_id in listed}
+    return evaluate_seconds(
+        devices, seconds, start=start, end=end, label=label, lang=lang, thresholds=thresholds
+    )
+
+
+def evaluate_seconds(
+    devices: Sequence[InventoryDevice],
+    seconds_by_device: Mapping[str, tuple[float, float]],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    label: Callable[[InventoryDevice], str],
+    lang: str = "vi",
+    thresholds: Thresholds = Thresholds(),
+) -> Evaluation:
+    """:func:`evaluate` from each device's (seconds counted, seconds working) over
+    [start, end] (``Repository.availability_seconds``) instead of its timeline; a
+    device not in ``seconds_by_device`` counted no time."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
     acc: dict[str, list[float]] = {}
     names: dict[str, str] = {}
     for d in sorted(devices, key=lambda d: d.position):
-        tl = by_id.get(d.device_id)
-        seconds, working = counted_seconds(tl, t0, t1) if tl is not None else (0.0, 0.0)
-        names.setdefault(d.commune_code, label(d))
+        seconds, working = seconds_by_device.get(d.device_id, (0.0, 0.0))
+        if d.commune_code not in names:
+            names[d.commune_code] = label(d)
         row = acc.setdefault(d.commune_code, [0.0, 0.0, 0.0])
         row[0] += 1 if seconds > 0 else 0
         row[1] += seconds / 3600
@@ -280,6 +278,7 @@ __all__ = [
     "Thresholds",
     "counted_seconds",
     "evaluate",
+    "evaluate_seconds",
     "month_start",
     "text",
 ]

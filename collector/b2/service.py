@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
-from collector.b2.availability import Evaluation, Thresholds, evaluate, month_start
+from collector.b2.availability import Evaluation, Thresholds, evaluate_seconds, month_start
 from collector.b2.compare import Comparison, compare_statuses
 from collector.b2.dates import previous_month_end
 from collector.b2.settings import ReportSettings
@@ -90,12 +90,14 @@ async def monthly_evaluation(
     lang: str = "vi",
 ) -> Evaluation:
     """Availability and ranking of ``devices``' communes from the start of
-    ``as_of``'s month (in its zone) to ``as_of``, from the stored transitions."""
+    ``as_of``'s month (in its zone) to ``as_of``, from the stored transitions
+    (through the per-cluster sums the store keeps for the month, so only the
+    transitions of the last hours are read again)."""
     start = month_start(as_of)
-    timelines = await repo.status_timelines(start.timestamp(), as_of.timestamp())
-    return evaluate(
+    seconds = await repo.availability_seconds(start.timestamp(), as_of.timestamp())
+    return evaluate_seconds(
         devices,
-        timelines,
+        seconds,
         start=start,
         end=as_of,
         label=lambda d: commune_label(d.commune_kind, d.commune_name, lang),

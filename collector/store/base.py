@@ -116,6 +116,39 @@ class StatusTimeline:
     changes: tuple[tuple[float, Status], ...] = ()
 
 
+def counted_seconds(timeline: StatusTimeline, t0: float, t1: float) -> tuple[float, float]:
+    """(seconds the cluster counted in [t0, t1], seconds of those it was working).
+
+    Before its first report a counted cluster is not working (never reported).
+    """
+    start = max(t0, timeline.counted_from) if timeline.counted_from is not None else t0
+    if start >= t1:
+        return 0.0, 0.0
+    status = timeline.initial
+    at, working = start, 0.0
+    for ts, new in timeline.changes:
+        if ts > t1:
+            break
+        if ts > at:
+            if status is Status.WORKING:
+                working += ts - at
+            at = ts
+        status = new
+    if status is Status.WORKING:
+        working += t1 - at
+    return t1 - start, working
+
+
+def status_at(timeline: StatusTimeline, t: float) -> Status | None:
+    """The cluster's status at ``t`` (after every change at or before it)."""
+    status = timeline.initial
+    for ts, new in timeline.changes:
+        if ts > t:
+            break
+        status = new
+    return status
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceRow:
     """A device as the collector knows it now (inventory and/or reports)."""
@@ -423,6 +456,13 @@ class HistoryStore(Protocol):
     async def status_timelines(self, t0: float, t1: float) -> list[StatusTimeline]:
         """One StatusTimeline per inventory device (inventory order) over (t0, t1]:
         its status at ``t0`` and every transition after it up to ``t1``."""
+        ...
+
+    async def availability_seconds(self, t0: float, t1: float) -> dict[str, tuple[float, float]]:
+        """Per inventory device, (seconds counted, seconds working) in [t0, t1]
+        (``t0``: a month's start): what ``counted_seconds`` over
+        ``status_timelines(t0, t1)`` gives, from the sums kept per month start up
+        to a recent whole hour plus only the transitions after it."""
         ...
 
     async def list_devices(

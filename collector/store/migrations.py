@@ -442,6 +442,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (as_of, commune)
     );
     """,
+    # 13: the monthly evaluation's sums kept per cluster (availability_seconds):
+    # from the month's start up to kept_until, the seconds the cluster counted and
+    # those it was working, its status at kept_until and when it counts from; the
+    # evaluation goes on from there over the transitions after kept_until. A write
+    # of history at or before kept_until, or an inventory change, drops the rows.
+    """
+    CREATE TABLE availability_kept (
+        month_start  REAL NOT NULL,
+        device_id    TEXT NOT NULL,
+        kept_until   REAL NOT NULL,
+        seconds      REAL NOT NULL,
+        working      REAL NOT NULL,
+        status       TEXT,          -- at kept_until (NULL: no transition yet)
+        counted_from REAL,          -- NULL: counts at every moment
+        PRIMARY KEY (month_start, device_id)
+    );
+    CREATE INDEX availability_kept_until ON availability_kept(kept_until);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

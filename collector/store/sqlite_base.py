@@ -471,11 +471,14 @@ class _SQLiteBase:
 
     async def _history_changed(self, db: aiosqlite.Connection, since: float | None) -> None:
         """History at or after ``since`` (None: all of it) changed in this transaction:
-        drop the counts kept for those moments (``counts_as_of``)."""
+        drop the counts kept for those moments (``counts_as_of``) and the monthly
+        sums kept up to them (``availability_kept``)."""
         if since is None:
             await db.execute("DELETE FROM counts_as_of")
+            await db.execute("DELETE FROM availability_kept")
         else:
             await db.execute("DELETE FROM counts_as_of WHERE as_of >= ?", (since,))
+            await db.execute("DELETE FROM availability_kept WHERE kept_until >= ?", (since,))
         await db.execute(
             "INSERT INTO fleet_versions (commune, version) VALUES ('~history', 1)"
             " ON CONFLICT(commune) DO UPDATE SET version = fleet_versions.version + 1"

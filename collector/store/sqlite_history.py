@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import Any
 
 import aiosqlite
@@ -20,6 +21,8 @@ from collector.store.base import (
     NotFound,
     SignalPoint,
     StatusTimeline,
+    counted_seconds,
+    status_at,
 )
 from collector.store.sqlite_base import (
     _INVENTORY_COLS,
@@ -31,6 +34,15 @@ from collector.store.sqlite_base import (
     counted_from,
 )
 from fleet_protocol import B2Cause
+
+#: The monthly sums are kept up to the last whole ``KEEP_STEP_S`` at least
+#: ``KEEP_MARGIN_S`` before the moment asked (reports still in flight, the silence
+#: sweep's marks, land after it and leave them be), so a request reads only the
+#: transitions of the last one to two hours.
+KEEP_STEP_S = 3600.0
+KEEP_MARGIN_S = 3600.0
+#: Sums kept for month starts this much before the one being kept are dropped.
+KEEP_MONTHS_S = 62 * 86400.0
 
 
 class HistoryRole(_SQLiteBase):
@@ -155,6 +167,127 @@ class HistoryRole(_SQLiteBase):
             )
             for device, commune in inventory
         ]
+
+    async def availability_seconds(self, t0: float, t1: float) -> dict[str, tuple[float, float]]:
+        """Per inventory device, (seconds counted, seconds working) in [t0, t1]: what
+        ``counted_seconds(status_timelines(t0, t1)[i], t0, t1)`` gives, computed from
+        the sums kept for month start ``t0`` (``availability_kept``, up to one
+        ``kept_until`` for every device) plus the transitions after ``kept_until``.
+
+        Each call moves the kept sums on to the last whole hour at least an hour
+        before ``t1`` when that is later than what is kept (and the history did not
+        change meanwhile); ``_history_changed`` drops them when history at or
+        before ``kept_until`` changes, or the inventory does.
+        """
+        gen = await self._history_generation()
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT device_id, commune_code FROM inventory ORDER BY position, device_id"
+            ) as cur:
+                inventory = [(r["device_id"], r["commune_code"]) for r in await cur.fetchall()]
+            async with db.execute(
+                "SELECT device_id, kept_until, working, status, counted_from"
+                " FROM availability_kept WHERE month_start = ?",
+                (t0,),
+            ) as cur:
+                kept = {r["device_id"]: r for r in await cur.fetchall()}
+            untils = {float(r["kept_until"]) for r in kept.values()}
+            until = untils.pop() if len(untils) == 1 else None
+            usable = (
+                until is not None
+                and until <= t1
+                and len(kept) == len(inventory)
+                and all(d in kept for d, _ in inventory)
+            )
+            timelines: list[StatusTimeline] = []
+            base: dict[str, float] = {}
+            if usable:
+                assert until is not None
+                origin = until
+                # Clusters not counting yet at kept_until: a first report since then
+                # can still move when they start to count.
+                async with db.execute(
+                    "SELECT i.device_id, i.install_date, i.listed_at,"
+                    " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
+                    " AS first_report FROM inventory i JOIN availability_kept k"
+                    " ON k.device_id = i.device_id AND k.month_start = ?"
+                    " WHERE k.counted_from IS NULL OR k.counted_from > k.kept_until",
+                    (t0,),
+                ) as cur:
+                    unsettled = {
+                        r["device_id"]: counted_from(
+                            r["install_date"], r["listed_at"], r["first_report"]
+                        )
+                        for r in await cur.fetchall()
+                    }
+                changes: dict[str, list[tuple[float, Status]]] = {}
+                async with db.execute(
+                    "SELECT device_id, ts, online, has_diag, diag_broken, diag_cause,"
+                    " status_since FROM transitions WHERE ts > ? AND ts <= ?"
+                    " ORDER BY device_id, ts, seq",
+                    (origin, t1),
+                ) as cur:
+                    async for r in cur:
+                        changes.setdefault(r["device_id"], []).append(
+                            (float(r["ts"]), _state_of(r).status)
+                        )
+                for device, commune in inventory:
+                    k = kept[device]
+                    base[device] = float(k["working"])
+                    timelines.append(
+                        StatusTimeline(
+                            device_id=device,
+                            commune_code=commune,
+                            counted_from=unsettled[device]
+                            if device in unsettled
+                            else k["counted_from"],
+                            initial=None if k["status"] is None else Status(k["status"]),
+                            changes=tuple(changes.get(device, ())),
+                        )
+                    )
+        if not usable:
+            origin = t0
+            timelines = await self.status_timelines(t0, t1)
+        target = max(t0, math.floor((t1 - KEEP_MARGIN_S) / KEEP_STEP_S) * KEEP_STEP_S)
+        advance = target > origin and (until is None or target > until)
+        out: dict[str, tuple[float, float]] = {}
+        rows: list[tuple[Any, ...]] = []
+        for tl in timelines:
+            cf = tl.counted_from
+            start = max(t0, cf) if cf is not None else t0
+            w0 = base.get(tl.device_id, 0.0)
+            # From the origin (t0, or kept_until with its sums) the fold is the same
+            # as one from t0: the sums of exact differences of timestamps are exact.
+            _, w = counted_seconds(tl, origin, t1)
+            out[tl.device_id] = (t1 - start, w0 + w) if start < t1 else (0.0, 0.0)
+            if advance:
+                _, wa = counted_seconds(tl, origin, target)
+                status = status_at(tl, target)
+                rows.append(
+                    (
+                        t0,
+                        tl.device_id,
+                        target,
+                        target - start if start < target else 0.0,
+                        w0 + wa,
+                        None if status is None else str(status),
+                        cf,
+                    )
+                )
+        if advance:
+            async with self._tx() as db:
+                if await self._history_generation(db) != gen:
+                    return out  # changed meanwhile: keep nothing computed before it
+                await db.execute("DELETE FROM availability_kept WHERE month_start = ?", (t0,))
+                await db.execute(
+                    "DELETE FROM availability_kept WHERE month_start < ?", (t0 - KEEP_MONTHS_S,)
+                )
+                await db.executemany(
+                    "INSERT INTO availability_kept (month_start, device_id, kept_until, seconds,"
+                    " working, status, counted_from) VALUES (?,?,?,?,?,?,?)",
+                    rows,
+                )
+        return out
 
     async def list_devices(
         self,

@@ -330,6 +330,9 @@ class IngestRole(_SQLiteBase):
                     " AND (ts > ? OR (ts = ? AND seq >= ?))",
                     (device, ts0, ts0, seq0),
                 )
+                # What is kept from the history at or after ts0 is stale even when the
+                # refold brings back fewer (or later) transitions than it deleted.
+                await self._history_changed(db, ts0)
         device_rows: list[tuple[Any, ...]] = []
         for device, st in steps.items():
             rec = st.record
