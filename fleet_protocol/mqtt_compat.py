@@ -87,7 +87,8 @@ async def or_disconnect(client: aiomqtt.Client, aw: Awaitable[T]) -> T:
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await task
     if task.cancelled() or not task.done():
-        raise aiomqtt.MqttError("connection lost before the broker answered")
+        cause = lost.exception() if lost.done() and not lost.cancelled() else None
+        raise aiomqtt.MqttError("connection lost before the broker answered") from cause
     return task.result()
 
 

@@ -37,21 +37,17 @@ from yarl import URL
 
 from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
 from collector.config import CollectorConfig
-from collector.fleet import ObsKind
 from collector.ingest_amqp import declare
 from collector.model import InventoryDevice
 from collector.store.postgres import PostgresRepository
 from collector.store.sqlite import SQLiteRepository
 from fleet_protocol import (
-    PROTOCOL_VERSION,
     FaultCode,
     Kind,
-    Presence,
-    PresenceStatus,
     encode,
     topic,
 )
-from fleet_protocol.mqtt_compat import consume_disconnect, or_disconnect
+from fleet_protocol.mqtt_compat import or_disconnect
 from tests.collector.conftest import make_config, state, wait_for
 from tests.collector.test_ingest_amqp import amqp_ingest
 from tests.collector.test_pg_instances import assert_same_b2, replay_into
@@ -414,100 +410,3 @@ async def test_three_nodes_two_collectors_on_postgres_survive_a_collector_and_th
         await pg.close()
         await single.close()
     print(f"test body {time.monotonic() - t_test:.1f} s")
-
-
-async def _close_dead(client: aiomqtt.Client) -> None:
-    """Close what is left of a client whose broker node died, as the agent does."""
-    with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
-        async with asyncio.timeout(5):
-            await client.__aexit__(None, None, None)
-    consume_disconnect(client)
-
-
-async def test_a_device_whose_node_dies_goes_offline_by_the_silence_rule(
-    cluster3: RabbitCluster, tmp_path: Path
-) -> None:
-    """A node that dies takes its connections with it and publishes no last will:
-    the collector's silence rule marks the device offline, and its status
-    history says so (``via`` = silent, not a will). A device on another node
-    stays online."""
-    cluster = cluster3
-    n1, _n2, n3 = cluster.nodes
-    cfg = node_config(cluster, n3, tmp_path, None)
-    repo = await SQLiteRepository.open(tmp_path / "silence.db", synchronous="normal")
-    grace_s = 2.0
-    try:
-        await repo.migrate()
-        await repo.upsert_inventory(INVENTORY, remove_missing=False)
-        doomed, survivor = Device(cluster, "dev-191", [n1]), Device(cluster, "dev-192", [n3])
-
-        def presence(dev: str, seq: int, status: PresenceStatus) -> bytes:
-            return encode(
-                Presence(v=PROTOCOL_VERSION, device=dev, seq=seq, ts=time.time(), status=status)
-            )
-
-        async with amqp_ingest(cfg, repo), contextlib.AsyncExitStack() as stack:
-            clients = {}
-            for d, node in ((doomed, n1), (survivor, n3)):
-                c = aiomqtt.Client(
-                    cluster.host,
-                    node.mqtt_port,
-                    username=d.dev,
-                    password=cluster.password(d.dev),
-                    identifier=d.dev,
-                    protocol=V311,
-                    clean_session=True,
-                    timeout=5,
-                    will=aiomqtt.Will(
-                        topic(d.dev, Kind.PRESENCE),
-                        presence(d.dev, 10**9, PresenceStatus.OFFLINE),
-                        qos=1,
-                        retain=True,
-                    ),
-                )
-                if d is survivor:
-                    clients[d.dev] = await stack.enter_async_context(c)
-                else:  # closed by hand after its node dies
-                    clients[d.dev] = await c.__aenter__()
-                    stack.push_async_callback(_close_dead, c)
-                await c.publish(
-                    topic(d.dev, Kind.PRESENCE),
-                    presence(d.dev, 1, PresenceStatus.ONLINE),
-                    qos=1,
-                    retain=True,
-                )
-                await c.publish(topic(d.dev, Kind.STATE), d.payload(2), qos=1)
-
-            async def both_online() -> bool:
-                rows = [await repo.get_device(d) for d in ("dev-191", "dev-192")]
-                return all(r.online for r in rows)
-
-            await wait_for(both_online, 30, "both devices online")
-            cluster.kill9(n1)  # dev-191's link dies with it
-
-            # dev-192 keeps reporting; the sweep runs as the collector's does.
-            seq = 2
-            marked: list[str] = []
-            deadline = time.monotonic() + 60
-            while "dev-191" not in marked:
-                seq += 1
-                await clients["dev-192"].publish(
-                    topic("dev-192", Kind.STATE), survivor.payload(seq), qos=1, timeout=5
-                )
-
-                async def stored(s: int = seq) -> bool:
-                    return s in await repo.stored_seqs("dev-192")
-
-                await wait_for(stored, 10, f"dev-192 seq {seq} stored")
-                marked += await repo.mark_silent_offline(time.time(), grace_s)
-                assert time.monotonic() < deadline, "dev-191 never marked silent"
-                await asyncio.sleep(0.2)
-            assert marked == ["dev-191"]
-            assert not (await repo.get_device("dev-191")).online
-            assert (await repo.get_device("dev-192")).online
-            # No will came: the device's offline is the silence rule's, in its history.
-            assert 10**9 not in await repo.stored_seqs("dev-191")
-            last = (await repo.status_history("dev-191"))[-1]
-            assert not last.state.online and last.via is ObsKind.SILENT
-    finally:
-        await repo.close()

@@ -15,6 +15,13 @@ and is answered. Once the node is back, the agent reconnects after
 ``qos1_retry_s`` and holds QoS 1 subscriptions again. Every seq the agent
 assigned is stored once (the gaps are only last-will seqs it reserved and never
 needed), and its outbox ends empty: everything was confirmed by the collector.
+
+And a device that knows only the node that dies: no last will comes (the node
+took the connection with it), so the collector's silence rule marks it
+offline, and its status history says so.
+
+The three nodes are started once for the module (20-30 s); each test leaves
+them all running.
 """
 
 from __future__ import annotations
@@ -34,15 +41,29 @@ import aiomqtt
 import pytest
 
 from collector.broker_rabbitmq import COLLECTOR_USER, amqp_collector_permissions
+from collector.fleet import ObsKind
 from collector.ingest import Ingestor
+from collector.model import InventoryDevice
 from collector.store.sqlite import SQLiteRepository
 from collector.tls import CertificateAuthority, install_broker_files
 from edge_agent import control
 from edge_agent.outbox import Outbox
 from edge_agent.uplink import start_index
-from fleet_protocol import PROTOCOL_VERSION, Command, Kind, Reply, decode, encode, topic
+from fleet_protocol import (
+    PROTOCOL_VERSION,
+    Command,
+    Kind,
+    Presence,
+    PresenceStatus,
+    Reply,
+    decode,
+    encode,
+    topic,
+)
+from fleet_protocol.mqtt_compat import consume_disconnect
+from tests.collector.conftest import wait_for
 from tests.collector.test_ingest_amqp import amqp_ingest
-from tests.collector.test_rabbitmq_failover import node_config
+from tests.collector.test_rabbitmq_failover import Device, node_config
 from tests.edge_agent.agent_support import FAST, REPO, AgentProcess, write_agent_toml
 from tests.support.rabbitmq import Node, RabbitCluster, available
 
@@ -58,62 +79,75 @@ V311 = aiomqtt.ProtocolVersion.V311
 QOS1_RETRY_S = 3.0
 
 
-def _device() -> str:
-    """A device id whose first address (start_index) is node 1's."""
-    return next(d for d in (f"dev-rq{i}" for i in range(100)) if start_index(d, 3) == 0)
+#: A device per login mode, each one whose first address (start_index) is node 1's.
+DEVICES: dict[str, str] = dict(
+    zip(
+        ("password", "cert"),
+        (d for d in (f"dev-rq{i}" for i in range(100)) if start_index(d, 3) == 0),
+        strict=False,
+    )
+)
+#: The silence test's devices (password mode): one on the node that dies, one elsewhere.
+SILENT, SURVIVOR = "dev-191", "dev-192"
 
 
-DEVICE = _device()
-
-
-@pytest.fixture(params=["password", "cert"])
-def auth(request: pytest.FixtureRequest) -> str:
-    """How the device logs in: its password, or its fleet-CA certificate (CN = its id)."""
-    return str(request.param)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, auth: str) -> Iterator[RabbitCluster]:
-    """Three clustered nodes with the production TLS listener (password or client
-    certificate, deploy/rabbitmq); the collector and the device."""
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The broker's TLS files, the fleet CA, and client.crt/key for the cert device."""
+    out = tmp_path_factory.mktemp("rabbit-agent-tls")
     ca = CertificateAuthority.create("loa-fleet rabbitmq agent test CA")
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    install_broker_files(ca, tls, ["127.0.0.1", "localhost"])
-    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
-    ca.issue_device(DEVICE).write(tmp_path / "client.crt", tmp_path / "client.key")
-    c = RabbitCluster(tmp_path / "rabbit3", 3, tls_dir=tls, client_certs=True)
+    install_broker_files(ca, out, ["127.0.0.1", "localhost"])
+    ca.issue_device(DEVICES["cert"]).write(out / "client.crt", out / "client.key")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster_module(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: Path
+) -> Iterator[RabbitCluster]:
+    """Three clustered nodes with the production TLS listener (password and client
+    certificate, deploy/rabbitmq), shared by this module's tests (each leaves all
+    three running); the collector and the devices."""
+    c = RabbitCluster(tmp_path_factory.mktemp("rabbit3"), 3, tls_dir=tls_files, client_certs=True)
     try:
         c.start()
         c.add_user(COLLECTOR_USER, amqp_collector_permissions(QUEUE))
-        if auth == "cert":
-            c.add_cert_device(DEVICE)
-        else:
-            c.add_device(DEVICE)
+        c.add_cert_device(DEVICES["cert"])
+        c.add_device(DEVICES["password"], SILENT, SURVIVOR)
         yield c
     finally:
         c.stop()
     assert c.leftovers() == []
 
 
-def agent_config(cluster: RabbitCluster, tmp_path: Path, auth: str) -> Path:
+@pytest.fixture
+def cluster(cluster_module: RabbitCluster) -> Iterator[RabbitCluster]:
+    """The module's cluster, every node running before and after the test."""
+    for node in cluster_module.nodes:
+        if node.pid is None:
+            cluster_module.restart(node)
+    yield cluster_module
+    for node in cluster_module.nodes:
+        if node.pid is None:
+            cluster_module.restart(node)
+
+
+def agent_config(cluster: RabbitCluster, tmp_path: Path, auth: str, tls: Path) -> Path:
     """agent.toml: TLS to all three nodes (node 1 first for this device), FAST times,
     a password file or a client certificate (what provisioning writes)."""
     data: dict[str, dict[str, Any]] = {k: dict(v) for k, v in FAST.items()}
-    data["device"] = {"id": DEVICE, "commune": "xa-01"}
+    dev = DEVICES[auth]
+    data["device"] = {"id": dev, "commune": "xa-01"}
     if auth == "cert":
-        login = {
-            "client_cert": str(tmp_path / "client.crt"),
-            "client_key": str(tmp_path / "client.key"),
-        }
+        login = {"client_cert": str(tls / "client.crt"), "client_key": str(tls / "client.key")}
     else:
         pw = tmp_path / "mqtt-password"
-        pw.write_text(cluster.password(DEVICE) + "\n")
+        pw.write_text(cluster.password(dev) + "\n")
         pw.chmod(0o600)
         login = {"password_file": str(pw)}
     data["broker"] |= login | {
         "urls": [f"mqtts://127.0.0.1:{n.tls_port}" for n in cluster.nodes],
-        "ca_file": str(tmp_path / "ca.crt"),
+        "ca_file": str(tls / "ca.crt"),
         # RabbitMQ closes a refused SUBSCRIBE's connection without an answer:
         # the agent notices when the SUBACK does not come.
         "publish_timeout_s": 3.0,
@@ -152,16 +186,16 @@ async def status(tmp_path: Path) -> dict[str, Any]:
     return dict(reply["result"]) if reply.get("ok") else {}
 
 
-async def stored(repo: SQLiteRepository) -> list[int]:
-    rows = await repo._all("SELECT seq FROM messages WHERE device_id = ?", (DEVICE,))
+async def stored(repo: SQLiteRepository, dev: str) -> list[int]:
+    rows = await repo._all("SELECT seq FROM messages WHERE device_id = ?", (dev,))
     return [int(r[0]) for r in rows]
 
 
-async def command_and_reply(cluster: RabbitCluster, via: Node, cid: str) -> Reply:
+async def command_and_reply(cluster: RabbitCluster, via: Node, cid: str, dev: str) -> Reply:
     """Send ``status`` to the device as the collector user through ``via``; its Reply."""
     cmd = Command(
         v=PROTOCOL_VERSION,
-        device=DEVICE,
+        device=dev,
         seq=int(time.time() * 1000),
         ts=time.time(),
         id=cid,
@@ -177,25 +211,27 @@ async def command_and_reply(cluster: RabbitCluster, via: Node, cid: str) -> Repl
         protocol=V311,
         timeout=10,
     ) as c:
-        await c.subscribe(topic(DEVICE, Kind.REPLY), qos=0, timeout=10)
-        await c.publish(topic(DEVICE, Kind.CMD), encode(cmd), qos=1, timeout=10)
+        await c.subscribe(topic(dev, Kind.REPLY), qos=0, timeout=10)
+        await c.publish(topic(dev, Kind.CMD), encode(cmd), qos=1, timeout=10)
         async with asyncio.timeout(30):
             async for m in c.messages:
-                reply = decode(Kind.REPLY, bytes(m.payload), topic_device=DEVICE)  # type: ignore[arg-type]
+                reply = decode(Kind.REPLY, bytes(m.payload), topic_device=dev)  # type: ignore[arg-type]
                 if isinstance(reply, Reply) and reply.id == cid:
                     return reply
     raise AssertionError("no reply")  # pragma: no cover - the timeout raises first
 
 
+@pytest.mark.parametrize("auth", ["password", "cert"])
 async def test_agent_keeps_reporting_when_its_sessions_node_dies(
-    cluster: RabbitCluster, tmp_path: Path, auth: str
+    cluster: RabbitCluster, tls_files: Path, tmp_path: Path, auth: str
 ) -> None:
+    dev = DEVICES[auth]
     n1, n2, n3 = cluster.nodes
     repo = await SQLiteRepository.open(tmp_path / "collector.db", synchronous="normal")
     await repo.migrate()
-    agent = AgentProcess(agent_config(cluster, tmp_path, auth), tmp_path / "agent.log")
+    agent = AgentProcess(agent_config(cluster, tmp_path, auth, tls_files), tmp_path / "agent.log")
     try:
-        async with collector(cluster, tmp_path, repo) as ing:
+        async with collector(cluster, tmp_path, repo):
             with agent:
                 # On node 1, QoS 1, and the collector confirming what it stores.
                 async def on_node1() -> bool:
@@ -209,7 +245,7 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
                     )
 
                 await until(on_node1, "the agent on node 1, its reports confirmed")
-                before = len(await stored(repo))
+                before = len(await stored(repo, dev))
                 assert before > 0
 
                 cluster.kill9(n1)
@@ -244,7 +280,7 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
 
                 # Reports flow and are confirmed while the session's node is away.
                 async def more_stored() -> bool:
-                    return len(await stored(repo)) >= before + 5
+                    return len(await stored(repo, dev)) >= before + 5
 
                 await until(more_stored, "reports stored from the other node")
 
@@ -254,8 +290,8 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
 
                 await until(all_confirmed, "the outbox confirmed empty at QoS 0")
                 # A command reaches it there (a live QoS 0 delivery) and is answered.
-                reply = await command_and_reply(cluster, n3, "on-qos0")
-                assert reply.ok and reply.result["device"] == DEVICE
+                reply = await command_and_reply(cluster, n3, f"on-qos0-{auth}", dev)
+                assert reply.ok and reply.result["device"] == dev
 
                 # Node 1 back: after qos1_retry_s the agent holds QoS 1 again.
                 await asyncio.to_thread(cluster.restart, n1)
@@ -266,7 +302,7 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
 
                 await until(qos1_again, "QoS 1 subscriptions once node 1 is back", 90)
                 assert "subscribed at QoS 1 again" in agent.log()
-                reply = await command_and_reply(cluster, n2, "on-qos1")
+                reply = await command_and_reply(cluster, n2, f"on-qos1-{auth}", dev)
                 assert reply.ok
                 await until(all_confirmed, "the outbox confirmed empty at the end")
                 final = await status(tmp_path)
@@ -276,7 +312,7 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
             # forbids duplicates; count them anyway). The only gaps allowed are
             # the last-will seqs it reserved at each attempt (logged) and never
             # needed: no will fires when a node dies with the connection.
-            box = await Outbox.open(tmp_path / "outbox.sqlite", device=DEVICE, max_bytes=1 << 24)
+            box = await Outbox.open(tmp_path / "outbox.sqlite", device=dev, max_bytes=1 << 24)
             try:
                 # What it handed last may wait for a confirmation the agent left
                 # too soon to see; it stays in the outbox (sent again next time).
@@ -288,17 +324,118 @@ async def test_agent_keeps_reporting_when_its_sessions_node_dies(
 
             # The outbox numbers from the clock of its creation; the first
             # reports are queued before the first connection attempt.
-            first = min(min(wills), min(await stored(repo)))
+            first = min(min(wills), min(await stored(repo, dev)))
 
             async def all_stored() -> bool:
-                seqs = set(await stored(repo))
+                seqs = set(await stored(repo, dev))
                 return set(range(first, last + 1)) - wills <= seqs
 
             await until(all_stored, "every seq the agent assigned stored")
-            seqs = await stored(repo)
+            seqs = await stored(repo, dev)
             assert len(seqs) == len(set(seqs))
             assert set(seqs) <= set(range(first, last + 1))
-            assert ing.stats.stored == len(seqs)
             assert final["link"]["connects"] >= 3  # node 1, another at QoS 0, QoS 1 again
+    finally:
+        await repo.close()
+
+
+SILENCE_INVENTORY = [
+    InventoryDevice(device_id=d, commune_code="xa-01", commune_name="Sơn Vi", position=i)
+    for i, d in enumerate((SILENT, SURVIVOR))
+]
+
+
+async def _close_dead(client: aiomqtt.Client) -> None:
+    """Close what is left of a client whose broker node died, as the agent does."""
+    with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
+        async with asyncio.timeout(5):
+            await client.__aexit__(None, None, None)
+    consume_disconnect(client)
+
+
+async def test_a_device_whose_node_dies_goes_offline_by_the_silence_rule(
+    cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """A node that dies takes its connections with it and publishes no last will:
+    the collector's silence rule marks the device offline, and its status
+    history says so (``via`` = silent, not a will). A device on another node
+    stays online."""
+    n1, _n2, n3 = cluster.nodes
+    cfg = node_config(cluster, n3, tmp_path, None)
+    repo = await SQLiteRepository.open(tmp_path / "silence.db", synchronous="normal")
+    grace_s = 2.0
+    try:
+        await repo.migrate()
+        await repo.upsert_inventory(SILENCE_INVENTORY, remove_missing=False)
+        doomed, survivor = Device(cluster, SILENT, [n1]), Device(cluster, SURVIVOR, [n3])
+
+        def presence(dev: str, seq: int, status: PresenceStatus) -> bytes:
+            return encode(
+                Presence(v=PROTOCOL_VERSION, device=dev, seq=seq, ts=time.time(), status=status)
+            )
+
+        async with amqp_ingest(cfg, repo), contextlib.AsyncExitStack() as stack:
+            clients = {}
+            for d, node in ((doomed, n1), (survivor, n3)):
+                c = aiomqtt.Client(
+                    cluster.host,
+                    node.mqtt_port,
+                    username=d.dev,
+                    password=cluster.password(d.dev),
+                    identifier=d.dev,
+                    protocol=V311,
+                    clean_session=True,
+                    timeout=5,
+                    will=aiomqtt.Will(
+                        topic(d.dev, Kind.PRESENCE),
+                        presence(d.dev, 10**9, PresenceStatus.OFFLINE),
+                        qos=1,
+                        retain=True,
+                    ),
+                )
+                if d is survivor:
+                    clients[d.dev] = await stack.enter_async_context(c)
+                else:  # closed by hand after its node dies
+                    clients[d.dev] = await c.__aenter__()
+                    stack.push_async_callback(_close_dead, c)
+                await c.publish(
+                    topic(d.dev, Kind.PRESENCE),
+                    presence(d.dev, 1, PresenceStatus.ONLINE),
+                    qos=1,
+                    retain=True,
+                )
+                await c.publish(topic(d.dev, Kind.STATE), d.payload(2), qos=1)
+
+            async def both_online() -> bool:
+                rows = [await repo.get_device(d) for d in (SILENT, SURVIVOR)]
+                return all(r.online for r in rows)
+
+            await wait_for(both_online, 30, "both devices online")
+            cluster.kill9(n1)  # dev-191's link dies with it
+
+            # dev-192 keeps reporting; the sweep runs as the collector's does.
+            seq = 2
+            marked: list[str] = []
+            deadline = time.monotonic() + 60
+            while SILENT not in marked:
+                seq += 1
+                await clients[SURVIVOR].publish(
+                    topic(SURVIVOR, Kind.STATE), survivor.payload(seq), qos=1, timeout=5
+                )
+
+                async def stored(s: int = seq) -> bool:
+                    return s in await repo.stored_seqs(SURVIVOR)
+
+                await wait_for(stored, 10, f"dev-192 seq {seq} stored")
+                marked += await repo.mark_silent_offline(time.time(), grace_s)
+                assert time.monotonic() < deadline, "dev-191 never marked silent"
+                await asyncio.sleep(0.2)
+            assert marked == [SILENT]
+            assert not (await repo.get_device(SILENT)).online
+            assert (await repo.get_device(SURVIVOR)).online
+            # No will came: the device's offline is the silence rule's, in its history.
+            assert 10**9 not in await repo.stored_seqs(SILENT)
+            last = (await repo.status_history(SILENT))[-1]
+            assert not last.state.online and last.via is ObsKind.SILENT
     finally:
         await repo.close()
