@@ -69,7 +69,7 @@ from collector.b2.availability import evaluate, month_start
 from collector.b2.dates import DEFAULT_TZ
 from collector.b2.service import b2_table, monthly_evaluation
 from collector.b2.table import commune_label
-from collector.config import CollectorConfig, IngestConfig, config_from_dict
+from collector.config import CollectorConfig, DbConfig, IngestConfig, config_from_dict
 from collector.correlation import CorrelationConfig
 from collector.ingest import Ingestor
 from collector.metrics import IngestStats
@@ -342,6 +342,23 @@ def pg_analyze(url: str) -> None:
         c.execute("ANALYZE")
 
 
+def pg_live_size(url: str) -> int:
+    """The database after VACUUM FULL: what its rows take once freed space is reused."""
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("VACUUM FULL")
+    return pg_db_size(url)
+
+
+def sqlite_live_size(path: Path) -> int:
+    """The file less its free pages (reused by later writes) after a checkpoint."""
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        size = c.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
+
+
 def sqlite_size(path: Path) -> int:
     """The file plus its WAL after a truncating checkpoint."""
     with contextlib.closing(sqlite3.connect(path)) as c:
@@ -514,6 +531,15 @@ class Seeded:
     size: int = 0
     empty: int = 0
     reads: dict[str, float] = field(default_factory=dict)
+    #: After compaction with [db] raw_detail_hours of detail: the reads, the size,
+    #: and the pass's seconds; then everything compacted (the per-day cost of
+    #: history older than the detail window).
+    reads_compacted: dict[str, float] = field(default_factory=dict)
+    size_detail: int = 0
+    size_compacted: int = 0
+    compact_s: float = 0.0
+    compact_all_s: float = 0.0
+    dropped: int = 0
 
 
 async def seed(repo: SQLiteRepository, args: argparse.Namespace, t0: float) -> Seeded:
@@ -702,6 +728,27 @@ async def bench_fleet_engine(
     end = t0 + s.steps * HEARTBEAT_S
     s.reads = await reads(url, args, end)
     print(f"  {label}: reads done, load {load()}", flush=True)
+
+    def live() -> int:
+        return sqlite_live_size(sqlite_file) if sqlite_file is not None else pg_live_size(url)
+
+    detail_s = DbConfig().raw_detail_hours * 3600
+    repo = await open_engine(url, args.sqlite_sync)
+    try:
+        start = time.perf_counter()
+        done = await repo.compact_raw(end - detail_s)
+        s.compact_s = time.perf_counter() - start
+        s.dropped = done.dropped
+        s.size_detail = live()
+        s.reads_compacted = await reads(url, args, end)
+        start = time.perf_counter()
+        done = await repo.compact_raw(end + 1)
+        s.compact_all_s = time.perf_counter() - start
+        s.dropped += done.dropped
+        s.size_compacted = live()
+    finally:
+        await repo.close()
+    print(f"  {label}: compacted ({s.dropped} dropped), load {load()}", flush=True)
     return s
 
 
@@ -743,9 +790,34 @@ def bench_fleet(args: argparse.Namespace, tmp: Path, pg: PgServer, template: str
         "size per message, less empty (bytes)",
         [f"{(s.size - s.empty) / s.messages:.0f}" for s in r],
     )
+    days = [s.steps / STEPS_PER_DAY for s in r]
+    detail_h = DbConfig().raw_detail_hours
+    row(
+        f"compaction, {detail_h:.0f} h of detail kept (s)",
+        [f"{s.compact_s:.1f}" for s in r],
+    )
+    row(
+        "  live size then, per cluster per day (KB)",
+        [
+            f"{(x.size_detail - x.empty) / 1e3 / args.clusters / d:.1f}"
+            for x, d in zip(r, days, strict=True)
+        ],
+    )
+    row("compaction of the rest (s)", [f"{s.compact_all_s:.1f}" for s in r])
+    row(
+        "  live size then, per cluster per day (KB)",
+        [
+            f"{(x.size_compacted - x.empty) / 1e3 / args.clusters / d:.1f}"
+            for x, d in zip(r, days, strict=True)
+        ],
+    )
+    row("heartbeats dropped", [f"{s.dropped}" for s in r])
     print(f"  read times, ms (median of {args.runs} after one warm-up):")
     for name in r[0].reads:
         row("  " + name, [f"{s.reads[name] * 1000:.1f}" for s in r])
+    print(f"  read times after compaction with {detail_h:.0f} h of detail, ms:")
+    for name in r[0].reads_compacted:
+        row("  " + name, [f"{s.reads_compacted[name] * 1000:.1f}" for s in r])
     print()
 
 

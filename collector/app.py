@@ -147,6 +147,16 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         await repo.purge_raw(now - cfg.db.raw_retention_days * 86400)
 
+    async def compaction() -> None:
+        done = await repo.compact_raw(time.time() - cfg.db.raw_detail_hours * 3600)
+        if done.dropped:
+            log.info(
+                "compaction: %d redundant heartbeats of %d clusters dropped (%d new seq ranges)",
+                done.dropped,
+                done.devices,
+                done.spans,
+            )
+
     async def repair_sweep() -> None:
         for action in await repairs.sweep(repo, cfg.repairs, now=time.time()):
             log.info("repair sweep: %s", action)
@@ -166,6 +176,12 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(
             _periodic("repair sweep", cfg.repairs.sweep_interval_s, repair_sweep, claim),
             name="repair-sweep",
+        )
+    )
+    tasks.append(
+        asyncio.create_task(
+            _periodic("compaction", cfg.db.compact_interval_s, compaction, claim),
+            name="compaction",
         )
     )
     if cfg.sms.port:

@@ -157,6 +157,12 @@ class DbConfig:
     synchronous: str = "full"
     #: Raw messages (and the signal history) are kept this many days.
     raw_retention_days: float = 90.0
+    #: Heartbeats are kept one by one this many hours after receipt; after that
+    #: a run of them that changed nothing is kept as its first and last report,
+    #: with the dropped seqs as ranges (still duplicates) (collector.compaction).
+    raw_detail_hours: float = 48.0
+    #: How often the compaction pass runs (once across instances).
+    compact_interval_s: float = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +370,8 @@ class CollectorConfig:
                 "[db] synchronous: must be normal, full or extra",
             ),
             (self.db.raw_retention_days > 0, "[db] raw_retention_days: must be > 0"),
+            (self.db.raw_detail_hours > 0, "[db] raw_detail_hours: must be > 0"),
+            (self.db.compact_interval_s > 0, "[db] compact_interval_s: must be > 0"),
             (
                 self.db.url == "" or self.db.url.startswith(_DB_SCHEMES),
                 "[db] url: must start with postgresql://, postgres:// or sqlite:///",

@@ -85,6 +85,15 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class CompactionResult:
+    """What one ``compact_raw`` pass did (``collector.compaction``)."""
+
+    devices: int
+    dropped: int
+    spans: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     """What ``write_batch`` did: new messages stored and duplicates dropped."""
 
@@ -415,6 +424,12 @@ class IngestStore(Protocol):
 
     async def purge_raw(self, older_than: float) -> int:
         """Delete raw messages received before ``older_than``; returns how many."""
+        ...
+
+    async def compact_raw(self, horizon: float) -> CompactionResult:
+        """Drop the heartbeats received before ``horizon`` that history does not
+        need one by one (``collector.compaction``); their seqs stay duplicates.
+        Resumes where the last pass stopped; safe to repeat or interrupt."""
         ...
 
     async def stored_seqs(self, device_id: str) -> list[int]:

@@ -460,6 +460,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX availability_kept_until ON availability_kept(kept_until);
     """,
+    # 14: heartbeats that changed nothing compacted after [db] raw_detail_hours
+    # (collector.compaction): a kept run start's run_until, the dropped seqs as
+    # ranges for the exactly-once dedupe, and per device where the next pass
+    # starts (device_id '*': the receive time the last pass reached).
+    """
+    ALTER TABLE messages ADD COLUMN run_until REAL;
+    CREATE TABLE seq_spans (
+        device_id      TEXT NOT NULL,
+        lo             INTEGER NOT NULL,
+        hi             INTEGER NOT NULL,
+        received_until REAL NOT NULL,   -- newest receive time in it (retention)
+        PRIMARY KEY (device_id, lo)
+    ) WITHOUT ROWID;
+    CREATE TABLE compaction_marks (
+        device_id TEXT NOT NULL PRIMARY KEY,
+        ts        REAL NOT NULL,
+        seq       INTEGER NOT NULL,
+        span_hi   INTEGER              -- highest seq in seq_spans (NULL: none)
+    ) WITHOUT ROWID;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -351,6 +351,7 @@ class _PgBase(_SQLiteBase):
     translated by ``PgConnection``."""
 
     least = "LEAST"
+    greatest = "GREATEST"
 
     def __init__(self, url: str, writer: PgConnection, reader: PgConnection):
         super().__init__(redact(url), writer, reader)  # type: ignore[arg-type]

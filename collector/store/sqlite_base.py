@@ -205,6 +205,7 @@ class _SQLiteBase:
 
     #: The two-argument minimum of this engine's SQL.
     least = "min"
+    greatest = "max"
 
     _INSERT_MESSAGE: Final = (
         "INSERT OR IGNORE INTO messages (device_id, seq, kind, ts, received_at, obs_kind,"

@@ -73,13 +73,15 @@ class HistoryRole(_SQLiteBase):
                 repairing = {r["device_id"] for r in await cur.fetchall()}
             starts = await self._counted_from(db)
             async with db.execute(
-                """
+                f"""
                 SELECT i.device_id,
-                       (SELECT max(m.ts) FROM messages m
-                        WHERE m.device_id = i.device_id AND m.ts <= ? AND m.seq >= 0) AS heard
+                       (SELECT CASE WHEN m.run_until IS NULL THEN m.ts
+                                    ELSE {self.least}(m.run_until, ?) END
+                        FROM messages m WHERE m.device_id = i.device_id AND m.ts <= ?
+                        AND m.seq >= 0 ORDER BY m.ts DESC LIMIT 1) AS heard
                 FROM inventory i
                 """,
-                (t,),
+                (t, t),
             ) as cur:
                 heard = {r["device_id"]: r["heard"] for r in await cur.fetchall()}
         out: list[DeviceStatus] = []
@@ -471,7 +473,7 @@ class HistoryRole(_SQLiteBase):
                 "x.obs_kind = 'state'",
                 "m.device_id AS device_id, m.kind AS kind, m.prompt AS prompt,"
                 " m.broken AS broken, m.cause AS cause, m.ts AS ts,"
-                " m.received_at AS received_at, m.payload AS payload",
+                " m.received_at AS received_at, m.payload AS payload, m.run_until AS run_until",
             ),
             (t,),
         )
@@ -487,7 +489,8 @@ class HistoryRole(_SQLiteBase):
                 prompt=bool(r["prompt"]),
                 broken=bool(r["broken"]),
                 cause=_cause(r["cause"]),
-                ts=r["ts"],
+                # Within a compacted run (collector.compaction): said up to run_until.
+                ts=r["ts"] if r["run_until"] is None else min(float(r["run_until"]), t),
                 received_at=r["received_at"],
                 faults=faults,
             )

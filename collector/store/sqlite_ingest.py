@@ -32,15 +32,16 @@ from collector.store.sqlite_base import (
     _qmarks,
     _record_of,
     _redated,
-    _SQLiteBase,
     _state_cols,
     _state_of,
     payload_digest,
 )
+from collector.store.sqlite_compact import CompactRole
 
 
-class IngestRole(_SQLiteBase):
-    """``IngestStore`` on SQLite: load, step (``collector.fleet_step``), save."""
+class IngestRole(CompactRole):
+    """``IngestStore`` on SQLite: load, step (``collector.fleet_step``), save;
+    compaction of redundant heartbeats (``CompactRole``)."""
 
     async def write_batch(
         self,
@@ -77,6 +78,10 @@ class IngestRole(_SQLiteBase):
                 )
                 for m, est in dated
             ]
+            # Seqs compaction dropped (collector.compaction) are duplicates too.
+            gone = await self._compacted(db, [(m.device_id, m.seq) for m, _est in dated])
+            if gone:
+                rows = [r for r in rows if (r[0], r[1]) not in gone]
             fresh = await self._insert_messages(db, rows)
             new: list[IncomingMessage] = []
             dups: list[IncomingMessage] = []
@@ -511,16 +516,19 @@ class IngestRole(_SQLiteBase):
             n = cur.rowcount
             await cur.close()
             await db.execute("DELETE FROM boot_clocks WHERE learned_at < ?", (older_than,))
+            await db.execute("DELETE FROM seq_spans WHERE received_until < ?", (older_than,))
         return int(n)
 
     async def message_count(self) -> int:
+        """Wire messages stored: those kept and those compaction dropped."""
         rows = await self._all("SELECT count(*) AS n FROM messages WHERE seq >= 0")
-        return int(rows[0]["n"])
+        return int(rows[0]["n"]) + await self._spanned_count()
 
     async def stored_seqs(self, device_id: str) -> list[int]:
-        """Wire seqs stored for ``device_id``, ascending (tests, diagnostics)."""
+        """Wire seqs stored for ``device_id``, ascending (tests, diagnostics); the
+        seqs compaction dropped count as stored (they are duplicates)."""
         rows = await self._all(
             "SELECT seq FROM messages WHERE device_id = ? AND seq >= 0 ORDER BY seq",
             (device_id,),
         )
-        return [int(r["seq"]) for r in rows]
+        return sorted([int(r["seq"]) for r in rows] + await self._spanned_seqs(device_id))

@@ -36,6 +36,7 @@ from collector.store.copy import CopyError, CopyReport, _PgSide, _side, copy_sto
 from collector.store.engines import open_url
 from collector.store.migrations import LATEST, MIGRATIONS
 from collector.store.sqlite import SQLiteRepository
+from edge_agent.reports import heartbeat
 from fleet_protocol import (
     PROTOCOL_VERSION,
     B2Cause,
@@ -102,7 +103,22 @@ async def _seed(path: Path) -> None:
             for d in demo_inventory()[:40]:
                 if d.device_id in fleet.seq and d.device_id not in tickets:
                     fleet.healthy(d.device_id, july + day * DAY + 7 * 3600)
+        # An hour of compact heartbeats from one cluster, then compaction: its
+        # dropped seqs (seq_spans) and marks are copied too.
+        quiet = next(
+            d.device_id
+            for d in demo_inventory()
+            if d.device_id in fleet.seq and d.device_id not in tickets
+        )
+        for k in range(7):
+            fleet.send(
+                heartbeat(
+                    quiet, fleet.next_seq(quiet), (), outbox_depth=0, ts=july + 25 * DAY + k * 600
+                ),
+                Kind.STATE,
+            )
         await fleet.flush()
+        assert (await repo.compact_raw(AUG_END.timestamp())).dropped > 0
         for device in repaired:
             await repo.close_ticket(
                 tickets[device],
