@@ -163,8 +163,11 @@ def last_known(
     status: DeviceStatus,
     evidence: DiagEvidence | None,
     report: Mapping[str, Any] | None,
+    cell: tuple[str, str] | None = None,
 ) -> LastKnown:
-    """What correlation needs of one device, from its status and its last reports."""
+    """What correlation needs of one device, from its status and its last reports
+    (``cell``: its cell when ``report`` is not read -- all a cluster that is not
+    silent is asked for)."""
     modem = report.get("modem") if report else None
     amp = report.get("amp") if report else None
     modem = modem if isinstance(modem, dict) else {}
@@ -185,7 +188,7 @@ def last_known(
         commune=status.commune_code,
         online=status.online,
         last_seen=status.last_seen,
-        cell=(str(tac), str(ci)) if tac and ci else None,
+        cell=(str(tac), str(ci)) if tac and ci else (cell if report is None else None),
         report_ts=float(report_ts) if report_ts is not None else None,
         sim=str(modem["sim"]) if "sim" in modem else None,
         faults=tuple(sorted(faults)),
@@ -200,6 +203,7 @@ def attribute_all(
     reports: Mapping[str, Mapping[str, Any]],
     findings: Mapping[str, Finding],
     cfg: CorrelationConfig,
+    cells: Mapping[str, tuple[str, str] | None] | None = None,
 ) -> tuple[list[DeviceStatus], dict[str, Attribution]]:
     """Statuses with the best-supported cause and its source, and the attributions. Pure.
 
@@ -209,7 +213,11 @@ def attribute_all(
     among the clusters of its cell or commune that stayed up or went silent.
     """
     existing = [s for s in statuses if s.exists]
-    known = [last_known(s, evidence.get(s.device_id), reports.get(s.device_id)) for s in existing]
+    cells = cells or {}
+    known = [
+        last_known(s, evidence.get(s.device_id), reports.get(s.device_id), cells.get(s.device_id))
+        for s in existing
+    ]
     inferred = infer(known, cfg)
     out: list[DeviceStatus] = []
     attributions: dict[str, Attribution] = {}
@@ -233,23 +241,62 @@ async def statuses_with_causes(
     t: float,
     cfg: CorrelationConfig = CorrelationConfig(),  # noqa: B008
 ) -> tuple[list[DeviceStatus], dict[str, Attribution]]:
-    """``statuses_as_of(t)`` with every source of causes laid over (module docstring)."""
+    """``statuses_as_of(t)`` with every source of causes laid over (module docstring).
+
+    Reads what each cluster's part needs and no more: the evidence and findings
+    of the broken, the last full report of the silent (the precursor rules), and
+    of the rest only their cell (kept per device), so a fleet of which a few
+    per cent are broken is not decoded report by report."""
     statuses = await repo.statuses_as_of(t)
+    existing = [s for s in statuses if s.exists]
+    broken = {s.device_id for s in existing if s.status is Status.BROKEN}
+    silent = {s.device_id for s in existing if not s.online and s.last_seen is not None}
     return attribute_all(
         statuses,
-        await repo.diag_evidence_as_of(t),
-        await repo.last_reports_as_of(t),
-        await repo.findings_as_of(t),
+        await repo.diag_evidence_as_of(t, devices=broken | silent),
+        await repo.last_reports_as_of(t, devices=silent),
+        await repo.findings_as_of(t, devices=broken),
         cfg,
+        await repo.cells_as_of(t, {s.device_id for s in existing} - silent),
     )
 
 
+#: Past this many neighbours the whole fleet's attribution is as cheap.
+MAX_NEIGHBOURS = 5000
+
+
+async def cause_now(
+    repo: Repository,
+    device_id: str,
+    t: float,
+    cfg: CorrelationConfig = CorrelationConfig(),  # noqa: B008
+) -> Attribution | None:
+    """One cluster's attribution at ``t`` (now: its neighbours are those of its
+    current cell), equal to ``statuses_with_causes(repo, t, cfg)``'s for it but read
+    over its correlation neighbours only (``correlation_neighbours``), so a cluster
+    page does not read every cluster of a province."""
+    peers = await repo.correlation_neighbours(device_id)
+    if peers is None or len(peers) > MAX_NEIGHBOURS:
+        _, everyone = await statuses_with_causes(repo, t, cfg)
+        return everyone.get(device_id)
+    _, attributions = attribute_all(
+        await repo.statuses_as_of(t, devices=peers),
+        await repo.diag_evidence_as_of(t, devices=peers),
+        await repo.last_reports_as_of(t, devices=peers),
+        await repo.findings_as_of(t, devices=peers),
+        cfg,
+    )
+    return attributions.get(device_id)
+
+
 __all__ = [
+    "MAX_NEIGHBOURS",
     "SOURCE_LABELS",
     "Attribution",
     "CauseSource",
     "attribute",
     "attribute_all",
+    "cause_now",
     "last_known",
     "statuses_with_causes",
 ]

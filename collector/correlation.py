@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleet_protocol import B2Cause
 
@@ -95,6 +96,15 @@ class Inference:
     cause: B2Cause
     rule: str
     detail: str
+
+
+def cell_key(modem: Mapping[str, Any] | None) -> str:
+    """A modem section's serving cell as one string ("" when it names none): the
+    ``LastKnown.cell`` of a report with that section, kept per device by the store."""
+    if not modem:
+        return ""
+    tac, ci = modem.get("tac"), modem.get("cell_id")
+    return f"{tac}/{ci}" if tac and ci else ""
 
 
 def _precursor(d: LastKnown, cfg: CorrelationConfig) -> Inference | None:
@@ -180,4 +190,4 @@ def infer(devices: Sequence[LastKnown], cfg: CorrelationConfig) -> dict[str, Inf
     return out
 
 
-__all__ = ["CorrelationConfig", "Inference", "LastKnown", "infer"]
+__all__ = ["CorrelationConfig", "Inference", "LastKnown", "cell_key", "infer"]

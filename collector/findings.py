@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from collector.auth import Principal
-from collector.causes import statuses_with_causes
+from collector.causes import cause_now
 from collector.keys import CONFIG, REPO
 from collector.params import bad
 from collector.store.base import Finding, Ticket
@@ -67,8 +67,7 @@ async def record(
 async def device_cause(request: web.Request, device_id: str) -> dict[str, Any]:
     """The cluster's cause now, with source, evidence, conflict and findings."""
     repo = request.app[REPO]
-    _, attributions = await statuses_with_causes(repo, time.time(), request.app[CONFIG].correlation)
-    a = attributions.get(device_id)
+    a = await cause_now(repo, device_id, time.time(), request.app[CONFIG].correlation)
     return {
         "device_id": device_id,
         "cause": a.to_json() if a is not None else None,

@@ -39,7 +39,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from collector.causes import statuses_with_causes
+    from collector.causes import cause_now
     from collector.cli import load, repository
 
     cfg = load(args)
@@ -48,8 +48,7 @@ def _list(args: argparse.Namespace) -> int:
         async with repository(cfg) as repo:
             await repo.get_device(args.device)  # NotFound names the device
             findings = await repo.list_findings(args.device)
-            _, attributions = await statuses_with_causes(repo, time.time(), cfg.correlation)
-        a = attributions.get(args.device)
+            a = await cause_now(repo, args.device, time.time(), cfg.correlation)
         if a is None:
             print(f"{args.device}: hoạt động tốt (working)")
         else:

@@ -44,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.config import CollectorConfig, IngestConfig
+from collector.correlation import cell_key
 from collector.fleet import Observation, ObsKind, event_time, report_observation
 from collector.metrics import IngestStats
 from collector.store.base import BatchResult, IncomingMessage, IngestStore, StoreError
@@ -267,6 +268,7 @@ class Ingestor:
             m = msg.modem
             if m is not None:
                 extra["signal"] = (m.rssi_dbm, m.rsrp_dbm, m.rsrq_db, m.sinr_db, m.csq)
+                extra["cell"] = cell_key({"tac": m.tac, "cell_id": m.cell_id})
         elif isinstance(msg, Presence):
             if msg.status is PresenceStatus.ONLINE:
                 obs = Observation(ts, msg.seq, ObsKind.ONLINE)

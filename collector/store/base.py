@@ -17,7 +17,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -82,6 +82,9 @@ class IncomingMessage:
     clock_synced: bool | None = None
     #: Content digest; a stored (device, seq) arriving with another digest is a replay conflict.
     digest: bytes | None = None
+    #: For state reports with a modem section: its serving cell (``correlation.cell_key``,
+    #: "" when it named none); None for messages that say nothing of the cell.
+    cell: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +458,9 @@ class HistoryStore(Protocol):
         """The fleet's counts kept as it changes, and their version (see SQLite's)."""
         ...
 
-    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+    async def statuses_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> list[DeviceStatus]:
         """One DeviceStatus per inventory device, in inventory order, as of moment ``t``.
 
         Computed from the stored status-transition history and repair-ticket
@@ -496,6 +501,21 @@ class HistoryStore(Protocol):
         """One device; raises NotFound."""
         ...
 
+    async def cells_as_of(
+        self, t: float, devices: Collection[str]
+    ) -> dict[str, tuple[str, str] | None]:
+        """Per device of ``devices``, the (TAC, cell id) its latest full report at or
+        before ``t`` named (None: it named none); devices with no such report are
+        left out. From the kept cell where that report is the newest."""
+        ...
+
+    async def correlation_neighbours(self, device_id: str) -> frozenset[str] | None:
+        """The clusters whose state can change what correlation infers for
+        ``device_id`` now: its commune's, those on its serving cell, itself, and a
+        few online on other cells (they tell "other cells stayed up"). None when
+        its cell is not known to the store (attribute against the whole fleet)."""
+        ...
+
     async def status_history(
         self, device_id: str, *, since: float | None = None, until: float | None = None
     ) -> list[Transition]: ...
@@ -532,12 +552,18 @@ class HistoryStore(Protocol):
         """
         ...
 
-    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
-        """Per device, the latest report or SMS with event time at or before ``t``."""
+    async def diag_evidence_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, DiagEvidence]:
+        """Per device (of ``devices``: all for None), the latest report or SMS with
+        event time at or before ``t``."""
         ...
 
-    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
-        """Per device, the latest full state report (with a modem section) at or before ``t``."""
+    async def last_reports_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Per device (of ``devices``: all for None), the latest full state report
+        (with a modem section) at or before ``t``."""
         ...
 
     async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None: ...
@@ -610,8 +636,10 @@ class RepairStore(Protocol):
         """A device's findings, oldest first."""
         ...
 
-    async def findings_as_of(self, t: float) -> dict[str, Finding]:
-        """Each device's latest finding recorded at or before ``t``."""
+    async def findings_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, Finding]:
+        """Each device's (of ``devices``: all for None) latest finding at or before ``t``."""
         ...
 
 

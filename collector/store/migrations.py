@@ -480,6 +480,15 @@ MIGRATIONS: tuple[str, ...] = (
         span_hi   INTEGER              -- highest seq in seq_spans (NULL: none)
     ) WITHOUT ROWID;
     """,
+    # 15: each device's serving cell as its newest full report names it (and that
+    # report's time), kept at ingest, so a cluster's correlation neighbours (its
+    # commune, its cell) are found without reading every cluster's last report.
+    # Filled for existing devices by migrate() (_fill_cells).
+    """
+    ALTER TABLE devices ADD COLUMN cell TEXT;
+    ALTER TABLE devices ADD COLUMN cell_ts REAL;
+    CREATE INDEX devices_cell ON devices(cell);
+    """,
 )
 
 LATEST = len(MIGRATIONS)

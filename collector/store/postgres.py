@@ -421,6 +421,7 @@ class _PgBase(_SQLiteBase):
                     if stmt.strip():
                         await db.conn.execute(stmt)  # DDL: no placeholders, no translation
                 await db.execute("UPDATE loa_schema SET version = ? WHERE id = 1", (step + 1,))
+            await self._after_migrations(db, version)
         return LATEST
 
     @asynccontextmanager

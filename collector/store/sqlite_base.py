@@ -9,7 +9,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Self
@@ -17,6 +17,7 @@ from typing import Any, Final, Self
 import aiosqlite
 import msgspec
 
+from collector.correlation import cell_key
 from collector.fleet import FleetState, Observation, ObsKind
 from collector.fleet_step import (
     DeviceRecord,
@@ -164,8 +165,28 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i : i + n]
 
 
+#: Past this many devices a condition on them reads every row instead (bound
+#: parameters have limits; the callers keep only the devices asked for).
+_ONLY_MAX: Final = 2000
+
+#: The schema version from which devices carry their cell (migration 15).
+_CELLS_FROM: Final = 15
+
+
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _only(column: str, devices: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    """A condition keeping the rows of ``devices`` (all of them for None), and its params."""
+    if devices is None:
+        return "1 = 1", ()
+    ids = tuple(sorted(set(devices)))
+    if not ids:
+        return "1 = 0", ()
+    if len(ids) > _ONLY_MAX:
+        return "1 = 1", ()  # as cheap to read all; the caller keeps those of ``devices``
+    return f"{column} IN ({_qmarks(len(ids))})", ids
 
 
 def payload_digest(payload: bytes) -> bytes:
@@ -289,7 +310,37 @@ class _SQLiteBase:
                     if stmt.strip():
                         await db.execute(stmt)
                 await db.execute(f"PRAGMA user_version = {step + 1}")
+            await self._after_migrations(db, version)
         return LATEST
+
+    async def _after_migrations(self, db: Any, version: int) -> None:
+        """What a migration needs beyond SQL, once the schema is up from ``version``."""
+        if version < _CELLS_FROM and version > 0:
+            await self._fill_cells(db)
+
+    async def _fill_cells(self, db: Any) -> None:
+        """Each device's cell from its newest stored full report (migration 15)."""
+        async with db.execute("SELECT device_id FROM devices") as cur:
+            devices = [r["device_id"] for r in await cur.fetchall()]
+        rows: list[tuple[Any, ...]] = []
+        for device in devices:
+            async with db.execute(
+                "SELECT ts, payload FROM messages WHERE device_id = ? AND kind = 'state'"
+                " AND instr(CAST(payload AS TEXT), '\"modem\"') > 0 ORDER BY ts DESC, seq DESC"
+                " LIMIT 1",
+                (device,),
+            ) as cur:
+                r = await cur.fetchone()
+            if r is None:
+                continue
+            try:
+                data = msgspec.json.decode(bytes(r["payload"]))
+            except msgspec.DecodeError:
+                continue
+            modem = data.get("modem") if isinstance(data, dict) else None
+            if isinstance(modem, dict):
+                rows.append((cell_key(modem), float(r["ts"]), device))
+        await db.executemany("UPDATE devices SET cell = ?, cell_ts = ? WHERE device_id = ?", rows)
 
     async def claim_periodic(self, name: str, holder: str, *, now: float, lease_s: float) -> bool:
         """Whether ``holder`` runs this round of the periodic job ``name``: true for
@@ -484,6 +535,26 @@ class _SQLiteBase:
             "INSERT INTO fleet_versions (commune, version) VALUES ('~history', 1)"
             " ON CONFLICT(commune) DO UPDATE SET version = fleet_versions.version + 1"
         )
+
+    #: (inventory version, the list read at it): a province's inventory changes
+    #: seldom and is read by every fleet-wide page.
+    _inventory_kept: tuple[int, list[InventoryDevice]] | None = None
+
+    async def _kept_inventory(self) -> list[InventoryDevice]:
+        """The inventory in order (``list_inventory``), read again only once it changed."""
+        # The version first: a change committed between the two reads leaves a
+        # list newer than its version, read again next time, never an older one.
+        version = await self._all("SELECT version FROM fleet_versions WHERE commune = '~inventory'")
+        v = int(version[0]["version"]) if version else 0
+        kept = self._inventory_kept
+        if kept is not None and kept[0] == v:
+            return list(kept[1])
+        rows = await self._all(
+            f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
+        )
+        out = [_inventory_of(r) for r in rows]
+        self._inventory_kept = (v, out)
+        return list(out)
 
     async def _history_generation(self, db: aiosqlite.Connection | None = None) -> int:
         sql = "SELECT version FROM fleet_versions WHERE commune = '~history'"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Collection
 from typing import Any
 
 import aiosqlite
 import msgspec
 
-from collector.fleet import ObsKind, Transition
+from collector.correlation import cell_key
+from collector.fleet import FleetState, ObsKind, Transition
 from collector.model import DeviceStatus, Status
 from collector.store.base import (
     B2Snapshot,
@@ -28,6 +30,7 @@ from collector.store.sqlite_base import (
     _INVENTORY_COLS,
     _cause,
     _inventory_of,
+    _only,
     _qmarks,
     _SQLiteBase,
     _state_of,
@@ -45,45 +48,92 @@ KEEP_MARGIN_S = 3600.0
 KEEP_MONTHS_S = 62 * 86400.0
 
 
+def _cell_of(key: str | None) -> tuple[str, str] | None:
+    """``LastKnown.cell`` from a kept ``cell_key``."""
+    if not key:
+        return None
+    tac, _, ci = key.partition("/")
+    return (tac, ci)
+
+
 class HistoryRole(_SQLiteBase):
     """``HistoryStore`` on SQLite."""
 
-    async def statuses_as_of(self, t: float) -> list[DeviceStatus]:
+    #: Read the state at a moment from the kept devices rows where no message is
+    #: later (False: from the history for every cluster; tests compare the two).
+    kept_state_reads = True
+
+    async def statuses_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> list[DeviceStatus]:
+        only, only_params = _only("device_id", devices)
+        only_d = _only("d.device_id", devices)[0]
+        if devices is None:
+            inventory = await self._kept_inventory()
+        else:
+            wanted = set(devices)
+            inventory = [
+                _inventory_of(r)
+                for r in await self._all(
+                    f"SELECT {_INVENTORY_COLS} FROM inventory WHERE {only}"
+                    " ORDER BY position, device_id",
+                    only_params,
+                )
+                if r["device_id"] in wanted
+            ]
         async with self._read() as db:
+            # The kept state (the devices row) is the state at t for every cluster
+            # none of whose messages is later than t: at "now", nearly all of them.
+            kept = "1 = 1" if self.kept_state_reads else "1 = 0"
             async with db.execute(
-                f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
+                "SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since,"
+                f" last_ts FROM devices d WHERE {kept} AND obs_ts <= ? AND last_ts <= ?"
+                f" AND {only_d} AND EXISTS (SELECT 1 FROM transitions x"
+                " WHERE x.device_id = d.device_id)",
+                (t, t, *only_params),
             ) as cur:
-                inventory = [_inventory_of(r) for r in await cur.fetchall()]
-            async with db.execute(
-                """
-                SELECT device_id, online, has_diag, diag_broken, diag_cause, status_since, ts
-                FROM (SELECT *, row_number() OVER (PARTITION BY device_id
-                                                   ORDER BY ts DESC, seq DESC) AS rn
-                      FROM transitions WHERE ts <= ?) AS latest
-                WHERE rn = 1 AND device_id IN (SELECT device_id FROM inventory)
-                """,
-                (t,),
-            ) as cur:
-                states = {r["device_id"]: (_state_of(r), r["ts"]) for r in await cur.fetchall()}
+                states: dict[str, tuple[FleetState, float | None]] = {}
+                heard: dict[str, float | None] = {}
+                for r in await cur.fetchall():
+                    states[r["device_id"]] = (_state_of(r), None)
+                    heard[r["device_id"]] = float(r["last_ts"])
+            rest = [d.device_id for d in inventory if d.device_id not in states]
+            # The others from their history: one probe per cluster of its latest
+            # transition at or before t, and of its latest message.
+            rest_only, rest_params = _only("i.device_id", rest if len(rest) < 5000 else devices)
+            if rest:
+                async with db.execute(
+                    "SELECT tr.device_id, tr.online, tr.has_diag, tr.diag_broken,"
+                    " tr.diag_cause, tr.status_since, tr.ts FROM inventory i"
+                    f" CROSS JOIN transitions tr WHERE {rest_only}"
+                    " AND tr.device_id = i.device_id AND tr.ts = (SELECT max(x.ts)"
+                    " FROM transitions x WHERE x.device_id = i.device_id AND x.ts <= ?)"
+                    " ORDER BY tr.device_id, tr.seq",
+                    (*rest_params, t),
+                ) as cur:
+                    for r in await cur.fetchall():  # ties on ts: the highest seq, last
+                        if r["device_id"] not in heard:
+                            states[r["device_id"]] = (_state_of(r), r["ts"])
+                async with db.execute(
+                    f"""
+                    SELECT i.device_id,
+                           (SELECT CASE WHEN m.run_until IS NULL THEN m.ts
+                                        ELSE {self.least}(m.run_until, ?) END
+                            FROM messages m WHERE m.device_id = i.device_id AND m.ts <= ?
+                            AND m.seq >= 0 ORDER BY m.ts DESC LIMIT 1) AS heard
+                    FROM inventory i WHERE {rest_only}
+                    """,
+                    (t, t, *rest_params),
+                ) as cur:
+                    for r in await cur.fetchall():
+                        heard.setdefault(r["device_id"], r["heard"])
             async with db.execute(
                 "SELECT DISTINCT device_id FROM tickets WHERE started_at <= ? "
-                "AND (closed_at IS NULL OR closed_at > ?)",
-                (t, t),
+                f"AND (closed_at IS NULL OR closed_at > ?) AND {only}",
+                (t, t, *only_params),
             ) as cur:
                 repairing = {r["device_id"] for r in await cur.fetchall()}
-            starts = await self._counted_from(db)
-            async with db.execute(
-                f"""
-                SELECT i.device_id,
-                       (SELECT CASE WHEN m.run_until IS NULL THEN m.ts
-                                    ELSE {self.least}(m.run_until, ?) END
-                        FROM messages m WHERE m.device_id = i.device_id AND m.ts <= ?
-                        AND m.seq >= 0 ORDER BY m.ts DESC LIMIT 1) AS heard
-                FROM inventory i
-                """,
-                (t, t),
-            ) as cur:
-                heard = {r["device_id"]: r["heard"] for r in await cur.fetchall()}
+            starts = await self._counted_from(db, devices)
         out: list[DeviceStatus] = []
         for d in inventory:
             found = states.get(d.device_id)
@@ -119,12 +169,16 @@ class HistoryRole(_SQLiteBase):
             )
         return out
 
-    async def _counted_from(self, db: aiosqlite.Connection) -> dict[str, float | None]:
-        """Per inventory device, when it starts to count (``counted_from``)."""
+    async def _counted_from(
+        self, db: aiosqlite.Connection, devices: Collection[str] | None = None
+    ) -> dict[str, float | None]:
+        """Per inventory device (of ``devices``), when it starts to count (``counted_from``)."""
+        only, only_params = _only("i.device_id", devices)
         async with db.execute(
             "SELECT i.device_id, i.install_date, i.listed_at,"
             " (SELECT min(t.ts) FROM transitions t WHERE t.device_id = i.device_id)"
-            " AS first_report FROM inventory i"
+            f" AS first_report FROM inventory i WHERE {only}",
+            only_params,
         ) as cur:
             return {
                 r["device_id"]: counted_from(r["install_date"], r["listed_at"], r["first_report"])
@@ -324,6 +378,61 @@ class HistoryRole(_SQLiteBase):
             raise NotFound(f"device {device_id!r} is not known")
         return self._device_row(rows[0])
 
+    async def cells_as_of(
+        self, t: float, devices: Collection[str]
+    ) -> dict[str, tuple[str, str] | None]:
+        out: dict[str, tuple[str, str] | None] = {}
+        kept = "1 = 1" if self.kept_state_reads else "1 = 0"
+        rows = await self._all(
+            f"SELECT device_id, cell FROM devices WHERE {kept} AND cell_ts <= ?", (t,)
+        )
+        wanted = set(devices)
+        for r in rows:
+            if r["device_id"] in wanted:
+                out[r["device_id"]] = _cell_of(r["cell"])
+        rest = wanted - set(out)
+        if rest:
+            for device, report in (
+                await self.last_reports_as_of(t, devices=rest if len(rest) < 5000 else None)
+            ).items():
+                if device in rest:
+                    modem = report.get("modem")
+                    out[device] = _cell_of(cell_key(modem if isinstance(modem, dict) else None))
+        return out
+
+    async def correlation_neighbours(self, device_id: str) -> frozenset[str] | None:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT coalesce(i.commune_code, d.commune_code) AS commune, d.cell AS cell,"
+                " d.cell_ts AS cell_ts, d.last_report IS NOT NULL AS reported"
+                " FROM (SELECT ? AS device_id) AS k"
+                " LEFT JOIN inventory i ON i.device_id = k.device_id"
+                " LEFT JOIN devices d ON d.device_id = k.device_id",
+                (device_id,),
+            ) as cur:
+                me = await cur.fetchone()
+            if me is None or (me["reported"] and me["cell_ts"] is None):
+                return None  # reports from before cells were kept, not filled yet
+            commune, cell = me["commune"] or "", me["cell"] or ""
+            out = {device_id}
+            async with db.execute(
+                "SELECT device_id FROM inventory WHERE commune_code = ?", (commune,)
+            ) as cur:
+                out |= {r["device_id"] for r in await cur.fetchall()}
+            if cell:
+                async with db.execute(
+                    "SELECT device_id FROM devices WHERE cell = ?", (cell,)
+                ) as cur:
+                    out |= {r["device_id"] for r in await cur.fetchall()}
+            async with db.execute(
+                "SELECT d.device_id FROM devices d JOIN inventory i ON i.device_id = d.device_id"
+                " WHERE d.online = 1 AND d.cell IS NOT NULL AND d.cell != '' AND d.cell != ?"
+                " LIMIT 3",
+                (cell,),
+            ) as cur:
+                out |= {r["device_id"] for r in await cur.fetchall()}
+        return frozenset(out)
+
     async def status_history(
         self, device_id: str, *, since: float | None = None, until: float | None = None
     ) -> list[Transition]:
@@ -451,7 +560,7 @@ class HistoryRole(_SQLiteBase):
         return out
 
     @staticmethod
-    def _latest_sql(where: str, cols: str) -> str:
+    def _latest_sql(where: str, cols: str, only: str = "1 = 1") -> str:
         """Per cluster, its newest message matching ``where`` (over ``x``) at or
         before the bound moment: one probe of the (device_id, ts) index per
         cluster walking back from the moment, not a pass over every message.
@@ -460,22 +569,27 @@ class HistoryRole(_SQLiteBase):
             f"SELECT {cols} FROM (SELECT ids.device_id AS device_id,"
             f" (SELECT x.ts FROM messages x WHERE x.device_id = ids.device_id AND {where}"
             "   AND x.ts <= ? ORDER BY x.ts DESC LIMIT 1) AS latest_ts"
-            " FROM (SELECT device_id FROM inventory UNION SELECT device_id FROM devices) AS ids)"
+            " FROM (SELECT device_id FROM inventory UNION SELECT device_id FROM devices) AS ids"
+            f" WHERE {only.replace('device_id', 'ids.device_id', 1)})"
             # CROSS JOIN: SQLite keeps this order (clusters outside, the index probe
             # inside) even without statistics; PostgreSQL plans it as a join.
             " AS k CROSS JOIN messages m WHERE m.device_id = k.device_id AND m.ts = k.latest_ts"
             f" AND {where.replace('x.', 'm.')} ORDER BY m.device_id, m.seq"
         )
 
-    async def diag_evidence_as_of(self, t: float) -> dict[str, DiagEvidence]:
+    async def diag_evidence_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, DiagEvidence]:
+        only, only_params = _only("device_id", devices)
         rows = await self._all(
             self._latest_sql(
                 "x.obs_kind = 'state'",
                 "m.device_id AS device_id, m.kind AS kind, m.prompt AS prompt,"
                 " m.broken AS broken, m.cause AS cause, m.ts AS ts,"
                 " m.received_at AS received_at, m.payload AS payload, m.run_until AS run_until",
+                only,
             ),
-            (t,),
+            (t, *only_params),
         )
         out: dict[str, DiagEvidence] = {}
         for r in rows:
@@ -494,7 +608,7 @@ class HistoryRole(_SQLiteBase):
                 received_at=r["received_at"],
                 faults=faults,
             )
-        return out
+        return out if devices is None else {d: v for d, v in out.items() if d in devices}
 
     async def counts_as_of(self, t: float, *, keep_before: float) -> dict[str, tuple[int, int]]:
         """(working, broken) per commune of the clusters that existed at ``t``, and
@@ -525,13 +639,17 @@ class HistoryRole(_SQLiteBase):
                 )
         return {c: (w, b) for c, (w, b) in counts.items()}
 
-    async def last_reports_as_of(self, t: float) -> dict[str, dict[str, Any]]:
+    async def last_reports_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        only, only_params = _only("device_id", devices)
         rows = await self._all(
             self._latest_sql(
                 "x.kind = 'state' AND instr(CAST(x.payload AS TEXT), '\"modem\"') > 0",
                 "m.device_id AS device_id, m.ts AS ts, m.payload AS payload",
+                only,
             ),
-            (t,),
+            (t, *only_params),
         )
         out: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -539,7 +657,7 @@ class HistoryRole(_SQLiteBase):
                 data = msgspec.json.decode(r["payload"])
                 if isinstance(data, dict):
                     out[r["device_id"]] = data
-        return out
+        return out if devices is None else {d: v for d, v in out.items() if d in devices}
 
     async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None:
         async with self._tx() as db:

@@ -39,6 +39,15 @@ from collector.store.sqlite_base import (
 from collector.store.sqlite_compact import CompactRole
 
 
+def _newest_cell(msgs: Sequence[IncomingMessage]) -> tuple[str | None, float | None]:
+    """The cell named by the newest (event time) of ``msgs`` that names one, and its time."""
+    named = [m for m in msgs if m.cell is not None]
+    if not named:
+        return None, None
+    m = max(named, key=lambda m: (m.ts, m.seq))
+    return m.cell, m.ts
+
+
 class IngestRole(CompactRole):
     """``IngestStore`` on SQLite: load, step (``collector.fleet_step``), save;
     compaction of redundant heartbeats (``CompactRole``)."""
@@ -362,6 +371,7 @@ class IngestRole(CompactRole):
                     rec.first_seen,
                     rec.report_ts,
                     last_report,
+                    *_newest_cell(by_device[device]),
                     1 if st.report is not None else 0,
                 )
             )
@@ -369,8 +379,8 @@ class IngestRole(CompactRole):
             """
             INSERT INTO devices (device_id, commune_code, online, has_diag, diag_broken,
                 diag_cause, status, cause, status_since, obs_ts, obs_seq, last_ts, last_seq,
-                last_seen, first_seen, report_ts, last_report)
-            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                last_seen, first_seen, report_ts, last_report, cell, cell_ts)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             ON CONFLICT(device_id) DO UPDATE SET
                 commune_code=excluded.commune_code, online=excluded.online,
                 has_diag=excluded.has_diag, diag_broken=excluded.diag_broken,
@@ -378,7 +388,14 @@ class IngestRole(CompactRole):
                 status_since=excluded.status_since, obs_ts=excluded.obs_ts,
                 obs_seq=excluded.obs_seq, last_ts=excluded.last_ts, last_seq=excluded.last_seq,
                 last_seen=excluded.last_seen, report_ts=excluded.report_ts,
-                last_report=CASE WHEN ?18 = 1 THEN excluded.last_report ELSE devices.last_report END
+                last_report=CASE WHEN ?20 = 1 THEN excluded.last_report
+                    ELSE devices.last_report END,
+                cell=CASE WHEN excluded.cell_ts IS NOT NULL AND (devices.cell_ts IS NULL
+                    OR excluded.cell_ts >= devices.cell_ts) THEN excluded.cell
+                    ELSE devices.cell END,
+                cell_ts=CASE WHEN excluded.cell_ts IS NOT NULL AND (devices.cell_ts IS NULL
+                    OR excluded.cell_ts >= devices.cell_ts) THEN excluded.cell_ts
+                    ELSE devices.cell_ts END
             """,
             device_rows,
         )

@@ -12,7 +12,6 @@ from collector.store.base import (
 from collector.store.sqlite_base import (
     _INVENTORY_COLS,
     _chunks,
-    _inventory_of,
     _qmarks,
     _SQLiteBase,
 )
@@ -66,6 +65,10 @@ class InventoryRole(_SQLiteBase):
                 )
             await self._touch(db, set(ids) | removed)
             await self._history_changed(db, None)  # who existed, in which commune
+            await db.execute(  # list_inventory's copies are stale, in every instance
+                "INSERT INTO fleet_versions (commune, version) VALUES ('~inventory', 1)"
+                " ON CONFLICT(commune) DO UPDATE SET version = fleet_versions.version + 1"
+            )
             added = len(set(ids) - existing)
             updated = len(ids) - added
             await self._audit(
@@ -78,7 +81,4 @@ class InventoryRole(_SQLiteBase):
         return added, updated, len(removed)
 
     async def list_inventory(self) -> list[InventoryDevice]:
-        rows = await self._all(
-            f"SELECT {_INVENTORY_COLS} FROM inventory ORDER BY position, device_id"
-        )
-        return [_inventory_of(r) for r in rows]
+        return await self._kept_inventory()

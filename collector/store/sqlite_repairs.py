@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import statistics
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any, Final
 
 import aiosqlite
@@ -23,6 +24,7 @@ from collector.store.base import (
 from collector.store.sqlite_base import (
     INTEGRITY_ERRORS,
     _cause,
+    _only,
     _qmarks,
     _SQLiteBase,
 )
@@ -313,11 +315,18 @@ class RepairRole(_SQLiteBase):
         )
         return [self._finding(r) for r in rows]
 
-    async def findings_as_of(self, t: float) -> dict[str, Finding]:
+    async def findings_as_of(
+        self, t: float, *, devices: Collection[str] | None = None
+    ) -> dict[str, Finding]:
+        only, only_params = _only("device_id", devices)
         rows = await self._all(
             f"SELECT {self._FINDING_COLS} FROM (SELECT *, row_number() OVER"
             " (PARTITION BY device_id ORDER BY at DESC, id DESC) AS rn FROM findings"
-            " WHERE at <= ?) AS latest WHERE rn = 1",
-            (t,),
+            f" WHERE at <= ? AND {only}) AS latest WHERE rn = 1",
+            (t, *only_params),
         )
-        return {r["device_id"]: self._finding(r) for r in rows}
+        return {
+            r["device_id"]: self._finding(r)
+            for r in rows
+            if devices is None or r["device_id"] in devices
+        }

@@ -25,7 +25,7 @@ from collector.b2.api import as_of_param, settings_of
 from collector.b2.service import b2_table, monthly_evaluation
 from collector.b2.table import Scope, column_groups
 from collector.b2.table import text as b2_text
-from collector.causes import statuses_with_causes
+from collector.causes import cause_now
 from collector.keys import CONFIG, REPO
 from collector.model import Status
 from collector.params import page_params, safe_next
@@ -270,7 +270,7 @@ async def device(request: web.Request) -> Context:
     signal = await repo.signal_history(device_id, since=start, until=end, limit=5000)
     reports = await repo.state_reports(device_id, since=start, until=end, limit=5000)
     history = await repo.status_history(device_id, until=end)
-    _, attributions = await statuses_with_causes(repo, ctx.now, request.app[CONFIG].correlation)
+    cause = await cause_now(repo, device_id, ctx.now, request.app[CONFIG].correlation)
     signal_chart = charts.time_series(
         [
             charts.Series("RSSI", [(p.ts, p.rssi_dbm) for p in signal]),
@@ -318,7 +318,7 @@ async def device(request: web.Request) -> Context:
         "status_changes": history[::-1][:20],
         "remote": remote_panel(ctx, d),
         "action_label": lambda action: action_label(tr, action),
-        "cause": attributions.get(device_id),
+        "cause": cause,
         "findings": await repo.list_findings(device_id),
         "causes": [(c.value, c.label(ctx.lang)) for c in B2Cause],
     }

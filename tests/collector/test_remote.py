@@ -233,6 +233,13 @@ async def test_config_push_to_a_commune_is_applied_and_versions_shown(
     try:
         for d in devices:
             await online(api, d, modem=False)
+
+        async def versions_shown() -> bool:
+            # Online comes with the birth presence; the version with the first report.
+            _, body = await api.call("viewer", "GET", "/api/v1/config/versions")
+            return all(v["config_version"] for v in body["devices"] if v["device_id"] in devices)
+
+        await wait_for(versions_shown, timeout=30, what="both config versions shown")
         status, before = await api.call("viewer", "GET", "/api/v1/config/versions")
         old = {v["device_id"]: v["config_version"] for v in before["devices"]}
         assert all(old[d] for d in devices), before
