@@ -163,11 +163,8 @@ def last_known(
     status: DeviceStatus,
     evidence: DiagEvidence | None,
     report: Mapping[str, Any] | None,
-    cell: tuple[str, str] | None = None,
 ) -> LastKnown:
-    """What correlation needs of one device, from its status and its last reports
-    (``cell``: its cell when ``report`` is not read -- all a cluster that is not
-    silent is asked for)."""
+    """What correlation needs of one device, from its status and its last reports."""
     modem = report.get("modem") if report else None
     amp = report.get("amp") if report else None
     modem = modem if isinstance(modem, dict) else {}
@@ -188,7 +185,7 @@ def last_known(
         commune=status.commune_code,
         online=status.online,
         last_seen=status.last_seen,
-        cell=(str(tac), str(ci)) if tac and ci else (cell if report is None else None),
+        cell=(str(tac), str(ci)) if tac and ci else None,
         report_ts=float(report_ts) if report_ts is not None else None,
         sim=str(modem["sim"]) if "sim" in modem else None,
         faults=tuple(sorted(faults)),
@@ -213,9 +210,17 @@ def attribute_all(
     among the clusters of its cell or commune that stayed up or went silent.
     """
     existing = [s for s in statuses if s.exists]
-    cells = cells or {}
     known = [
-        last_known(s, evidence.get(s.device_id), reports.get(s.device_id), cells.get(s.device_id))
+        last_known(s, evidence.get(s.device_id), reports.get(s.device_id))
+        if cells is None or (not s.online and s.last_seen is not None)
+        # Not silent: correlation asks it only where it is and whether it is up.
+        else LastKnown(
+            device_id=s.device_id,
+            commune=s.commune_code,
+            online=s.online,
+            last_seen=s.last_seen,
+            cell=cells.get(s.device_id),
+        )
         for s in existing
     ]
     inferred = infer(known, cfg)

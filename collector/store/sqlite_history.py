@@ -28,7 +28,9 @@ from collector.store.base import (
 )
 from collector.store.sqlite_base import (
     _INVENTORY_COLS,
+    _ONLY_MAX,
     _cause,
+    _chunks,
     _inventory_of,
     _only,
     _qmarks,
@@ -577,19 +579,30 @@ class HistoryRole(_SQLiteBase):
             f" AND {where.replace('x.', 'm.')} ORDER BY m.device_id, m.seq"
         )
 
+    async def _latest_rows(
+        self, where: str, cols: str, t: float, devices: Collection[str] | None
+    ) -> list[Any]:
+        """``_latest_sql``'s rows at ``t`` for ``devices`` (all for None), asked in
+        chunks the engines' parameter limits allow."""
+        if devices is None:
+            return await self._all(self._latest_sql(where, cols), (t,))
+        ids = sorted(set(devices))
+        out: list[Any] = []
+        for chunk in _chunks(ids, _ONLY_MAX):
+            only, only_params = _only("device_id", chunk)
+            out += await self._all(self._latest_sql(where, cols, only), (t, *only_params))
+        return out
+
     async def diag_evidence_as_of(
         self, t: float, *, devices: Collection[str] | None = None
     ) -> dict[str, DiagEvidence]:
-        only, only_params = _only("device_id", devices)
-        rows = await self._all(
-            self._latest_sql(
-                "x.obs_kind = 'state'",
-                "m.device_id AS device_id, m.kind AS kind, m.prompt AS prompt,"
-                " m.broken AS broken, m.cause AS cause, m.ts AS ts,"
-                " m.received_at AS received_at, m.payload AS payload, m.run_until AS run_until",
-                only,
-            ),
-            (t, *only_params),
+        rows = await self._latest_rows(
+            "x.obs_kind = 'state'",
+            "m.device_id AS device_id, m.kind AS kind, m.prompt AS prompt,"
+            " m.broken AS broken, m.cause AS cause, m.ts AS ts,"
+            " m.received_at AS received_at, m.payload AS payload, m.run_until AS run_until",
+            t,
+            devices,
         )
         out: dict[str, DiagEvidence] = {}
         for r in rows:
@@ -608,7 +621,7 @@ class HistoryRole(_SQLiteBase):
                 received_at=r["received_at"],
                 faults=faults,
             )
-        return out if devices is None else {d: v for d, v in out.items() if d in devices}
+        return out
 
     async def counts_as_of(self, t: float, *, keep_before: float) -> dict[str, tuple[int, int]]:
         """(working, broken) per commune of the clusters that existed at ``t``, and
@@ -642,14 +655,11 @@ class HistoryRole(_SQLiteBase):
     async def last_reports_as_of(
         self, t: float, *, devices: Collection[str] | None = None
     ) -> dict[str, dict[str, Any]]:
-        only, only_params = _only("device_id", devices)
-        rows = await self._all(
-            self._latest_sql(
-                "x.kind = 'state' AND instr(CAST(x.payload AS TEXT), '\"modem\"') > 0",
-                "m.device_id AS device_id, m.ts AS ts, m.payload AS payload",
-                only,
-            ),
-            (t, *only_params),
+        rows = await self._latest_rows(
+            "x.kind = 'state' AND instr(CAST(x.payload AS TEXT), '\"modem\"') > 0",
+            "m.device_id AS device_id, m.ts AS ts, m.payload AS payload",
+            t,
+            devices,
         )
         out: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -657,7 +667,7 @@ class HistoryRole(_SQLiteBase):
                 data = msgspec.json.decode(r["payload"])
                 if isinstance(data, dict):
                     out[r["device_id"]] = data
-        return out if devices is None else {d: v for d, v in out.items() if d in devices}
+        return out
 
     async def save_b2_snapshot(self, snapshot: B2Snapshot) -> None:
         async with self._tx() as db:
