@@ -142,13 +142,15 @@ class IngestRole(CompactRole):
         floors = await self._floors(db, devices)
         boots = sorted({(m.device_id, m.boot_id) for m in messages if m.boot_id is not None})
         offsets: dict[tuple[str, str], float] = {}
-        for dev, boot in boots:
+        # One read per chunk, not per boot: a coalesced live batch names hundreds of devices.
+        for chunk in _chunks(boots, 400):
             async with db.execute(
-                'SELECT "offset" FROM boot_clocks WHERE device_id = ? AND boot_id = ?', (dev, boot)
+                'SELECT device_id, boot_id, "offset" FROM boot_clocks WHERE (device_id, boot_id)'
+                f" IN (VALUES {', '.join(['(?,?)'] * len(chunk))})",
+                [x for key in chunk for x in key],
             ) as cur:
-                r = await cur.fetchone()
-            if r is not None:
-                offsets[(dev, boot)] = float(r["offset"])
+                for r in await cur.fetchall():
+                    offsets[(r["device_id"], r["boot_id"])] = float(r["offset"])
         learned: dict[tuple[str, str], float] = {}
         # Synchronised messages first: they may teach the offset that dates the others.
         for m in messages:
@@ -295,12 +297,21 @@ class IngestRole(CompactRole):
                     out.append((device, m.seq))
         return tuple(out)
 
-    async def _stored_report(self, db: aiosqlite.Connection, device: str) -> bytes | None:
-        async with db.execute(
-            "SELECT last_report FROM devices WHERE device_id = ?", (device,)
-        ) as cur:
-            row = await cur.fetchone()
-        return row["last_report"] if row is not None else None
+    async def _stored_reports(
+        self, db: aiosqlite.Connection, devices: Sequence[str]
+    ) -> dict[str, bytes | None]:
+        """The kept full report of each of ``devices`` (one read per chunk, not per
+        device: a coalesced live batch names hundreds of devices)."""
+        out: dict[str, bytes | None] = {}
+        for chunk in _chunks(sorted(devices)):
+            async with db.execute(
+                "SELECT device_id, last_report FROM devices"
+                f" WHERE device_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    out[r["device_id"]] = r["last_report"]
+        return out
 
     async def _apply(
         self,
@@ -347,16 +358,20 @@ class IngestRole(CompactRole):
                 # What is kept from the history at or after ts0 is stale even when the
                 # refold brings back fewer (or later) transitions than it deleted.
                 await self._history_changed(db, ts0)
+        # A heartbeat merges into the fullest report before it: in the batch, or kept.
+        bases: dict[str, bytes | None] = {}
+        for device, st in steps.items():
+            if st.report is not None and st.report.heartbeat:
+                bases[device] = fuller_report(st.report, by_device[device])
+        kept = await self._stored_reports(db, [d for d, b in bases.items() if b is None])
         device_rows: list[tuple[Any, ...]] = []
         for device, st in steps.items():
             rec = st.record
             last_report: bytes | None = None
             if st.report is not None:
-                base = None
-                if st.report.heartbeat:
-                    base = fuller_report(st.report, by_device[device])
-                    if base is None:
-                        base = await self._stored_report(db, device)
+                base = bases.get(device)
+                if base is None and st.report.heartbeat:
+                    base = kept.get(device)
                 last_report = merged_report(st.report, base)
             device_rows.append(
                 (

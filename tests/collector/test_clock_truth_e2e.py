@@ -162,3 +162,58 @@ async def test_fault_episodes_move_with_the_reports_that_opened_and_closed_them(
     (episode,) = await repo.list_faults(DEV)
     assert episode.since == pytest.approx(offset + 600.0, abs=0.01)
     assert episode.cleared_at == pytest.approx(offset + 1800.0, abs=0.01)
+
+
+async def test_a_learned_offset_dates_later_batches_of_that_boot_only(
+    tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    """Once a boot's offset is learned, a later batch's unsynchronised messages of that
+    boot are dated by it (read back from the store), those of another boot by arrival;
+    one batch naming many devices' boots reads each device's offsets."""
+    import msgspec
+
+    from collector.ingest import Ingestor
+    from collector.metrics import IngestStats
+    from fleet_protocol import Kind, encode, topic
+    from tests.collector.conftest import state
+
+    cfg = make_config(None, tmp_path)
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    now = time.time()
+    offsets = {f"dev-3{i:02d}": now - 7200.0 - 60.0 * i for i in range(30)}
+
+    def msg(dev: str, seq: int, boot: str, mono: float, *, synced: bool) -> object:
+        wrong = 0.0 if synced else THREE_YEARS
+        m = ingestor.prepare(
+            topic(dev, Kind.STATE),
+            encode(
+                msgspec.structs.replace(
+                    state(dev, seq, offsets[dev] + mono - wrong),
+                    boot_id=boot,
+                    mono=mono,
+                    clock_synced=synced,
+                )
+            ),
+            received_at=time.time(),
+        )
+        assert m is not None
+        return m
+
+    # Batch 1: every device's boot "aaaa" is synchronised: the offsets are learned.
+    await repo.write_batch(
+        [msg(d, 1, "aaaa", 300.0, synced=True) for d in offsets],  # type: ignore[misc]
+        late_after_s=cfg.ingest.late_after_s,
+    )
+    # Batch 2: the clocks are wrong again (same boot "aaaa", and a new boot "bbbb").
+    later = [msg(d, 2, "aaaa", 900.0, synced=False) for d in offsets]
+    later += [msg(d, 3, "bbbb", 60.0, synced=False) for d in offsets]
+    await repo.write_batch(later, late_after_s=cfg.ingest.late_after_s)  # type: ignore[arg-type]
+    for dev, offset in offsets.items():
+        rows = {
+            int(r["seq"]): (float(r["ts"]), int(r["time_estimated"]))
+            for r in await repo._all(
+                "SELECT seq, ts, time_estimated FROM messages WHERE device_id = ?", (dev,)
+            )
+        }
+        assert rows[2] == (pytest.approx(offset + 900.0, abs=0.01), 0), dev
+        assert rows[3][1] == 1 and rows[3][0] > now - 60, dev  # boot "bbbb": by arrival

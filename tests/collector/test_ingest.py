@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,6 +263,44 @@ async def test_compact_heartbeat_keeps_the_last_full_report_sections(
     assert report["modem"]["rssi_dbm"] == -81.0
     assert report["commune"] == "xa-01"
     assert dev.status is Status.BROKEN and dev.cause is B2Cause.NO_STATION_SIGNAL
+
+
+async def test_heartbeats_of_many_devices_merge_into_their_own_kept_reports(
+    tmp_path: Path, repo: SQLiteRepository
+) -> None:
+    """Full reports in one batch, each device's compact heartbeat in a later one (as
+    a coalesced live batch brings them): every heartbeat keeps its own device's
+    stored sections, never another's, and one whose device has no kept report
+    stands alone."""
+    from collector.ingest import Ingestor
+    from collector.metrics import IngestStats
+
+    cfg = make_config(None, tmp_path)
+    ingestor = Ingestor(repo, cfg.ingest, IngestStats())
+    t0 = time.time() - 60
+    devices = [f"dev-4{i:02d}" for i in range(40)]
+
+    def prepared(msgs: list[StateReport]) -> list[Any]:
+        now = time.time()
+        out = [
+            ingestor.prepare(topic(m.device, Kind.STATE), encode(m), received_at=now) for m in msgs
+        ]
+        assert all(m is not None for m in out)
+        return out
+
+    fulls = [state(d, 1, t0, rssi=-60.0 - i) for i, d in enumerate(devices)]
+    await repo.write_batch(prepared(fulls), late_after_s=cfg.ingest.late_after_s)
+    beats = [
+        StateReport(v=PROTOCOL_VERSION, device=d, seq=2, ts=t0 + 10, heartbeat=True)
+        for d in [*devices, "dev-499"]
+    ]
+    await repo.write_batch(prepared(beats), late_after_s=cfg.ingest.late_after_s)
+    for i, d in enumerate(devices):
+        report = (await repo.get_device(d)).last_report
+        assert report is not None and (report["seq"], report["heartbeat"]) == (2, True)
+        assert report["modem"]["rssi_dbm"] == -60.0 - i, d
+    alone = (await repo.get_device("dev-499")).last_report
+    assert alone is not None and alone["seq"] == 2 and "modem" not in alone
 
 
 # --- no message can stop ingest; store confirmations; replays (issue 11) ---------------
