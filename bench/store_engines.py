@@ -5,8 +5,12 @@
 
 1. Ingest: messages/s through the collector's own path (``Ingestor.prepare`` +
    ``write_batch``; the wire bytes are built beforehand and not timed), live-shaped
-   (each batch is one device's ``--live-batch`` consecutive messages) and
-   backlog-shaped (``--backlog-batch`` messages across devices per batch), on
+   (each batch is one device's ``--live-batch`` consecutive messages: live traffic
+   while it is light, every message stored on its own) and coalesced
+   (``--backlog-batch`` messages of the fleet's traffic in time order per batch,
+   nearly all of different devices: live traffic once it comes faster than one
+   write, as the ingest loop takes whatever is queued up to ``[ingest]
+   batch_size``; a reconnecting fleet's backlog looks the same), on
    SQLite, PostgreSQL with one collector instance and PostgreSQL with two
    instances (two spawned OS processes, each with its own ``PostgresRepository``
    on the same database, each writing half of the devices at the same time).
@@ -260,7 +264,7 @@ def ingest_batches(
     indexes: range, steps: int, t0: float, shape: str, live_batch: int, backlog_batch: int
 ) -> list[list[Wire]]:
     devices = [Device(i) for i in indexes]
-    if shape == "backlog":
+    if shape == "coalesced":
         flat = [w for chunk in step_major(devices, range(steps), t0) for w in chunk]
         return [flat[j : j + backlog_batch] for j in range(0, len(flat), backlog_batch)]
     batches: list[list[Wire]] = []
@@ -451,7 +455,7 @@ def ingest_run(engine: Engine, args: argparse.Namespace, shape: str) -> tuple[fl
 def bench_ingest(args: argparse.Namespace, tmp: Path, pg: PgServer, template: str) -> None:
     shapes = {
         "live": f"live ({args.live_batch} msgs of one device per batch)",
-        "backlog": f"backlog ({args.backlog_batch} msgs across devices per batch)",
+        "coalesced": f"coalesced ({args.backlog_batch} msgs across devices per batch)",
     }
     labels = ("SQLite", "PostgreSQL x1", "PostgreSQL x2")
     rates: dict[tuple[str, str], list[float]] = {}
@@ -469,7 +473,7 @@ def bench_ingest(args: argparse.Namespace, tmp: Path, pg: PgServer, template: st
                 rate, total = ingest_run(e, args, shape)
                 rates.setdefault((shape, e.label), []).append(rate)
                 print(
-                    f"  run {run + 1} {shape:7s} {e.label:14s} {rate:8.0f} msg/s "
+                    f"  run {run + 1} {shape:9s} {e.label:14s} {rate:8.0f} msg/s "
                     f"({total} msgs, load {load()})",
                     flush=True,
                 )

@@ -27,11 +27,23 @@ placeholder, and its COPY support moves a district's history in bulk.
 asyncpg is faster per statement but has its own ``$1`` dialect, server-side
 typing of every parameter and no synchronous API.
 
-Concurrency: like SQLite's ``BEGIN IMMEDIATE``, every write transaction takes
-one transaction-scoped advisory lock (``_WRITE_LOCK``), so the fleet rules'
-read-modify-write of a device's state is serialised across every collector
-instance on the database; reads run on their own connection in a
-``REPEATABLE READ READ ONLY`` snapshot and never wait for writers.
+Concurrency: like SQLite's ``BEGIN IMMEDIATE``, a write transaction takes one
+transaction-scoped advisory lock (``_WRITE_LOCK``) exclusively, so it is alone
+across every collector instance on the database. An ingest write
+(``write_batch``, ``_tx(devices=...)``) changes only its devices' own rows
+(messages, devices, transitions, events, faults, boot clocks) and the fleet's
+commutative kept counts (``fleet_tally`` increments, version bumps, deletions
+of kept counts that went stale): it takes ``_WRITE_LOCK`` shared and one
+exclusive lock per device (``_DEVICE_LOCKS``, keys in ascending order, so two
+ingest writes never wait on each other in a cycle for them). Ingest writes of
+other devices run at once on several instances; two of the same device (a
+shared subscription hands a device's messages to either instance) take turns,
+so the fleet rules' read-modify-write of a device's state stays serialised;
+every other write waits until no ingest write is in flight. The kept rows all
+ingest writes update are locked in one order (sorted keys), and a deadlock
+PostgreSQL still detects (it aborts one transaction) makes ``write_batch`` try
+again (``PostgresRepository.write_batch``). Reads run on their own connection
+in a ``REPEATABLE READ READ ONLY`` snapshot and never wait for writers.
 ``periodic_lock`` hands periodic work (offline sweep, repairs sweep,
 retention) to one instance at a time with a session advisory lock taken
 without waiting.
@@ -49,7 +61,9 @@ exactly-once dedupe is the key ``(device_id, seq)`` alone.
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Generator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, ClassVar, Final, Self
@@ -59,13 +73,30 @@ from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor
 from psycopg.adapt import Loader
 from psycopg.rows import RowMaker
 
-from collector.store.base import StoreError
+from collector.store.base import BatchResult, IncomingMessage, StoreError
 from collector.store.migrations import LATEST, MIGRATIONS
 from collector.store.sqlite import SQLiteRepository
 from collector.store.sqlite_base import _SQLiteBase
 
-#: The advisory lock key every write transaction holds ("loa" + 1).
+_log = logging.getLogger("loa.collector.store")
+
+#: The advisory lock key every write transaction holds ("loa" + 1): exclusively,
+#: or shared by ingest writes (which also lock their devices).
 _WRITE_LOCK: Final = 0x6C6F6101
+
+#: The first key of the two-key advisory locks of devices ("loa" + 2); the second
+#: is ``device_lock_key``. (PostgreSQL keeps one- and two-key locks apart.)
+_DEVICE_LOCKS: Final = 0x6C6F6102
+
+#: How often an ingest write is tried when PostgreSQL aborts it as a deadlock victim.
+_DEADLOCK_TRIES: Final = 5
+
+
+def device_lock_key(device_id: str) -> int:
+    """A device's advisory lock key: a stable signed 32-bit hash of its id (the same
+    in every instance; a collision only makes two devices take turns)."""
+    return zlib.crc32(device_id.encode()) - (1 << 31)
+
 
 #: Tables whose ``id`` is an identity column (``lastrowid`` comes from ``RETURNING id``).
 _IDENTITY_TABLES: Final = frozenset(
@@ -425,13 +456,26 @@ class _PgBase(_SQLiteBase):
         return LATEST
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[PgConnection]:  # type: ignore[override]
-        """One write transaction, serialised across instances by ``_WRITE_LOCK``."""
+    async def _tx(  # type: ignore[override]
+        self, devices: Sequence[str] | None = None
+    ) -> AsyncIterator[PgConnection]:
+        """One write transaction: alone across instances (``_WRITE_LOCK``), or, for an
+        ingest write of ``devices``, beside other devices' ingest writes."""
         async with self._wlock:
             w = await self._healthy("_w")
             try:
                 await w.conn.execute("BEGIN")
-                await w.conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+                if devices is None:
+                    await w.conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+                else:
+                    await w.conn.execute(f"SELECT pg_advisory_xact_lock_shared({_WRITE_LOCK})")
+                    keys = sorted({device_lock_key(d) for d in devices})
+                    # unnest keeps the array's order: the locks are taken ascending.
+                    await w.conn.execute(
+                        f"SELECT count(pg_advisory_xact_lock({_DEVICE_LOCKS}, k))"
+                        " FROM unnest(%s::integer[]) AS k",
+                        (keys,),
+                    )
             except psycopg.Error as exc:
                 raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
             w.in_tx = True
@@ -502,6 +546,33 @@ class PostgresRepository(_PgBase, SQLiteRepository):
     """``Repository`` on PostgreSQL: the same roles as ``SQLiteRepository`` (it is
     one, to every caller typed against it), over ``_PgBase``'s connections.
     Build with ``await PostgresRepository.open(url)``."""
+
+    #: Ingest writes PostgreSQL aborted as deadlock victims and that were tried again.
+    deadlock_retries = 0
+
+    async def write_batch(
+        self,
+        messages: Sequence[IncomingMessage],
+        *,
+        late_after_s: float,
+        max_future_s: float = 300.0,
+    ) -> BatchResult:
+        """``IngestRole.write_batch``, tried again when PostgreSQL resolved a deadlock
+        between concurrent ingest writes by aborting this one (nothing of it was
+        kept: the whole transaction rolled back)."""
+        for attempt in range(1, _DEADLOCK_TRIES + 1):
+            try:
+                return await super().write_batch(
+                    messages, late_after_s=late_after_s, max_future_s=max_future_s
+                )
+            except StoreError as exc:
+                if attempt == _DEADLOCK_TRIES or not isinstance(
+                    exc.__cause__, psycopg.errors.DeadlockDetected
+                ):
+                    raise
+                self.deadlock_retries += 1
+                _log.info("ingest write chosen as a deadlock victim; trying again (%d)", attempt)
+        raise AssertionError("unreachable")
 
 
 def is_postgres_url(url: str) -> bool:

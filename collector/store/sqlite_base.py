@@ -371,8 +371,15 @@ class _SQLiteBase:
             )
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error)."""
+    async def _tx(
+        self, devices: Sequence[str] | None = None
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error).
+
+        ``devices``: the transaction is an ingest write that changes only these
+        devices' own rows and the fleet's commutative counts. SQLite has one
+        writer anyway; PostgreSQL lets such writes of other devices run at once.
+        """
         async with self._wlock:
             try:
                 await self._w.execute("BEGIN IMMEDIATE")

@@ -61,7 +61,7 @@ class IngestRole(CompactRole):
     ) -> BatchResult:
         if not messages:
             return BatchResult(0, 0)
-        async with self._tx() as db:
+        async with self._tx(devices=sorted({m.device_id for m in messages})) as db:
             dated, dating, learned = await self._date(
                 db, messages, late_after_s=late_after_s, max_future_s=max_future_s
             )
