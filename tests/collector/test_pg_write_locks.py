@@ -170,3 +170,45 @@ async def test_instances_writing_one_fleet_at_once_leave_what_one_in_order_leave
         assert await pg.statuses_as_of(end) == await serial.statuses_as_of(end)
     finally:
         await serial.close()
+
+
+async def test_an_ingest_write_chosen_as_a_deadlock_victim_is_tried_again_whole(
+    instances: list[PostgresRepository], pg_url: str
+) -> None:
+    """Another transaction holds the fleet's kept count, then waits for the device
+    lock the ingest write holds while it waits for that count: PostgreSQL aborts
+    the ingest write (it waited first; the other side waits 20 s before it looks),
+    which is tried again and stores its message once."""
+    import psycopg
+
+    from collector.store.postgres import _DEVICE_LOCKS
+
+    repo, watcher = instances[0], instances[1]
+    ingestor = Ingestor(repo, IngestConfig(), IngestStats())
+    t = time.time() - 60
+    await repo.write_batch([prepared(ingestor, "dev-1", 1, t)], late_after_s=LATE)
+    async with await psycopg.AsyncConnection.connect(pg_url) as other:
+        await other.execute("SET deadlock_timeout = '20s'")
+        await other.execute("SELECT n FROM fleet_tally WHERE commune = '*' FOR UPDATE")
+        # A new device: the write must add it to the fleet's count, held above.
+        write = asyncio.create_task(
+            repo.write_batch([prepared(ingestor, "dev-2", 1, t)], late_after_s=LATE)
+        )
+        await wait_for(
+            lambda: _waiting_on(watcher, "transactionid"), what="the write waiting on the count"
+        )
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)", (_DEVICE_LOCKS, device_lock_key("dev-2"))
+        )  # returns once PostgreSQL aborted the ingest write, which held it
+        await other.rollback()
+    assert (await asyncio.wait_for(write, 30)).stored == 1
+    assert repo.deadlock_retries == 1
+    assert await repo.stored_seqs("dev-2") == [1]
+    await _kept_equals_recomputed(repo)
+
+
+async def _waiting_on(repo: PostgresRepository, locktype: str) -> bool:
+    rows = await repo._all(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = ? AND NOT granted", (locktype,)
+    )
+    return int(rows[0]["n"]) > 0
