@@ -33,13 +33,15 @@ across every collector instance on the database. An ingest write
 (``write_batch``, ``_tx(devices=...)``) changes only its devices' own rows
 (messages, devices, transitions, events, faults, boot clocks) and the fleet's
 commutative kept counts (``fleet_tally`` increments, version bumps, deletions
-of kept counts that went stale): it takes ``_WRITE_LOCK`` shared and one
-exclusive lock per device (``_DEVICE_LOCKS``, keys in ascending order, so two
-ingest writes never wait on each other in a cycle for them). Ingest writes of
-other devices run at once on several instances; two of the same device (a
-shared subscription hands a device's messages to either instance) take turns,
-so the fleet rules' read-modify-write of a device's state stays serialised;
-every other write waits until no ingest write is in flight. The kept rows all
+of kept counts that went stale): it takes ``_WRITE_LOCK`` shared, dates,
+dedupes and inserts its messages, then takes one exclusive lock per device
+with news (``_lock_devices``: ``_DEVICE_LOCKS``, keys in ascending order, so
+two ingest writes never wait on each other in a cycle for them) for the
+read-modify-write of their state. Ingest writes of other devices run at once
+on several instances; two of the same device (a shared subscription hands a
+device's messages to either instance) overlap in their inserts and take turns
+for its state, so the fleet rules stay serialised per device; every other
+write waits until no ingest write is in flight. The kept rows all
 ingest writes update are locked in one order (sorted keys), and a deadlock
 PostgreSQL still detects (it aborts one transaction) makes ``write_batch`` try
 again (``PostgresRepository.write_batch``). Reads run on their own connection
@@ -64,7 +66,7 @@ import functools
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Generator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, ClassVar, Final, Self
 
@@ -469,13 +471,6 @@ class _PgBase(_SQLiteBase):
                     await w.conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
                 else:
                     await w.conn.execute(f"SELECT pg_advisory_xact_lock_shared({_WRITE_LOCK})")
-                    keys = sorted({device_lock_key(d) for d in devices})
-                    # unnest keeps the array's order: the locks are taken ascending.
-                    await w.conn.execute(
-                        f"SELECT count(pg_advisory_xact_lock({_DEVICE_LOCKS}, k))"
-                        " FROM unnest(%s::integer[]) AS k",
-                        (keys,),
-                    )
             except psycopg.Error as exc:
                 raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
             w.in_tx = True
@@ -494,6 +489,18 @@ class _PgBase(_SQLiteBase):
             except psycopg.Error as exc:
                 await _rollback(w)
                 raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+
+    async def _lock_devices(self, db: Any, devices: Collection[str]) -> None:
+        """Lock ``devices`` until the ingest write ends, keys ascending (so two
+        writes never wait on each other in a cycle for them)."""
+        keys = sorted({device_lock_key(d) for d in devices})
+        if keys:
+            # unnest keeps the array's order: the locks are taken ascending.
+            await db.conn.execute(
+                f"SELECT count(pg_advisory_xact_lock({_DEVICE_LOCKS}, k))"
+                " FROM unnest(%s::integer[]) AS k",
+                (keys,),
+            )
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[PgConnection]:  # type: ignore[override]

@@ -370,6 +370,11 @@ class _SQLiteBase:
                 "run `loa-collector db migrate`"
             )
 
+    async def _lock_devices(self, db: Any, devices: Collection[str]) -> None:
+        """In an ingest write (``_tx(devices=...)``), before the state of ``devices``
+        is read and changed: nothing on SQLite (its writer is alone)."""
+        del db, devices
+
     @asynccontextmanager
     async def _tx(
         self, devices: Sequence[str] | None = None
@@ -377,8 +382,9 @@ class _SQLiteBase:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error).
 
         ``devices``: the transaction is an ingest write that changes only these
-        devices' own rows and the fleet's commutative counts. SQLite has one
-        writer anyway; PostgreSQL lets such writes of other devices run at once.
+        devices' own rows and the fleet's commutative counts, and locks the ones
+        whose state it changes (``_lock_devices``). SQLite has one writer anyway;
+        PostgreSQL lets such writes run beside each other.
         """
         async with self._wlock:
             try:

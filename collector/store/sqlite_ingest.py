@@ -62,6 +62,10 @@ class IngestRole(CompactRole):
         if not messages:
             return BatchResult(0, 0)
         async with self._tx(devices=sorted({m.device_id for m in messages})) as db:
+            # Dating, the dedupe and the inserts touch no device's state: on
+            # PostgreSQL they run beside other instances' writes of the same
+            # devices; the devices are locked only for the read-modify-write of
+            # their state below (``_lock_devices``).
             dated, dating, learned = await self._date(
                 db, messages, late_after_s=late_after_s, max_future_s=max_future_s
             )
@@ -101,6 +105,8 @@ class IngestRole(CompactRole):
                 else:
                     dups.append(m)
             conflicts = await self._replay_conflicts(db, dups)
+            # Only devices with news change: a batch of replays waits for no one.
+            await self._lock_devices(db, {m.device_id for m in new} | {d for d, _b in learned})
             refold_from, restamped = await self._restamp(
                 db, learned, late_after_s=late_after_s, max_future_s=max_future_s
             )

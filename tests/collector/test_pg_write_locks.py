@@ -1,7 +1,8 @@
 """Ingest writes of different devices run at once on PostgreSQL; of one device, in turn.
 
-``PostgresRepository._tx(devices=...)`` takes the write lock shared and one lock
-per device; every other write takes the write lock alone. Several collector
+``PostgresRepository._tx(devices=...)`` takes the write lock shared, and one lock
+per device with news once its messages are in (``_lock_devices``); every other
+write takes the write lock alone. Several collector
 instances (here several repositories, each with its own connection, on one
 database) writing the same fleet at the same time, replays and one device's
 messages split across them included, must leave what one instance writing
@@ -83,7 +84,14 @@ async def test_an_ingest_write_waits_only_for_its_own_devices_and_for_exclusive_
     ingestor = Ingestor(b, IngestConfig(), IngestStats())
     t = time.time() - 60
     assert device_lock_key("dev-1") != device_lock_key("dev-2")
-    async with a._tx(devices=["dev-1"]):  # A's ingest write of dev-1 is in flight
+    await b.write_batch([prepared(ingestor, "dev-3", 1, t)], late_after_s=LATE)
+    async with a._tx(devices=["dev-1", "dev-3"]) as db:  # A's write of dev-1, dev-3
+        await a._lock_devices(db, ["dev-1", "dev-3"])
+        # A replay changes no state: it waits for no device.
+        replay = await asyncio.wait_for(
+            b.write_batch([prepared(ingestor, "dev-3", 1, t)], late_after_s=LATE), 10
+        )
+        assert (replay.stored, replay.duplicates) == (0, 1)
         # Another device's write goes through beside it...
         other = await asyncio.wait_for(
             b.write_batch([prepared(ingestor, "dev-2", 1, t)], late_after_s=LATE), 10
