@@ -30,7 +30,7 @@ typing of every parameter and no synchronous API.
 Concurrency: like SQLite's ``BEGIN IMMEDIATE``, a write transaction takes one
 transaction-scoped advisory lock (``_WRITE_LOCK``) exclusively, so it is alone
 across every collector instance on the database. An ingest write
-(``write_batch``, ``_tx(devices=...)``) changes only its devices' own rows
+(``write_batch``, ``_tx(ingest=True)``) changes only its devices' own rows
 (messages, devices, transitions, events, faults, boot clocks) and the fleet's
 commutative kept counts (``fleet_tally`` increments, version bumps, deletions
 of kept counts that went stale): it takes ``_WRITE_LOCK`` shared, dates,
@@ -459,18 +459,16 @@ class _PgBase(_SQLiteBase):
 
     @asynccontextmanager
     async def _tx(  # type: ignore[override]
-        self, devices: Sequence[str] | None = None
+        self, *, ingest: bool = False
     ) -> AsyncIterator[PgConnection]:
         """One write transaction: alone across instances (``_WRITE_LOCK``), or, for an
-        ingest write of ``devices``, beside other devices' ingest writes."""
+        ingest write, beside other ingest writes (which lock their devices)."""
         async with self._wlock:
             w = await self._healthy("_w")
             try:
                 await w.conn.execute("BEGIN")
-                if devices is None:
-                    await w.conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
-                else:
-                    await w.conn.execute(f"SELECT pg_advisory_xact_lock_shared({_WRITE_LOCK})")
+                shared = "_shared" if ingest else ""
+                await w.conn.execute(f"SELECT pg_advisory_xact_lock{shared}({_WRITE_LOCK})")
             except psycopg.Error as exc:
                 raise StoreError(f"{self.path}: cannot begin a write: {exc}") from exc
             w.in_tx = True

@@ -371,19 +371,17 @@ class _SQLiteBase:
             )
 
     async def _lock_devices(self, db: Any, devices: Collection[str]) -> None:
-        """In an ingest write (``_tx(devices=...)``), before the state of ``devices``
+        """In an ingest write (``_tx(ingest=True)``), before the state of ``devices``
         is read and changed: nothing on SQLite (its writer is alone)."""
         del db, devices
 
     @asynccontextmanager
-    async def _tx(
-        self, devices: Sequence[str] | None = None
-    ) -> AsyncIterator[aiosqlite.Connection]:
+    async def _tx(self, *, ingest: bool = False) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error).
 
-        ``devices``: the transaction is an ingest write that changes only these
-        devices' own rows and the fleet's commutative counts, and locks the ones
-        whose state it changes (``_lock_devices``). SQLite has one writer anyway;
+        ``ingest``: the transaction is an ingest write that changes only its
+        devices' own rows and the fleet's commutative counts, and locks the
+        devices whose state it changes (``_lock_devices``). SQLite has one writer anyway;
         PostgreSQL lets such writes run beside each other.
         """
         async with self._wlock:

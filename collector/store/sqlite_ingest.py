@@ -61,7 +61,7 @@ class IngestRole(CompactRole):
     ) -> BatchResult:
         if not messages:
             return BatchResult(0, 0)
-        async with self._tx(devices=sorted({m.device_id for m in messages})) as db:
+        async with self._tx(ingest=True) as db:
             # Dating, the dedupe and the inserts touch no device's state: on
             # PostgreSQL they run beside other instances' writes of the same
             # devices; the devices are locked only for the read-modify-write of

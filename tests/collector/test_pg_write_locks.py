@@ -1,6 +1,6 @@
 """Ingest writes of different devices run at once on PostgreSQL; of one device, in turn.
 
-``PostgresRepository._tx(devices=...)`` takes the write lock shared, and one lock
+``PostgresRepository._tx(ingest=True)`` takes the write lock shared, and one lock
 per device with news once its messages are in (``_lock_devices``); every other
 write takes the write lock alone. Several collector
 instances (here several repositories, each with its own connection, on one
@@ -70,11 +70,12 @@ def prepared(
     return m
 
 
-async def waiting_on_a_device_lock(repo: PostgresRepository) -> bool:
+async def waiting(repo: PostgresRepository, locktype: str = "advisory", n: int = 1) -> bool:
+    """Whether at least ``n`` locks of ``locktype`` are waited for (pg_locks)."""
     rows = await repo._all(
-        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = ? AND NOT granted", (locktype,)
     )
-    return int(rows[0]["n"]) > 0
+    return int(rows[0]["n"]) >= n
 
 
 async def test_an_ingest_write_waits_only_for_its_own_devices_and_for_exclusive_writes(
@@ -85,7 +86,7 @@ async def test_an_ingest_write_waits_only_for_its_own_devices_and_for_exclusive_
     t = time.time() - 60
     assert device_lock_key("dev-1") != device_lock_key("dev-2")
     await b.write_batch([prepared(ingestor, "dev-3", 1, t)], late_after_s=LATE)
-    async with a._tx(devices=["dev-1", "dev-3"]) as db:  # A's write of dev-1, dev-3
+    async with a._tx(ingest=True) as db:  # A's write of dev-1, dev-3
         await a._lock_devices(db, ["dev-1", "dev-3"])
         # A replay changes no state: it waits for no device.
         replay = await asyncio.wait_for(
@@ -101,23 +102,16 @@ async def test_an_ingest_write_waits_only_for_its_own_devices_and_for_exclusive_
         same = asyncio.create_task(
             b.write_batch([prepared(ingestor, "dev-1", 1, t)], late_after_s=LATE)
         )
-        await wait_for(lambda: waiting_on_a_device_lock(watcher), what="dev-1's write waiting")
+        await wait_for(lambda: waiting(watcher), what="dev-1's write waiting")
         assert not same.done()
         alone = asyncio.create_task(c.mark_silent_offline(time.time(), 3600.0))
         await wait_for(
-            lambda: _waiting(watcher, 2), what="the exclusive write waiting beside dev-1's"
+            lambda: waiting(watcher, n=2), what="the exclusive write waiting beside dev-1's"
         )
         assert not alone.done()
     assert (await asyncio.wait_for(same, 10)).stored == 1
     await asyncio.wait_for(alone, 10)
     assert await a.stored_seqs("dev-1") == [1] and await a.stored_seqs("dev-2") == [1]
-
-
-async def _waiting(repo: PostgresRepository, n: int) -> bool:
-    rows = await repo._all(
-        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-    )
-    return int(rows[0]["n"]) >= n
 
 
 async def test_instances_writing_one_fleet_at_once_leave_what_one_in_order_leaves(
@@ -203,7 +197,7 @@ async def test_an_ingest_write_chosen_as_a_deadlock_victim_is_tried_again_whole(
             repo.write_batch([prepared(ingestor, "dev-2", 1, t)], late_after_s=LATE)
         )
         await wait_for(
-            lambda: _waiting_on(watcher, "transactionid"), what="the write waiting on the count"
+            lambda: waiting(watcher, "transactionid"), what="the write waiting on the count"
         )
         await other.execute(
             "SELECT pg_advisory_xact_lock(%s, %s)", (_DEVICE_LOCKS, device_lock_key("dev-2"))
@@ -213,10 +207,3 @@ async def test_an_ingest_write_chosen_as_a_deadlock_victim_is_tried_again_whole(
     assert repo.deadlock_retries == 1
     assert await repo.stored_seqs("dev-2") == [1]
     await _kept_equals_recomputed(repo)
-
-
-async def _waiting_on(repo: PostgresRepository, locktype: str) -> bool:
-    rows = await repo._all(
-        "SELECT count(*) AS n FROM pg_locks WHERE locktype = ? AND NOT granted", (locktype,)
-    )
-    return int(rows[0]["n"]) > 0
